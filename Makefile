@@ -1,0 +1,47 @@
+# Every target sets itself up on a fresh machine: venv, pinned deps, the C++ extension.
+PY_BOOT ?= python3
+VENV    := .venv
+PY      := $(VENV)/bin/python
+PINS    := requirements/pins.txt
+CPU_SRC := $(wildcard csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cu)
+FMNIST  := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
+.PHONY: all venv build data demo test bench info clean
+
+all: test
+
+$(VENV)/.deps: $(PINS)
+	test -x $(PY) || $(PY_BOOT) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r $(PINS)
+	touch $@
+
+venv: $(VENV)/.deps
+
+# --no-build-isolation: build against the torch in the venv (an isolated build would fetch a CUDA torch).
+$(VENV)/.ext: $(VENV)/.deps $(CPU_SRC) setup.py pyproject.toml
+	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
+	touch $@
+
+build: $(VENV)/.ext
+
+# Fashion-MNIST from Debian's package (root only; otherwise install it yourself or pass a data dir).
+data:
+	@if [ ! -f $(FMNIST) ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
+	  else echo "Fashion-MNIST missing: sudo apt-get install dataset-fashion-mnist"; fi; fi
+
+demo: build data
+	$(PY) -m ddkernels.demo
+
+test: build data
+	$(PY) -m pytest tests -q
+
+bench: build
+	$(PY) -m benchmarks.run
+
+info: build
+	$(PY) -m ddkernels.info
+
+clean:
+	rm -rf build ddkernels/*.so *.egg-info $(VENV)/.ext

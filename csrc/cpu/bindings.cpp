@@ -1,0 +1,27 @@
+// The one place that registers ddkernels' CPU kernels with PyTorch's dispatcher (schemas +
+// CPU impls). Fake/meta kernels for torch.compile live in Python, next to each op.
+#include <Python.h>
+#include <torch/library.h>
+
+#include "ops.h"
+
+// `import ddkernels._C` loads this library so the static registrations below run; the module
+// itself is empty.
+extern "C" PyObject* PyInit__C(void) {
+  static struct PyModuleDef def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&def);
+}
+
+TORCH_LIBRARY(ddkernels, m) {
+  m.def(
+      "multi_formation_fwd(Tensor x, int factor, Tensor row_idx, Tensor row_w, Tensor col_idx, "
+      "Tensor col_w) -> Tensor");
+  m.def(
+      "multi_formation_bwd(Tensor grad_out, int factor, int in_h, int in_w, Tensor row_idx, "
+      "Tensor row_w, Tensor col_idx, Tensor col_w) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(ddkernels, CPU, m) {
+  m.impl("multi_formation_fwd", &ddkernels::multi_formation_fwd_cpu);
+  m.impl("multi_formation_bwd", &ddkernels::multi_formation_bwd_cpu);
+}

@@ -1,0 +1,12 @@
+"""ddkernels: fused kernels for factorization-based dataset distillation.
+
+Public ops dispatch per call to a backend (``"reference"``, ``"cpu"``, ``"triton"``, ``"cuda"``);
+``python -m ddkernels.info`` shows which are available and why not.
+"""
+from . import nn
+from .dispatch import BackendUnavailable
+from .ops.multi_formation import multi_formation, multi_formation_targets
+
+__version__ = "0.1.0"
+
+__all__ = ["BackendUnavailable", "multi_formation", "multi_formation_targets", "nn", "__version__"]

@@ -1,0 +1,36 @@
+"""``nn.Module`` wrappers of the public ops."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .ops.multi_formation import multi_formation, multi_formation_targets
+
+
+class MultiFormation(nn.Module):
+    """IDC multi-formation decode as a module; see :func:`ddkernels.multi_formation`.
+
+    Args:
+        factor: tiles per side.
+        size: output ``(H, W)`` (int for square); default the stored size.
+        multi: concatenate decodes for factors ``1..factor``.
+        backend: passed to the op on every call.
+    """
+
+    def __init__(self, factor: int, size: int | tuple[int, int] | None = None, *, multi: bool = False,
+                 backend: str = "auto"):
+        super().__init__()
+        self.factor, self.size, self.multi, self.backend = factor, size, multi, backend
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return multi_formation(x, self.factor, self.size, multi=self.multi, backend=self.backend)
+
+    def targets(self, y: torch.Tensor) -> torch.Tensor:
+        """Labels of :meth:`forward`'s output, tile-major."""
+        return multi_formation_targets(y, self.factor, multi=self.multi)
+
+    def extra_repr(self) -> str:
+        return f"factor={self.factor}, size={self.size}, multi={self.multi}, backend={self.backend!r}"
+
+
+__all__ = ["MultiFormation"]

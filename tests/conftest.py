@@ -1,0 +1,33 @@
+import os
+
+import torch
+
+# Triton kernels run on CPU tensors through the interpreter; the flag must be set before triton is
+# imported. On a GPU machine the real compiler is used instead.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.pop("DDKERNELS_BACKEND", None)  # tests pick backends explicitly
+
+import pytest  # noqa: E402
+
+import ddkernels  # noqa: E402,F401
+from ddkernels import dispatch  # noqa: E402
+
+
+def fused_backends(op: str, device: str = "cpu"):
+    """pytest params for every kernel backend ``op`` implements; one that cannot run here (no
+    extension, no triton) is skipped with its reasons, never silently dropped."""
+    params = []
+    backends = dispatch.OpBackends.registry[op].backends
+    for name in ("cpu", "triton", "cuda"):
+        if not backends[name].devices:  # declared as not implemented for this op
+            continue
+        why = dispatch.OpBackends.registry[op].reasons(name, torch.device(device), torch.float32)
+        marks = [pytest.mark.skip(reason=f"{name}: {'; '.join(why)}")] if why else []
+        params.append(pytest.param(name, marks=marks, id=name))
+    return params
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

@@ -1,0 +1,66 @@
+"""The C++ extension: registered ops pass torch.library.opcheck and trace under torch.compile."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import ddkernels
+from ddkernels import _ext
+from ddkernels.ops.multi_formation.tables import adjoint_taps, forward_taps
+
+pytestmark = pytest.mark.skipif(not _ext.cpu_available()[0], reason=f"C++ extension: {_ext.cpu_available()[1]}")
+
+
+def _mf_args(dtype=torch.float32):
+    x = torch.rand(3, 2, 10, 10, dtype=dtype)
+    ri, rw = forward_taps(4, 12, dtype, x.device)
+    ci, cw = forward_taps(4, 9, dtype, x.device)
+    return x, ri, rw, ci, cw
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_opcheck_multi_formation(dtype):
+    x, ri, rw, ci, cw = _mf_args(dtype)
+    torch.library.opcheck(torch.ops.ddkernels.multi_formation_fwd.default, (x, 3, ri, rw, ci, cw))
+    g = torch.rand(9 * 3, 2, 12, 9, dtype=dtype)
+    gri, grw = adjoint_taps(4, 12, dtype, x.device)
+    gci, gcw = adjoint_taps(4, 9, dtype, x.device)
+    torch.library.opcheck(torch.ops.ddkernels.multi_formation_bwd.default, (g, 3, 10, 10, gri, grw, gci, gcw))
+
+
+def test_cpp_boundary_names_the_argument():
+    x, ri, rw, ci, cw = _mf_args()
+    with pytest.raises(RuntimeError, match="x must be contiguous"):
+        torch.ops.ddkernels.multi_formation_fwd(x.transpose(2, 3), 3, ri, rw, ci, cw)
+    with pytest.raises(RuntimeError, match="row_w must have dtype"):
+        torch.ops.ddkernels.multi_formation_fwd(x, 3, ri, rw.double(), ci, cw)
+    with pytest.raises(RuntimeError, match="row_idx holds index"):
+        torch.ops.ddkernels.multi_formation_fwd(x, 3, ri + 10, rw, ci, cw)
+    with pytest.raises(RuntimeError, match=r"x must be 4-D \(N, C, h, w\)"):
+        torch.ops.ddkernels.multi_formation_fwd(x[0], 3, ri, rw, ci, cw)
+
+
+def test_torch_compile_traces_the_cpu_op():
+    x = torch.rand(4, 3, 16, 16, requires_grad=True)
+
+    @torch.compile(backend="aot_eager", fullgraph=False)
+    def f(t):
+        return ddkernels.multi_formation(t, 2, backend="cpu").square().sum()
+
+    loss = f(x)
+    loss.backward()
+    x2 = x.detach().clone().requires_grad_()
+    ddkernels.multi_formation(x2, 2, backend="reference").square().sum().backward()
+    torch.testing.assert_close(x.grad, x2.grad)
+
+
+def test_import_without_extension_warns_once_and_falls_back():
+    code = ("import warnings, torch; warnings.simplefilter('always');"
+            "import ddkernels; x = torch.rand(1, 1, 4, 4);"
+            "y = ddkernels.multi_formation(x, 2); print(y.shape)")
+    env = dict(os.environ, DDKERNELS_NO_EXT="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "torch.Size([4, 1, 4, 4])" in out.stdout
