@@ -1,0 +1,171 @@
+"""Benchmark harness shared by every op: providers side by side, modes, GB/s, roofline, CSV.
+
+A bench module exposes ``cases(quick: bool) -> list[Case]``. Each case names its providers (the
+same math done different ways) and the bytes a perfect kernel must move per mode; the harness times
+forward / backward / full with ``torch.utils.benchmark.Timer`` (CPU and GPU), reports median and
+IQR, peak memory, achieved GB/s and the fraction of this machine's measured copy bandwidth.
+"""
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import os
+import platform
+import subprocess
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+from torch.utils.benchmark import Timer
+
+MODES = ("forward", "backward", "full")
+
+# "backward" mode replays one graph many times (retain_graph=True); compiled graphs must not donate
+# their saved buffers for that to be legal.
+import torch._functorch.config  # noqa: E402
+torch._functorch.config.donated_buffer = False
+
+
+@dataclass
+class Provider:
+    name: str
+    fn: Callable[[], torch.Tensor]     # runs the op on fixed inputs; returns the output
+    inputs: Sequence[torch.Tensor]     # leaves whose gradients the backward computes
+    warmup: int = 2                    # torch.compile providers compile during warm-up
+
+
+@dataclass
+class Case:
+    op: str
+    name: str                          # e.g. "CIFAR 3x32x32, IPC 10, f=2"
+    providers: list[Provider]
+    bytes: dict[str, int]              # minimal HBM/DRAM traffic per mode
+    params: dict = field(default_factory=dict)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def hardware() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{model} ({torch.get_num_threads()} threads)"
+
+
+def git_sha() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=os.path.dirname(__file__)).stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def measure_bandwidth(device: torch.device, mib: int = 256) -> float:
+    """Copy bandwidth in GB/s, counting bytes read + bytes written (the roofline we report against)."""
+    n = mib * 2**20 // 4
+    src = torch.rand(n, device=device)
+    dst = torch.empty_like(src)
+    t = Timer("dst.copy_(src)", globals={"dst": dst, "src": src}).blocked_autorange(min_run_time=1.0)
+    return 2 * n * 4 / t.median / 1e9
+
+
+def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float:
+    """Peak memory allocated while ``fn`` runs, above what was live before it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    # CPU has no allocator statistics: replay the profiler's allocation events (each allocation
+    # counted once, as self memory of the op that made it) in time order and take the maximum.
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted(prof.events(), key=lambda e: e.time_range.start)
+    level = peak = 0
+    for e in events:
+        level += e.self_cpu_memory_usage
+        peak = max(peak, level)
+    return peak / 2**20
+
+
+def _mode_callable(p: Provider, mode: str):
+    if mode == "forward":
+        return p.fn
+    y = p.fn()
+    g = torch.randn_like(y)
+    if mode == "backward":
+        return lambda: torch.autograd.grad(y, p.inputs, g, retain_graph=True)
+    return lambda: torch.autograd.grad(p.fn(), p.inputs, g)
+
+
+def run_case(case: Case, bandwidth_gbs: float, min_run_time: float = 0.5,
+             modes: Sequence[str] = MODES, progress: Callable[[str], None] = lambda s: None) -> list[dict]:
+    rows = []
+    for p in case.providers:
+        device = p.inputs[0].device
+        for _ in range(p.warmup):
+            torch.autograd.grad(p.fn(), p.inputs, torch.ones_like(p.fn()))
+        for mode in modes:
+            fn = _mode_callable(p, mode)
+            _sync(device)
+            m = Timer("fn(); sync()", globals={"fn": fn, "sync": lambda: _sync(device)}).blocked_autorange(
+                min_run_time=min_run_time)
+            gbs = case.bytes[mode] / m.median / 1e9
+            rows.append(dict(op=case.op, case=case.name, provider=p.name, mode=mode,
+                             median_ms=m.median * 1e3, iqr_ms=m.iqr * 1e3,
+                             peak_mem_mb=peak_memory_mb(fn, device), bytes=case.bytes[mode], gbps=gbs,
+                             roofline=gbs / bandwidth_gbs, **case.params))
+            progress(f"{case.op} | {case.name} | {p.name:<16} {mode:<8} {m.median * 1e3:9.3f} ms  "
+                     f"{gbs:6.2f} GB/s ({100 * gbs / bandwidth_gbs:4.1f}% of roofline)")
+    return rows
+
+
+CSV_FIELDS = ["date", "git_sha", "hardware", "torch", "bandwidth_gbs", "op", "case", "provider", "mode",
+              "median_ms", "iqr_ms", "peak_mem_mb", "bytes", "gbps", "roofline"]
+
+
+def append_csv(path: str, rows: list[dict], bandwidth_gbs: float) -> None:
+    meta = dict(date=_dt.datetime.now().isoformat(timespec="seconds"), git_sha=git_sha(), hardware=hardware(),
+                torch=torch.__version__, bandwidth_gbs=round(bandwidth_gbs, 2))
+    new = not os.path.exists(path)
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        if new:
+            w.writeheader()
+        for r in rows:
+            w.writerow({**meta, **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}})
+
+
+def markdown(rows: list[dict], fused: str, eager: Sequence[str]) -> str:
+    """One table per op: a row per (case, mode), a column per provider (ms), then the fused
+    provider's speed-up over the best of ``eager`` and its fraction of the bandwidth roofline."""
+    out = []
+    for op in dict.fromkeys(r["op"] for r in rows):
+        ops = [r for r in rows if r["op"] == op]
+        providers = list(dict.fromkeys(r["provider"] for r in ops))
+        head = ["case", "mode"] + [f"{p} ms" for p in providers] + [f"{fused} vs best eager", f"{fused} % roofline"]
+        out.append(f"**{op}**\n\n| " + " | ".join(head) + " |\n|" + "---|" * len(head))
+        for case in dict.fromkeys(r["case"] for r in ops):
+            for mode in MODES:
+                cell = {r["provider"]: r for r in ops if r["case"] == case and r["mode"] == mode}
+                if not cell:
+                    continue
+                line = [case, mode] + [f"{cell[p]['median_ms']:.3f}" if p in cell else "–" for p in providers]
+                base = [cell[p]["median_ms"] for p in eager if p in cell]
+                if fused in cell and base:
+                    line += [f"{min(base) / cell[fused]['median_ms']:.2f}×", f"{100 * cell[fused]['roofline']:.0f}%"]
+                else:
+                    line += ["–", "–"]
+                out.append("| " + " | ".join(line) + " |")
+        out.append("")
+    return "\n".join(out)

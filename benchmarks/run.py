@@ -1,0 +1,62 @@
+"""``make bench``: run every op's benchmark, append to results/results.csv, write results/latest.md
+and refresh the README's benchmark section.
+
+    python -m benchmarks.run [--quick] [--ops multi_formation ...] [--min-run-time 0.5] [--no-readme]
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import re
+
+import torch
+
+from . import harness
+
+OPS = ["multi_formation"]
+HERE = os.path.dirname(os.path.abspath(__file__))
+README = os.path.join(os.path.dirname(HERE), "README.md")
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="fewer shapes (a smoke run)")
+    ap.add_argument("--ops", nargs="*", default=OPS, choices=OPS)
+    ap.add_argument("--min-run-time", type=float, default=0.5, help="seconds per measurement")
+    ap.add_argument("--no-readme", action="store_true", help="do not rewrite the README table")
+    ap.add_argument("--out", default=os.path.join(HERE, "results"))
+    args = ap.parse_args(argv)
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    import ddkernels.info
+    print(ddkernels.info.report(), "\n")
+    bw = harness.measure_bandwidth(device)
+    print(f"measured copy bandwidth on {harness.hardware()}: {bw:.1f} GB/s (read + write bytes)\n")
+    os.makedirs(args.out, exist_ok=True)
+    sections = []
+    for op in args.ops:
+        mod = importlib.import_module(f"benchmarks.bench_{op}")
+        rows = []
+        for case in mod.cases(quick=args.quick, device=device.type):
+            rows += harness.run_case(case, bw, args.min_run_time, progress=print)
+        harness.append_csv(os.path.join(args.out, "results.csv"), rows, bw)
+        fused = "triton" if device.type == "cuda" else mod.FUSED
+        sections.append(harness.markdown(rows, fused, mod.EAGER))
+    header = (f"Measured on {harness.hardware()}, torch {torch.__version__}, git {harness.git_sha()}; "
+              f"copy bandwidth {bw:.1f} GB/s (read + write). Median ms; ratios are the fused kernel's "
+              f"speed-up over the fastest of the eager providers.\n\n")
+    table = header + "\n".join(sections)
+    with open(os.path.join(args.out, f"latest-{device.type}.md"), "w") as f:
+        f.write(table)
+    if not args.no_readme and not args.quick and os.path.exists(README):
+        text = open(README).read()
+        if BEGIN in text and END in text:
+            text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: f"{BEGIN}\n{table}\n{END}", text, flags=re.S)
+            open(README, "w").write(text)
+    print("\n" + table)
+
+
+if __name__ == "__main__":
+    main()
