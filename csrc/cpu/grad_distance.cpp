@@ -15,6 +15,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cmath>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -26,7 +27,6 @@ namespace {
 
 enum class Metric { Ours, Mse, L1, L1Mean, GlobalCos };
 constexpr double kEps = 1e-6;  // added to the product of the norms, as DC and IDC do
-constexpr int kLanes = 16;     // independent partial sums: lets the compiler vectorize reductions
 
 Metric parse_metric(const std::string& m) {
   if (m == "ours") return Metric::Ours;
@@ -96,47 +96,62 @@ int64_t grain(const Layout& L) {
   return std::max<int64_t>(1, 16384 / avg);
 }
 
+// Reductions use GCC/Clang vector extensions: the auto-vectorizer handles these multi-accumulator
+// loops badly (it vectorizes across rows and drowns in shuffles). One 32-byte vector per sum gives a
+// fixed summation order (lanes, then the tail), so results are bitwise repeatable.
 template <typename T>
-T lane_sum(const T* v) {
+struct Vec {
+  typedef T type __attribute__((vector_size(32)));
+  static constexpr int lanes = 32 / sizeof(T);
+};
+
+#define DDK_VLOAD(v, p) std::memcpy(&(v), (p), sizeof(v))
+
+template <typename T, typename V>
+T hsum(const V& v) {
+  T lane[Vec<T>::lanes];
+  std::memcpy(lane, &v, sizeof v);
   T t = 0;
-  for (int l = 0; l < kLanes; ++l) t += v[l];
+  for (int l = 0; l < Vec<T>::lanes; ++l) t += lane[l];
   return t;
 }
 
 // (Σ s·r, Σ s², Σ r²) of one row.
 template <typename T>
 void row_dots(const T* __restrict__ s, const T* __restrict__ r, int64_t n, T* out) {
-  T d[kLanes] = {}, ss[kLanes] = {}, rr[kLanes] = {};
+  using V = typename Vec<T>::type;
+  constexpr int W = Vec<T>::lanes;
+  V d = {}, ss = {}, rr = {}, a, b;
   int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int l = 0; l < kLanes; ++l) {
-      d[l] += s[i + l] * r[i + l];
-      ss[l] += s[i + l] * s[i + l];
-      rr[l] += r[i + l] * r[i + l];
-    }
-  for (int l = 0; i + l < n; ++l) {
-    d[l] += s[i + l] * r[i + l];
-    ss[l] += s[i + l] * s[i + l];
-    rr[l] += r[i + l] * r[i + l];
+  for (; i + W <= n; i += W) {
+    DDK_VLOAD(a, s + i);
+    DDK_VLOAD(b, r + i);
+    d += a * b, ss += a * a, rr += b * b;
   }
-  out[0] = lane_sum(d), out[1] = lane_sum(ss), out[2] = lane_sum(rr);
+  T td = hsum<T>(d), ts = hsum<T>(ss), tr = hsum<T>(rr);
+  for (; i < n; ++i) td += s[i] * r[i], ts += s[i] * s[i], tr += r[i] * r[i];
+  out[0] = td, out[1] = ts, out[2] = tr;
 }
 
 // Σ (s-r)² (square) or Σ |s-r| of one row.
 template <typename T, bool kSquare>
 T row_diff(const T* __restrict__ s, const T* __restrict__ r, int64_t n) {
-  T acc[kLanes] = {};
+  using V = typename Vec<T>::type;
+  constexpr int W = Vec<T>::lanes;
+  V acc = {}, a, b;
   int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int l = 0; l < kLanes; ++l) {
-      const T e = s[i + l] - r[i + l];
-      acc[l] += kSquare ? e * e : std::abs(e);
-    }
-  for (int l = 0; i + l < n; ++l) {
-    const T e = s[i + l] - r[i + l];
-    acc[l] += kSquare ? e * e : std::abs(e);
+  for (; i + W <= n; i += W) {
+    DDK_VLOAD(a, s + i);
+    DDK_VLOAD(b, r + i);
+    const V e = a - b;
+    acc += kSquare ? V(e * e) : V(e < 0 ? -e : e);
   }
-  return lane_sum(acc);
+  T t = hsum<T>(acc);
+  for (; i < n; ++i) {
+    const T e = s[i] - r[i];
+    t += kSquare ? e * e : std::abs(e);
+  }
+  return t;
 }
 
 // d/ds and d/dr of 1 - dot / (|s|·|r| + eps), scaled by g: gs = as·s + b·r, gr = ar·r + b·s.
