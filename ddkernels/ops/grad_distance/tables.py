@@ -8,6 +8,7 @@ summation, and a 1-D parameter stays a single row.
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 
@@ -18,30 +19,32 @@ def rows_of(param_shape: tuple[int, ...]) -> int:
 
 @functools.lru_cache(maxsize=256)
 def row_table(param_shapes: tuple[tuple[int, ...], ...], metric: str, acc: torch.dtype, device: torch.device):
-    """For every row of one class in the packed ``(K, P)`` layout: start offset, length, scale of
-    its sum (``1/len`` for ``l1_mean`` rows) and whether it counts (1-D tensors under ``"ours"`` do not).
+    """For every row of one class: which tensor it lies in, its offset within that tensor's class
+    slice, its length, the scale of its sum (``1/len`` for ``l1_mean`` rows) and whether it counts
+    (1-D tensors under ``"ours"`` do not); plus each tensor's elements per class.
 
-    Returns ``(start int64 (R,), length int32 (R,), scale acc (R,), active int32 (R,))``.
+    Returns ``(tensor int32 (R,), offset int64 (R,), length int32 (R,), scale acc (R,),
+    active int32 (R,), per_class int64 (T,))``.
     """
-    start, length, scale, active = [], [], [], []
-    base = 0
-    for shape in param_shapes:
-        numel = 1
-        for s in shape:
-            numel *= s
+    tensor, offset, length, scale, active, per_class = [], [], [], [], [], []
+    for i, shape in enumerate(param_shapes):
+        numel = math.prod(shape)
         rows = rows_of(shape)
         rowlen = numel // rows if rows else 0
         one_d = len(shape) == 1
+        per_class.append(numel)
         for q in range(rows):
-            start.append(base + q * rowlen)
+            tensor.append(i)
+            offset.append(q * rowlen)
             length.append(rowlen)
             scale.append(1.0 / rowlen if metric == "l1_mean" and not one_d and rowlen else 1.0)
             active.append(0 if metric == "ours" and one_d else 1)
-        base += numel
-    return (torch.tensor(start, dtype=torch.int64, device=device),
+    return (torch.tensor(tensor, dtype=torch.int32, device=device),
+            torch.tensor(offset, dtype=torch.int64, device=device),
             torch.tensor(length, dtype=torch.int32, device=device),
             torch.tensor(scale, dtype=acc, device=device),
-            torch.tensor(active, dtype=torch.int32, device=device))
+            torch.tensor(active, dtype=torch.int32, device=device),
+            torch.tensor(per_class, dtype=torch.int64, device=device))
 
 
 def total_rows(param_shapes) -> int:

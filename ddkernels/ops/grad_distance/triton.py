@@ -1,27 +1,26 @@
 """Triton kernels for grad_distance: segmented row reductions over a packed row table.
 
-The launcher packs each side into one ``(K, P)`` buffer (one copy: Triton takes one base pointer,
-not a list of tensors) and reads the row table (tables.py). Forward: one program per
-(class, row) reduces its row to ``(dot, |s|², |r|²)`` or its ``Σ(s-r)²`` / ``Σ|s-r|``; one program
-per class then sums its rows in table order. Backward: one program per (class, row) computes the
-row's coefficients and writes both gradients; the gradients are returned as views of one packed
-buffer. No atomics: every sum has a fixed order, so results are deterministic. Half inputs
-accumulate in float32.
+Multi-tensor without copies: the launcher passes a table of the tensors' base addresses (one
+int64 per tensor, cast back to pointers in the kernel, as Triton's grouped-GEMM tutorial does) and
+the row table of tables.py. Forward: one program per (class, row) reduces its row to
+``(dot, |s|², |r|²)`` or its ``Σ(s-r)²`` / ``Σ|s-r|``; one program per class then sums its rows in
+table order. Backward: one program per (class, row) computes the row's coefficients and writes
+both gradients. No atomics: every sum has a fixed order, so results are deterministic. Half
+inputs accumulate in float32.
 """
 from __future__ import annotations
-
-import math
 
 import torch
 import triton
 import triton.language as tl
 
-from .tables import row_table, total_rows
+from .tables import row_table
 
 BLOCK = 1024   # elements of a row per loop step
 BLOCK_R = 128  # rows per loop step of the per-class reduction
 METRIC_IDS = {"ours": 0, "mse": 1, "l1": 2, "l1_mean": 3, "global_cos": 4}
-EPS = 1e-6
+_TL_DTYPES = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32,
+              torch.float64: tl.float64}
 
 
 def _acc(dtype: torch.dtype) -> torch.dtype:
@@ -29,21 +28,32 @@ def _acc(dtype: torch.dtype) -> torch.dtype:
 
 
 @triton.jit
+def _row_base(addr_ptr, tensor_ptr, offset_ptr, per_class_ptr, k, q, T, which, DT: tl.constexpr):
+    """Pointer to row q of class k in tensor list ``which`` (0 syn, 1 real, 2 d/dsyn, 3 d/dreal)."""
+    t = tl.load(tensor_ptr + q)
+    base = tl.load(addr_ptr + which * T + t).to(tl.pointer_type(DT))
+    return base + k * tl.load(per_class_ptr + t) + tl.load(offset_ptr + q)
+
+
+@triton.jit
 def _grad_distance_fwd_kernel(
-    s_ptr,       # (K, P) packed syn
-    r_ptr,       # (K, P) packed real
-    start_ptr,   # (R,) int64 row start within P
-    len_ptr,     # (R,) int32 row length
-    scale_ptr,   # (R,) acc: multiplies the row's sum
-    stats_ptr,   # (K, R, 3) acc out
-    R, P,
+    addr_ptr,       # (4, T) int64 base addresses: syn, real, (grads unused here)
+    tensor_ptr,     # (R,) int32 tensor of each row
+    offset_ptr,     # (R,) int64 row offset within its tensor's class slice
+    len_ptr,        # (R,) int32 row length
+    scale_ptr,      # (R,) acc: multiplies the row's sum
+    per_class_ptr,  # (T,) int64 elements per class of each tensor
+    stats_ptr,      # (K, R, 3) acc out
+    R, T,
+    DT: tl.constexpr,
     METRIC: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     k = pid // R
     q = pid % R
-    base = k * P + tl.load(start_ptr + q)
+    s_row = _row_base(addr_ptr, tensor_ptr, offset_ptr, per_class_ptr, k, q, T, 0, DT)
+    r_row = _row_base(addr_ptr, tensor_ptr, offset_ptr, per_class_ptr, k, q, T, 1, DT)
     n = tl.load(len_ptr + q)
     acc_t = stats_ptr.dtype.element_ty
     a0 = tl.zeros([BLOCK], dtype=acc_t)
@@ -52,8 +62,8 @@ def _grad_distance_fwd_kernel(
     for off in range(0, n, BLOCK):
         idx = off + tl.arange(0, BLOCK)
         m = idx < n
-        s = tl.load(s_ptr + base + idx, mask=m, other=0.0).to(acc_t)
-        r = tl.load(r_ptr + base + idx, mask=m, other=0.0).to(acc_t)
+        s = tl.load(s_row + idx, mask=m, other=0.0).to(acc_t)
+        r = tl.load(r_row + idx, mask=m, other=0.0).to(acc_t)
         if METRIC == 0 or METRIC == 4:
             a0 += s * r
             a1 += s * s
@@ -113,17 +123,17 @@ def _grad_distance_reduce_kernel(
 
 @triton.jit
 def _grad_distance_bwd_kernel(
-    g_ptr,       # (K,) upstream gradient
-    s_ptr,       # (K, P) packed syn
-    r_ptr,       # (K, P) packed real
-    gs_ptr,      # (K, P) out: d/d syn
-    gr_ptr,      # (K, P) out: d/d real
-    start_ptr,   # (R,) int64
-    len_ptr,     # (R,) int32
-    scale_ptr,   # (R,) acc
-    active_ptr,  # (R,) int32
-    cos_ptr,     # (K, R, 3) row stats ("ours") or (K, 3) class totals ("global_cos")
-    R, P,
+    g_ptr,          # (K,) upstream gradient
+    addr_ptr,       # (4, T) int64 base addresses: syn, real, d/dsyn, d/dreal
+    tensor_ptr,     # (R,) int32
+    offset_ptr,     # (R,) int64
+    len_ptr,        # (R,) int32
+    scale_ptr,      # (R,) acc
+    active_ptr,     # (R,) int32
+    per_class_ptr,  # (T,) int64
+    cos_ptr,        # (K, R, 3) row stats ("ours") or (K, 3) class totals ("global_cos")
+    R, T,
+    DT: tl.constexpr,
     METRIC: tl.constexpr,
     NEED_SYN: tl.constexpr,
     NEED_REAL: tl.constexpr,
@@ -132,7 +142,8 @@ def _grad_distance_bwd_kernel(
     pid = tl.program_id(0).to(tl.int64)
     k = pid // R
     q = pid % R
-    base = k * P + tl.load(start_ptr + q)
+    s_row = _row_base(addr_ptr, tensor_ptr, offset_ptr, per_class_ptr, k, q, T, 0, DT)
+    r_row = _row_base(addr_ptr, tensor_ptr, offset_ptr, per_class_ptr, k, q, T, 1, DT)
     n = tl.load(len_ptr + q)
     acc_t = scale_ptr.dtype.element_ty
     g = tl.load(g_ptr + k).to(acc_t)
@@ -158,8 +169,8 @@ def _grad_distance_bwd_kernel(
     for off in range(0, n, BLOCK):
         idx = off + tl.arange(0, BLOCK)
         m = idx < n
-        s = tl.load(s_ptr + base + idx, mask=m, other=0.0).to(acc_t)
-        r = tl.load(r_ptr + base + idx, mask=m, other=0.0).to(acc_t)
+        s = tl.load(s_row + idx, mask=m, other=0.0).to(acc_t)
+        r = tl.load(r_row + idx, mask=m, other=0.0).to(acc_t)
         if METRIC == 0 or METRIC == 4:
             d_s = a_s * s + b * r
             d_r = a_r * r + b * s
@@ -171,19 +182,22 @@ def _grad_distance_bwd_kernel(
                 d_s = c * ((e > 0).to(acc_t) - (e < 0).to(acc_t))
             d_r = -d_s
         if NEED_SYN:
-            tl.store(gs_ptr + base + idx, d_s.to(gs_ptr.dtype.element_ty), mask=m)
+            gs_row = _row_base(addr_ptr, tensor_ptr, offset_ptr, per_class_ptr, k, q, T, 2, DT)
+            tl.store(gs_row + idx, d_s.to(DT), mask=m)
         if NEED_REAL:
-            tl.store(gr_ptr + base + idx, d_r.to(gr_ptr.dtype.element_ty), mask=m)
-
-
-def _pack(tensors) -> torch.Tensor:
-    k = tensors[0].shape[0]
-    return torch.cat([t.reshape(k, -1) for t in tensors], dim=1)
+            gr_row = _row_base(addr_ptr, tensor_ptr, offset_ptr, per_class_ptr, k, q, T, 3, DT)
+            tl.store(gr_row + idx, d_r.to(DT), mask=m)
 
 
 def _table(syn, metric):
     shapes = tuple(tuple(t.shape[1:]) for t in syn)
     return row_table(shapes, metric, _acc(syn[0].dtype), syn[0].device)
+
+
+def _addresses(*lists, n: int, device) -> torch.Tensor:
+    """(4, T) base addresses; an absent list (a gradient not asked for) is all zeros, never read."""
+    return torch.tensor([[t.data_ptr() for t in ts] if ts else [0] * n for ts in lists], dtype=torch.int64,
+                        device=device)
 
 
 def _reduce(stats, active, metric, dtype):
@@ -196,54 +210,48 @@ def _reduce(stats, active, metric, dtype):
 
 
 def grad_distance_forward(syn, real, metric: str):
-    """Batched tensors ``(K, *param_shape)`` -> ``(dist (K,), stats (K, R, 3))``."""
-    start, length, scale, active = _table(syn, metric)
-    s, r = _pack(syn), _pack(real)
-    k, p = s.shape
-    rows = total_rows(t.shape[1:] for t in syn)
-    stats = torch.zeros(k, rows, 3, dtype=_acc(s.dtype), device=s.device)
+    """Batched contiguous tensors ``(K, *param_shape)`` -> ``(dist (K,), stats (K, R, 3))``."""
+    tensor, offset, length, scale, active, per_class = _table(syn, metric)
+    k, n, rows = syn[0].shape[0], len(syn), tensor.numel()
+    stats = torch.zeros(k, rows, 3, dtype=_acc(syn[0].dtype), device=syn[0].device)
     if k * rows:
-        _grad_distance_fwd_kernel[(k * rows,)](s, r, start, length, scale, stats, rows, p,
-                                               METRIC=METRIC_IDS[metric], BLOCK=BLOCK)
-    return _reduce(stats, active, metric, s.dtype)[0], stats
+        addr = _addresses(syn, real, None, None, n=n, device=syn[0].device)
+        _grad_distance_fwd_kernel[(k * rows,)](addr, tensor, offset, length, scale, per_class, stats, rows, n,
+                                               DT=_TL_DTYPES[syn[0].dtype], METRIC=METRIC_IDS[metric], BLOCK=BLOCK)
+    return _reduce(stats, active, metric, syn[0].dtype)[0], stats
 
 
 def grad_distance_backward(grad, syn, real, stats, metric: str, need_syn: bool, need_real: bool):
-    """Gradients w.r.t. syn and real (lists of views of one packed buffer each; [] if not needed)."""
-    start, length, scale, active = _table(syn, metric)
-    s, r = _pack(syn), _pack(real)
-    k, p = s.shape
-    rows = stats.shape[1]
-    cos = _reduce(stats, active, metric, s.dtype)[1] if metric == "global_cos" else stats
-    gs = torch.empty_like(s) if need_syn else s.new_empty(0)
-    gr = torch.empty_like(r) if need_real else r.new_empty(0)
+    """Gradients w.r.t. syn and real (lists; [] for one not asked for)."""
+    tensor, offset, length, scale, active, per_class = _table(syn, metric)
+    k, n, rows = syn[0].shape[0], len(syn), stats.shape[1]
+    cos = _reduce(stats, active, metric, syn[0].dtype)[1] if metric == "global_cos" else stats
+    gs = [torch.empty_like(t) for t in syn] if need_syn else []
+    gr = [torch.empty_like(t) for t in real] if need_real else []
     if k * rows and (need_syn or need_real):
-        _grad_distance_bwd_kernel[(k * rows,)](grad.contiguous(), s, r, gs, gr, start, length, scale, active, cos,
-                                               rows, p, METRIC=METRIC_IDS[metric], NEED_SYN=need_syn,
-                                               NEED_REAL=need_real, BLOCK=BLOCK)
-    sizes = [math.prod(t.shape[1:]) for t in syn]
-
-    def unpack(buf):
-        return [v.view(t.shape) for v, t in zip(buf.split(sizes, dim=1), syn)]
-
-    return (unpack(gs) if need_syn else []), (unpack(gr) if need_real else [])
+        addr = _addresses(syn, real, gs, gr, n=n, device=syn[0].device)
+        _grad_distance_bwd_kernel[(k * rows,)](grad.contiguous(), addr, tensor, offset, length, scale, active,
+                                               per_class, cos, rows, n, DT=_TL_DTYPES[syn[0].dtype],
+                                               METRIC=METRIC_IDS[metric], NEED_SYN=need_syn, NEED_REAL=need_real,
+                                               BLOCK=BLOCK)
+    return gs, gr
 
 
 def compile_specs():
     """(kernel, signature, constexprs) for ahead-of-time compilation checks without a GPU."""
+    table = {"tensor_ptr": "*i32", "offset_ptr": "*i64", "len_ptr": "*i32", "scale_ptr": "*fp32"}
     specs = []
-    for dt in ("fp32", "fp16", "bf16"):
-        for metric in METRIC_IDS.values():
-            fwd = {"s_ptr": f"*{dt}", "r_ptr": f"*{dt}", "start_ptr": "*i64", "len_ptr": "*i32", "scale_ptr": "*fp32",
-                   "stats_ptr": "*fp32", "R": "i32", "P": "i64", "METRIC": "constexpr", "BLOCK": "constexpr"}
-            specs.append((_grad_distance_fwd_kernel, fwd, {"METRIC": metric, "BLOCK": BLOCK}))
+    for dt, tdt in (("fp32", tl.float32), ("fp16", tl.float16), ("bf16", tl.bfloat16)):
+        for metric in (0, 1, 2, 4):  # 3 (l1_mean) takes the l1 branches with another scale
+            fwd = {"addr_ptr": "*i64", **table, "per_class_ptr": "*i64", "stats_ptr": "*fp32", "R": "i32", "T": "i32",
+                   "DT": "constexpr", "METRIC": "constexpr", "BLOCK": "constexpr"}
+            specs.append((_grad_distance_fwd_kernel, fwd, {"DT": tdt, "METRIC": metric, "BLOCK": BLOCK}))
             red = {"stats_ptr": "*fp32", "active_ptr": "*i32", "dist_ptr": f"*{dt}", "tot_ptr": "*fp32", "R": "i32",
                    "METRIC": "constexpr", "BLOCK_R": "constexpr"}
             specs.append((_grad_distance_reduce_kernel, red, {"METRIC": metric, "BLOCK_R": BLOCK_R}))
-            bwd = {"g_ptr": f"*{dt}", "s_ptr": f"*{dt}", "r_ptr": f"*{dt}", "gs_ptr": f"*{dt}", "gr_ptr": f"*{dt}",
-                   "start_ptr": "*i64", "len_ptr": "*i32", "scale_ptr": "*fp32", "active_ptr": "*i32",
-                   "cos_ptr": "*fp32", "R": "i32", "P": "i64", "METRIC": "constexpr", "NEED_SYN": "constexpr",
-                   "NEED_REAL": "constexpr", "BLOCK": "constexpr"}
-            specs.append((_grad_distance_bwd_kernel, bwd, {"METRIC": metric, "NEED_SYN": True, "NEED_REAL": False,
-                                                           "BLOCK": BLOCK}))
+            bwd = {"g_ptr": f"*{dt}", "addr_ptr": "*i64", **table, "active_ptr": "*i32", "per_class_ptr": "*i64",
+                   "cos_ptr": "*fp32", "R": "i32", "T": "i32", "DT": "constexpr", "METRIC": "constexpr",
+                   "NEED_SYN": "constexpr", "NEED_REAL": "constexpr", "BLOCK": "constexpr"}
+            specs.append((_grad_distance_bwd_kernel, bwd, {"DT": tdt, "METRIC": metric, "NEED_SYN": True,
+                                                           "NEED_REAL": True, "BLOCK": BLOCK}))
     return specs
