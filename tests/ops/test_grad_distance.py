@@ -333,3 +333,12 @@ def test_torch_compile_traces_the_cpu_op():
     ddkernels.grad_distance(s2, real, "ours", batched=True, backend="reference").sum().backward()
     for a, b in zip(s, s2):
         torch.testing.assert_close(a.grad, b.grad if b.grad is not None else torch.zeros_like(b))
+
+
+def test_nan_check_opt_in(monkeypatch):
+    syn, real = [torch.randn(3, 4), torch.randn(3, 4)], [torch.randn(3, 4), torch.randn(3, 4)]
+    real[1][0, 0] = float("nan")
+    assert torch.isnan(ddkernels.grad_distance(syn, real, "mse"))  # default: no scan, NaN propagates
+    monkeypatch.setenv("DDKERNELS_CHECK_FINITE", "1")
+    with pytest.raises(ValueError, match=r"g_real\[1\] contains NaN"):
+        ddkernels.grad_distance(syn, real, "mse")

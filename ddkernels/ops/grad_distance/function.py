@@ -7,7 +7,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from ... import _ext, dispatch
-from ..._checks import check_same_device, check_tensor
+from ..._checks import check_finite_enabled, check_same_device, check_tensor
 from . import reference
 from .tables import total_rows
 
@@ -93,6 +93,7 @@ class GradDistanceFunction(torch.autograd.Function):
 
 
 def _check_inputs(g_syn, g_real, metric, batched):
+    # One lean pass: this runs on every matching step, and the fused op's point is low per-call cost.
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {', '.join(repr(m) for m in METRICS)}; got {metric!r}")
     for name, seq in (("g_syn", g_syn), ("g_real", g_real)):
@@ -102,24 +103,31 @@ def _check_inputs(g_syn, g_real, metric, batched):
         raise ValueError(f"g_syn and g_real must hold the same number of layers, got {len(g_syn)} and {len(g_real)}")
     if not g_syn:
         raise ValueError("g_syn and g_real must hold at least one tensor")
-    lead = 2 if batched else 1
     first = check_tensor(g_syn[0], "g_syn[0]")
+    device, dtype, lead = first.device, first.dtype, 2 if batched else 1
+    k = first.shape[0] if first.dim() else None
     for i, (s, r) in enumerate(zip(g_syn, g_real)):
-        check_tensor(s, f"g_syn[{i}]")
-        check_tensor(r, f"g_real[{i}]")
+        if not (isinstance(s, torch.Tensor) and isinstance(r, torch.Tensor)):
+            check_tensor(s, f"g_syn[{i}]")
+            check_tensor(r, f"g_real[{i}]")
         if s.shape != r.shape:
             raise ValueError(f"layer {i}: g_syn[{i}] and g_real[{i}] must have the same shape, "
                              f"got {tuple(s.shape)} and {tuple(r.shape)}")
+        for name, t in ((f"g_syn[{i}]", s), (f"g_real[{i}]", r)):
+            if t.device != device:
+                check_same_device("g_syn[0]", first, name, t)
+            if t.dtype != dtype:
+                raise TypeError(f"g_syn[0] and {name} must have the same dtype, got {dtype} and {t.dtype}")
         if s.dim() < lead:
             layout = "(K, *param_shape) with batched=True" if batched else "a parameter gradient"
             raise ValueError(f"g_syn[{i}] must be at least {lead}-D ({layout}), got shape {tuple(s.shape)}")
-        for name, t in ((f"g_syn[{i}]", s), (f"g_real[{i}]", r)):
-            check_same_device("g_syn[0]", first, name, t)
-            if t.dtype != first.dtype:
-                raise TypeError(f"g_syn[0] and {name} must have the same dtype, got {first.dtype} and {t.dtype}")
-        if batched and s.shape[0] != first.shape[0]:
+        if batched and s.shape[0] != k:
             raise ValueError(f"batched=True needs the same number of classes K in dim 0 of every tensor: "
-                             f"g_syn[0] has K={first.shape[0]}, g_syn[{i}] has K={s.shape[0]}")
+                             f"g_syn[0] has K={k}, g_syn[{i}] has K={s.shape[0]}")
+    if check_finite_enabled():
+        for i, (s, r) in enumerate(zip(g_syn, g_real)):
+            check_tensor(s, f"g_syn[{i}]")
+            check_tensor(r, f"g_real[{i}]")
 
 
 def grad_distance(
