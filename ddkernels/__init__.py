@@ -5,8 +5,10 @@ Public ops dispatch per call to a backend (``"reference"``, ``"cpu"``, ``"triton
 """
 from . import nn
 from .dispatch import BackendUnavailable
+from .ops.grad_distance import grad_distance, stack_classes
 from .ops.multi_formation import multi_formation, multi_formation_targets
 
 __version__ = "0.1.0"
 
-__all__ = ["BackendUnavailable", "multi_formation", "multi_formation_targets", "nn", "__version__"]
+__all__ = ["BackendUnavailable", "grad_distance", "multi_formation", "multi_formation_targets", "nn",
+           "stack_classes", "__version__"]

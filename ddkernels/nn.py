@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .ops.grad_distance import grad_distance
 from .ops.multi_formation import multi_formation, multi_formation_targets
 
 
@@ -33,4 +34,24 @@ class MultiFormation(nn.Module):
         return f"factor={self.factor}, size={self.size}, multi={self.multi}, backend={self.backend!r}"
 
 
-__all__ = ["MultiFormation"]
+class GradMatchLoss(nn.Module):
+    """Gradient-matching distance as a loss module; see :func:`ddkernels.grad_distance`.
+
+    Args:
+        metric: ``"ours"``, ``"mse"``, ``"l1"``, ``"l1_mean"`` or ``"global_cos"``.
+        batched: inputs carry a leading class dim ``K``; returns ``(K,)``.
+        backend: passed to the op on every call.
+    """
+
+    def __init__(self, metric: str = "ours", *, batched: bool = False, backend: str = "auto"):
+        super().__init__()
+        self.metric, self.batched, self.backend = metric, batched, backend
+
+    def forward(self, g_syn, g_real) -> torch.Tensor:
+        return grad_distance(g_syn, g_real, self.metric, batched=self.batched, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return f"metric={self.metric!r}, batched={self.batched}, backend={self.backend!r}"
+
+
+__all__ = ["GradMatchLoss", "MultiFormation"]

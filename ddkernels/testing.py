@@ -34,3 +34,17 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, *, atol: float | 
             f"atol={atol:g} + rtol={rtol:g}·|expected|; worst at index {index}: "
             f"actual {a.flatten()[worst].item():.10g} vs expected {e.flatten()[worst].item():.10g} "
             f"(abs err {err.flatten()[worst].item():.3g})")
+
+
+def convnet_param_shapes(channels: int, num_classes: int, *, width: int = 128, depth: int = 3,
+                         feat: int = 4) -> list[tuple[int, ...]]:
+    """Parameter shapes of DC's ConvNet (conv 3×3 + bias, GroupNorm(width, width) γ/β, per block;
+    then a linear classifier on ``width·feat²`` features), in ``net.parameters()`` order: the
+    gradient lists gradient matching compares. ConvNet-3 on 28 px (conv1 padding 3) and 32 px both
+    end with 4×4 features."""
+    shapes: list[tuple[int, ...]] = []
+    c = channels
+    for _ in range(depth):
+        shapes += [(width, c, 3, 3), (width,), (width,), (width,)]
+        c = width
+    return shapes + [(num_classes, width * feat * feat), (num_classes,)]

@@ -19,9 +19,15 @@ TORCH_LIBRARY(ddkernels, m) {
   m.def(
       "multi_formation_bwd(Tensor grad_out, int factor, int in_h, int in_w, Tensor row_idx, "
       "Tensor row_w, Tensor col_idx, Tensor col_w) -> Tensor");
+  m.def("grad_distance_fwd(Tensor[] syn, Tensor[] real, str metric) -> (Tensor, Tensor)");
+  m.def(
+      "grad_distance_bwd(Tensor grad, Tensor[] syn, Tensor[] real, Tensor stats, str metric, "
+      "bool need_syn, bool need_real) -> (Tensor[], Tensor[])");
 }
 
 TORCH_LIBRARY_IMPL(ddkernels, CPU, m) {
   m.impl("multi_formation_fwd", &ddkernels::multi_formation_fwd_cpu);
   m.impl("multi_formation_bwd", &ddkernels::multi_formation_bwd_cpu);
+  m.impl("grad_distance_fwd", &ddkernels::grad_distance_fwd_cpu);
+  m.impl("grad_distance_bwd", &ddkernels::grad_distance_bwd_cpu);
 }

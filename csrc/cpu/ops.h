@@ -13,4 +13,11 @@ at::Tensor multi_formation_bwd_cpu(const at::Tensor& grad_out, int64_t factor, i
                                    int64_t in_w, const at::Tensor& row_idx, const at::Tensor& row_w,
                                    const at::Tensor& col_idx, const at::Tensor& col_w);
 
+// grad_distance.cpp: tensors in the batched layout (K, *param_shape); see the file's header.
+std::tuple<at::Tensor, at::Tensor> grad_distance_fwd_cpu(at::TensorList syn, at::TensorList real,
+                                                         c10::string_view metric);
+std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> grad_distance_bwd_cpu(
+    const at::Tensor& grad, at::TensorList syn, at::TensorList real, const at::Tensor& stats,
+    c10::string_view metric, bool need_syn, bool need_real);
+
 }  // namespace ddkernels

@@ -1,0 +1,194 @@
+"""grad_distance: backend declarations, the autograd Function and the functional API."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from ... import _ext, dispatch
+from ..._checks import check_finite_enabled, check_same_device, check_tensor
+from . import reference
+from .tables import total_rows
+
+METRICS = ("ours", "mse", "l1", "l1_mean", "global_cos")
+
+BACKENDS = dispatch.OpBackends(
+    "grad_distance",
+    [
+        dispatch.reference_backend(),
+        dispatch.cpu_backend((torch.float32, torch.float64)),
+        dispatch.triton_backend(),
+        dispatch.no_kernel("cuda", "no CUDA kernel for grad_distance (the Triton backend covers GPUs)"),
+    ],
+)
+
+
+# --- cpu backend: C++ ops registered by ddkernels._C -------------------------------------------
+
+def _cpu_forward(syn, real, metric):
+    return torch.ops.ddkernels.grad_distance_fwd(syn, real, metric)
+
+
+def _cpu_backward(grad, syn, real, stats, metric, need_syn, need_real):
+    return torch.ops.ddkernels.grad_distance_bwd(grad, syn, real, stats, metric, need_syn, need_real)
+
+
+def _register_fakes() -> None:
+    """Shape functions so torch.compile / FakeTensor tracing can see through the C++ ops."""
+
+    @torch.library.register_fake("ddkernels::grad_distance_fwd")
+    def _(syn, real, metric):
+        k = syn[0].shape[0]
+        return syn[0].new_empty(k), syn[0].new_empty(k, total_rows(t.shape[1:] for t in syn), 3)
+
+    @torch.library.register_fake("ddkernels::grad_distance_bwd")
+    def _(grad, syn, real, stats, metric, need_syn, need_real):
+        return ([torch.empty_like(t) for t in syn] if need_syn else [],
+                [torch.empty_like(t) for t in real] if need_real else [])
+
+
+if _ext.cpu_available()[0]:
+    _register_fakes()
+
+
+def _triton_forward(syn, real, metric):
+    from .triton import grad_distance_forward
+    return grad_distance_forward(syn, real, metric)
+
+
+def _triton_backward(grad, syn, real, stats, metric, need_syn, need_real):
+    from .triton import grad_distance_backward
+    return grad_distance_backward(grad, syn, real, stats, metric, need_syn, need_real)
+
+
+_KERNELS = {"cpu": (_cpu_forward, _cpu_backward), "triton": (_triton_forward, _triton_backward)}
+
+
+class GradDistanceFunction(torch.autograd.Function):
+    """All classes and layers in one kernel call each way. Inputs are ``n`` batched syn tensors
+    followed by ``n`` batched real tensors, all ``(K, *param_shape)`` and contiguous.
+
+    The backward is first order (``once_differentiable``): in gradient matching the second-order
+    part runs inside the network's own autograd graph that produced ``g_syn``.
+    """
+
+    @staticmethod
+    def forward(ctx, metric: str, backend: str, n: int, *tensors: torch.Tensor) -> torch.Tensor:
+        dist, stats = _KERNELS[backend][0](list(tensors[:n]), list(tensors[n:]), metric)
+        ctx.save_for_backward(stats, *tensors)
+        ctx.metric, ctx.backend, ctx.n = metric, backend, n
+        return dist
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        stats, *tensors = ctx.saved_tensors
+        n = ctx.n
+        need = ctx.needs_input_grad[3:]
+        need_syn, need_real = any(need[:n]), any(need[n:])
+        gs, gr = _KERNELS[ctx.backend][1](grad.contiguous(), tensors[:n], tensors[n:], stats, ctx.metric,
+                                          need_syn, need_real)
+        return (None, None, None, *(gs if need_syn else [None] * n), *(gr if need_real else [None] * n))
+
+
+def _check_inputs(g_syn, g_real, metric, batched):
+    # One lean pass: this runs on every matching step, and the fused op's point is low per-call cost.
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {', '.join(repr(m) for m in METRICS)}; got {metric!r}")
+    for name, seq in (("g_syn", g_syn), ("g_real", g_real)):
+        if isinstance(seq, torch.Tensor) or not isinstance(seq, Sequence):
+            raise TypeError(f"{name} must be a list or tuple of per-layer tensors, got {type(seq).__name__}")
+    if len(g_syn) != len(g_real):
+        raise ValueError(f"g_syn and g_real must hold the same number of layers, got {len(g_syn)} and {len(g_real)}")
+    if not g_syn:
+        raise ValueError("g_syn and g_real must hold at least one tensor")
+    first = check_tensor(g_syn[0], "g_syn[0]")
+    device, dtype, lead = first.device, first.dtype, 2 if batched else 1
+    k = first.shape[0] if first.dim() else None
+    for i, (s, r) in enumerate(zip(g_syn, g_real)):
+        if not (isinstance(s, torch.Tensor) and isinstance(r, torch.Tensor)):
+            check_tensor(s, f"g_syn[{i}]")
+            check_tensor(r, f"g_real[{i}]")
+        if s.shape != r.shape:
+            raise ValueError(f"layer {i}: g_syn[{i}] and g_real[{i}] must have the same shape, "
+                             f"got {tuple(s.shape)} and {tuple(r.shape)}")
+        for name, t in ((f"g_syn[{i}]", s), (f"g_real[{i}]", r)):
+            if t.device != device:
+                check_same_device("g_syn[0]", first, name, t)
+            if t.dtype != dtype:
+                raise TypeError(f"g_syn[0] and {name} must have the same dtype, got {dtype} and {t.dtype}")
+        if s.dim() < lead:
+            layout = "(K, *param_shape) with batched=True" if batched else "a parameter gradient"
+            raise ValueError(f"g_syn[{i}] must be at least {lead}-D ({layout}), got shape {tuple(s.shape)}")
+        if batched and s.shape[0] != k:
+            raise ValueError(f"batched=True needs the same number of classes K in dim 0 of every tensor: "
+                             f"g_syn[0] has K={k}, g_syn[{i}] has K={s.shape[0]}")
+    if check_finite_enabled():
+        for i, (s, r) in enumerate(zip(g_syn, g_real)):
+            check_tensor(s, f"g_syn[{i}]")
+            check_tensor(r, f"g_real[{i}]")
+
+
+def grad_distance(
+    g_syn: Sequence[torch.Tensor],
+    g_real: Sequence[torch.Tensor],
+    metric: str = "ours",
+    *,
+    batched: bool = False,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Layer-wise gradient-matching distance (DC/DSA ``match_loss``, IDC ``dist``), all layers and
+    classes in one fused call.
+
+    Metrics (rows = first parameter dim, i.e. output channels / units):
+
+    * ``"ours"`` (DC/DSA default, ``distance_wb``): per tensor Σ_rows [1 − ⟨s,r⟩ / (‖s‖·‖r‖ + 1e-6)],
+      4-D/3-D tensors flattened to rows, **1-D tensors contribute 0**; summed over tensors.
+    * ``"mse"``: Σ (syn − real)² over all elements (a sum, as in DC and IDC).
+    * ``"l1"``: Σ |syn − real|.
+    * ``"l1_mean"`` (IDC): Σ_tensors Σ_rows mean_row |syn − real| (a 1-D tensor's rows are its elements).
+    * ``"global_cos"`` (DC's ``'cos'``): 1 − ⟨s,r⟩ / (‖s‖‖r‖ + 1e-6) over all tensors concatenated.
+
+    Which layers take part is the caller's choice (IDC skips 1-D and 2-D tensors by default): the op
+    computes over the tensors it is given.
+
+    Args:
+        g_syn: per-layer gradients on synthetic data (typically from ``autograd.grad(...,
+            create_graph=True)``). Non-contiguous tensors are copied once for the fused backends.
+        g_real: per-layer gradients on real data, same shapes (usually detached).
+        metric: one of ``"ours"``, ``"mse"``, ``"l1"``, ``"l1_mean"``, ``"global_cos"``.
+        batched: every tensor carries a leading class dimension ``K``; one distance per class.
+        backend: ``"auto"``, ``"reference"``, ``"cpu"``, ``"triton"`` or ``"cuda"``.
+
+    Shapes:
+        ``g_syn[i]``, ``g_real[i]``: ``param_shape_i``, or ``(K, *param_shape_i)`` with ``batched=True``.
+
+    Returns:
+        A scalar, or ``(K,)`` with ``batched=True``; differentiable in both ``g_syn`` and ``g_real``
+        (first order) on every backend.
+    """
+    _check_inputs(g_syn, g_real, metric, batched)
+    name = BACKENDS.select(backend, g_syn[0].device, g_syn[0].dtype)
+    if name == "reference":
+        return reference.grad_distance(g_syn, g_real, metric, batched)
+    lift = (lambda t: t.contiguous()) if batched else (lambda t: t.contiguous().unsqueeze(0))
+    tensors = [lift(t) for t in g_syn] + [lift(t) for t in g_real]
+    out = GradDistanceFunction.apply(metric, name, len(g_syn), *tensors)
+    return out if batched else out[0]
+
+
+def stack_classes(per_class: Sequence[Sequence[torch.Tensor]]) -> list[torch.Tensor]:
+    """Per-class gradient lists ``[[layer0, layer1, ...] for each class]`` -> the batched layout
+    ``[(K, *layer0.shape), ...]``. One copy per layer (``torch.stack``), differentiable; a class
+    list of different length raises."""
+    if not per_class:
+        raise ValueError("per_class must hold at least one class")
+    n = len(per_class[0])
+    for c, layers in enumerate(per_class):
+        if len(layers) != n:
+            raise ValueError(f"per_class[{c}] holds {len(layers)} layers, per_class[0] holds {n}")
+    return [torch.stack([layers[i] for layers in per_class]) for i in range(n)]
+
+
+__all__ = ["grad_distance", "stack_classes", "GradDistanceFunction", "BACKENDS", "METRICS"]
