@@ -6,7 +6,8 @@ Public ops dispatch per call to a backend (``"reference"``, ``"cpu"``, ``"triton
 from . import nn
 from .dispatch import BackendUnavailable
 from .ops.multi_formation import multi_formation, multi_formation_targets
+from .ops.scale_shift import scale_shift
 
 __version__ = "0.1.0"
 
-__all__ = ["BackendUnavailable", "multi_formation", "multi_formation_targets", "nn", "__version__"]
+__all__ = ["BackendUnavailable", "multi_formation", "multi_formation_targets", "nn", "scale_shift", "__version__"]

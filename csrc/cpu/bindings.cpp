@@ -19,9 +19,17 @@ TORCH_LIBRARY(ddkernels, m) {
   m.def(
       "multi_formation_bwd(Tensor grad_out, int factor, int in_h, int in_w, Tensor row_idx, "
       "Tensor row_w, Tensor col_idx, Tensor col_w) -> Tensor");
+  m.def(
+      "scale_shift_fwd(Tensor x, Tensor scale, Tensor shift, Tensor index, bool normalize, "
+      "float eps) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "scale_shift_bwd(Tensor grad_y, Tensor x, Tensor scale, Tensor order, Tensor offsets, "
+      "Tensor mean, Tensor rstd, bool normalize) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(ddkernels, CPU, m) {
   m.impl("multi_formation_fwd", &ddkernels::multi_formation_fwd_cpu);
   m.impl("multi_formation_bwd", &ddkernels::multi_formation_bwd_cpu);
+  m.impl("scale_shift_fwd", &ddkernels::scale_shift_fwd_cpu);
+  m.impl("scale_shift_bwd", &ddkernels::scale_shift_bwd_cpu);
 }

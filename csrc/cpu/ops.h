@@ -3,6 +3,8 @@
 #pragma once
 #include <ATen/core/Tensor.h>
 
+#include <tuple>
+
 namespace ddkernels {
 
 // multi_formation.cpp
@@ -12,5 +14,15 @@ at::Tensor multi_formation_fwd_cpu(const at::Tensor& x, int64_t factor, const at
 at::Tensor multi_formation_bwd_cpu(const at::Tensor& grad_out, int64_t factor, int64_t in_h,
                                    int64_t in_w, const at::Tensor& row_idx, const at::Tensor& row_w,
                                    const at::Tensor& col_idx, const at::Tensor& col_w);
+
+// scale_shift.cpp
+std::tuple<at::Tensor, at::Tensor, at::Tensor> scale_shift_fwd_cpu(const at::Tensor& x,
+                                                                   const at::Tensor& scale,
+                                                                   const at::Tensor& shift,
+                                                                   const at::Tensor& index,
+                                                                   bool normalize, double eps);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> scale_shift_bwd_cpu(
+    const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& scale, const at::Tensor& order,
+    const at::Tensor& offsets, const at::Tensor& mean, const at::Tensor& rstd, bool normalize);
 
 }  // namespace ddkernels
