@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .hallucinator import HallucinatorBank
 from .ops.multi_formation import multi_formation, multi_formation_targets
 
 
@@ -33,4 +34,4 @@ class MultiFormation(nn.Module):
         return f"factor={self.factor}, size={self.size}, multi={self.multi}, backend={self.backend!r}"
 
 
-__all__ = ["MultiFormation"]
+__all__ = ["HallucinatorBank", "MultiFormation"]

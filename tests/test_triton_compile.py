@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("triton")
 
-TRITON_MODULES = ["ddkernels.ops.multi_formation.triton"]
+TRITON_MODULES = ["ddkernels.ops.multi_formation.triton", "ddkernels.ops.scale_shift.triton"]
 
 SCRIPT = r"""
 import importlib, sys, triton

@@ -16,6 +16,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -122,18 +123,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> scale_shift_fwd_cpu(const at::Ten
         scalar_t* __restrict__ yp = Y + p * L;
         const scalar_t* __restrict__ s = SC + (idx[n] * C + c) * S;
         const scalar_t* __restrict__ t = SH + (idx[n] * C + c) * S;
-        // Normalization folds into the affine map: y = (s * rstd) * x + (t - s * rstd * mean).
-        scalar_t a = 1, b = 0;
+        // (x - mean) * rstd first, not folded into the affine map: folding cancels catastrophically
+        // when |mean| >> std (and breaks y == shift exactly on constant planes).
+        scalar_t m = 0, r = 1;
         if (normalize) {
           plane_stats(xp, L, eps, M[p], R[p]);
-          a = R[p];
-          b = -M[p] * R[p];
+          m = M[p];
+          r = R[p];
         }
         if (S == 1) {
-          const scalar_t sa = s[0] * a, tb = t[0] + s[0] * b;
-          for (int64_t i = 0; i < L; ++i) yp[i] = sa * xp[i] + tb;
+          const scalar_t s0 = s[0], t0 = t[0];
+          for (int64_t i = 0; i < L; ++i) yp[i] = s0 * ((xp[i] - m) * r) + t0;
         } else {
-          for (int64_t i = 0; i < L; ++i) yp[i] = s[i] * (a * xp[i] + b) + t[i];
+          for (int64_t i = 0; i < L; ++i) yp[i] = s[i] * ((xp[i] - m) * r) + t[i];
         }
       }
     });
@@ -184,7 +186,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> scale_shift_bwd_cpu(
   }
 
   at::Tensor grad_x = x.new_empty(x.sizes());
-  at::Tensor grad_scale = scale.new_zeros(scale.sizes());
+  at::Tensor grad_scale = scale.new_zeros(scale.sizes());  // hallucinators with no samples keep 0
   at::Tensor grad_shift = scale.new_zeros(scale.sizes());
   if (x.numel() == 0) return {grad_x, grad_scale, grad_shift};
 
@@ -200,14 +202,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> scale_shift_bwd_cpu(
     scalar_t* __restrict__ GT = grad_shift.data_ptr<scalar_t>();
 
     at::parallel_for(0, Hn * C, 1, [&](int64_t begin, int64_t end) {
-      // Per-pixel sums accumulate in scalar_t across samples (one add per sample and pixel, like
-      // autograd's sum over the batch); xhat holds the normalized plane for the dx pass.
-      std::vector<scalar_t> xhat(normalize ? L : 0);
+      // Per-pixel sums run over up to B samples in sequence, so they accumulate in double (float32
+      // would lose ~sqrt(B) ulps to cancellation); xhat holds the normalized plane for the dx pass.
+      std::vector<acc_t> acc(S == 1 ? 0 : 2 * L);
+      std::vector<scalar_t> xhat(normalize ? L : 0), dbuf(normalize ? L : 0);
       for (int64_t kc = begin; kc < end; ++kc) {
         const int64_t k = kc / C, c = kc % C;
         const scalar_t* __restrict__ s = SC + kc * S;
-        scalar_t* __restrict__ gs = GS + kc * S;
-        scalar_t* __restrict__ gt = GT + kc * S;
+        acc_t* __restrict__ gs = acc.data();
+        acc_t* __restrict__ gt = acc.data() + (S == 1 ? 0 : L);
+        std::fill(acc.begin(), acc.end(), acc_t(0));
         acc_t gs1 = 0, gt1 = 0;  // per-channel totals
         for (int64_t q = off[k]; q < off[k + 1]; ++q) {
           const int64_t p = ord[q] * C + c;
@@ -223,8 +227,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> scale_shift_bwd_cpu(
             } else {
               for (int64_t i = 0; i < L; ++i) {
                 gx[i] = s[i] * g[i];
-                gs[i] += g[i] * xp[i];
-                gt[i] += g[i];
+                gs[i] += acc_t(g[i]) * acc_t(xp[i]);
+                gt[i] += acc_t(g[i]);
               }
             }
             continue;
@@ -232,36 +236,37 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> scale_shift_bwd_cpu(
           const scalar_t m = M[p], r = R[p];
           scalar_t* __restrict__ xh = xhat.data();
           for (int64_t i = 0; i < L; ++i) xh[i] = (xp[i] - m) * r;
-          // d xhat = s * g; dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)).
-          acc_t sum_d, sum_dx;
+          // dx = rstd * (d - mean(d) - xhat * mean(d * xhat)) with d = scale * dy. d - mean(d) is
+          // formed from stored/factored values so FMA contraction cannot leave a rounding residue
+          // where it must cancel exactly (constant planes: dx = 0).
           if (S == 1) {
             const acc_t sg = lane_sum<acc_t>(L, [&](int64_t i) { return acc_t(g[i]); });
             const acc_t sgx = lane_sum<acc_t>(L, [&](int64_t i) { return acc_t(g[i]) * acc_t(xh[i]); });
             gs1 += sgx;
             gt1 += sg;
-            sum_d = acc_t(s[0]) * sg;
-            sum_dx = acc_t(s[0]) * sgx;
+            const scalar_t s0 = s[0], mg = scalar_t(sg / L), mdx = scalar_t(acc_t(s0) * sgx / L);
+            for (int64_t i = 0; i < L; ++i) gx[i] = r * (s0 * (g[i] - mg) - xh[i] * mdx);
           } else {
+            scalar_t* __restrict__ d = dbuf.data();
             for (int64_t i = 0; i < L; ++i) {
-              gs[i] += g[i] * xh[i];
-              gt[i] += g[i];
+              d[i] = s[i] * g[i];
+              gs[i] += acc_t(g[i]) * acc_t(xh[i]);
+              gt[i] += acc_t(g[i]);
             }
-            sum_d = lane_sum<acc_t>(L, [&](int64_t i) { return acc_t(s[i]) * acc_t(g[i]); });
-            sum_dx = lane_sum<acc_t>(L, [&](int64_t i) {
-              return acc_t(s[i]) * acc_t(g[i]) * acc_t(xh[i]);
-            });
-          }
-          const scalar_t md = scalar_t(sum_d / L), mdx = scalar_t(sum_dx / L);
-          if (S == 1) {
-            const scalar_t s0 = s[0];
-            for (int64_t i = 0; i < L; ++i) gx[i] = r * (s0 * g[i] - md - xh[i] * mdx);
-          } else {
-            for (int64_t i = 0; i < L; ++i) gx[i] = r * (s[i] * g[i] - md - xh[i] * mdx);
+            const scalar_t md = scalar_t(lane_sum<acc_t>(L, [&](int64_t i) { return acc_t(d[i]); }) / L);
+            const scalar_t mdx = scalar_t(
+                lane_sum<acc_t>(L, [&](int64_t i) { return acc_t(d[i]) * acc_t(xh[i]); }) / L);
+            for (int64_t i = 0; i < L; ++i) gx[i] = r * ((d[i] - md) - xh[i] * mdx);
           }
         }
         if (S == 1) {
-          gs[0] = scalar_t(gs1);
-          gt[0] = scalar_t(gt1);
+          GS[kc] = scalar_t(gs1);
+          GT[kc] = scalar_t(gt1);
+        } else {
+          for (int64_t i = 0; i < L; ++i) {
+            GS[kc * L + i] = scalar_t(gs[i]);
+            GT[kc * L + i] = scalar_t(gt[i]);
+          }
         }
       }
     });

@@ -158,7 +158,7 @@ def _scale_shift_bwd_dx_kernel(
     base = p.to(tl.int64) * L
     mean = tl.load(mean_ptr + p)
     rstd = tl.load(rstd_ptr + p)
-    s = tl.load(scale_ptr + row).to(ACC)  # overwritten per block when PER_PIXEL
+    s_channel = tl.load(scale_ptr + row).to(ACC)  # the per-channel scale (unused when PER_PIXEL)
     # Instance-norm backward: dx = rstd * (d - mean(d) - xhat * mean(d * xhat)), d = scale * dy.
     sum_d = tl.zeros([BLOCK], dtype=ACC)
     sum_dx = tl.zeros([BLOCK], dtype=ACC)
@@ -167,6 +167,8 @@ def _scale_shift_bwd_dx_kernel(
         mask = offs < L
         if PER_PIXEL:
             s = tl.load(scale_ptr + row * L + offs, mask=mask, other=0.0).to(ACC)
+        else:
+            s = s_channel
         d = s * tl.load(gy_ptr + base + offs, mask=mask, other=0.0).to(ACC)
         xh = (tl.load(x_ptr + base + offs, mask=mask, other=0.0).to(ACC) - mean) * rstd
         sum_d += d
@@ -178,6 +180,8 @@ def _scale_shift_bwd_dx_kernel(
         mask = offs < L
         if PER_PIXEL:
             s = tl.load(scale_ptr + row * L + offs, mask=mask, other=0.0).to(ACC)
+        else:
+            s = s_channel
         d = s * tl.load(gy_ptr + base + offs, mask=mask, other=0.0).to(ACC)
         xh = (tl.load(x_ptr + base + offs, mask=mask, other=0.0).to(ACC) - mean) * rstd
         tl.store(gx_ptr + base + offs, (rstd * (d - md - xh * mdx)).to(gx_ptr.dtype.element_ty), mask=mask)
