@@ -109,7 +109,7 @@ def test_triton_half_types(dtype, normalize):
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("normalize", [False, True], ids=["plain", "norm"])
 def test_gradcheck(backend, mode, layout, normalize):
-    x, scale, shift, index = _inputs((2, 3, 2, 3, 4), mode, layout, torch.float64)
+    x, scale, shift, index = _inputs((2, 2, 2, 2, 3), mode, layout, torch.float64)
     args = tuple(t.requires_grad_() for t in (x, scale, shift))
     # The full Jacobian costs one backward per output element: too many interpreter launches for
     # Triton on CPU, so it uses gradcheck's fast mode (random projections of the same Jacobians).
@@ -194,7 +194,7 @@ def test_non_contiguous_input(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS + ["reference"])
-@pytest.mark.filterwarnings("ignore:var\\(\\): degrees of freedom")  # the reference's var of 0 planes
+@pytest.mark.filterwarnings("ignore:var\\(\\)")  # the reference computes var() of empty planes
 def test_empty_batch(backend):
     x = torch.randn(2, 0, 3, 4, 4, requires_grad=True)
     scale = torch.randn(2, 3, 4, 4, requires_grad=True)
