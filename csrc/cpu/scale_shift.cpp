@@ -10,8 +10,11 @@
 //              fixed order, writes dx for each of their planes and accumulates dscale/dshift in a
 //              private buffer. Each output element has exactly one writer and a fixed summation
 //              order, so there are no atomics and results are bitwise repeatable.
-// Plane-wide sums go through LANES independent accumulators so the loops vectorize without
-// -ffast-math (which would also make the summation order compiler-dependent).
+// Plane-wide sums go through LANES independent scalar_t accumulators (combined in double), so the
+// loops vectorize without -ffast-math, which would also make the summation order compiler-dependent.
+// Per-pixel dscale/dshift sum over up to B samples: scalar_t partial sums over CHUNK samples are
+// folded into double, which keeps the inner loop at full vector width with the accuracy of a
+// CHUNK-long sum.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -27,16 +30,17 @@ namespace ddkernels {
 namespace {
 
 constexpr int64_t LANES = 16;
+constexpr int64_t CHUNK = 16;
 
 // Σ f(i) for i in [0, n) in LANES interleaved partial sums, combined in a fixed order.
-template <typename acc_t, typename F>
-inline acc_t lane_sum(int64_t n, F f) {
-  acc_t part[LANES] = {};
+template <typename scalar_t, typename F>
+inline double lane_sum(int64_t n, F f) {
+  scalar_t part[LANES] = {};
   int64_t i = 0;
   for (; i + LANES <= n; i += LANES)
     for (int64_t l = 0; l < LANES; ++l) part[l] += f(i + l);
   for (; i < n; ++i) part[i % LANES] += f(i);
-  acc_t total = 0;
+  double total = 0;
   for (int64_t l = 0; l < LANES; ++l) total += part[l];
   return total;
 }
@@ -46,14 +50,61 @@ inline acc_t lane_sum(int64_t n, F f) {
 template <typename scalar_t>
 inline void plane_stats(const scalar_t* __restrict__ x, int64_t L, double eps, scalar_t& mean,
                         scalar_t& rstd) {
-  using acc_t = double;
-  const acc_t m = lane_sum<acc_t>(L, [&](int64_t i) { return acc_t(x[i]); }) / acc_t(L);
-  const acc_t v = lane_sum<acc_t>(L, [&](int64_t i) {
-                    const acc_t d = acc_t(x[i]) - m;
-                    return d * d;
-                  }) / acc_t(L);
-  mean = scalar_t(m);
+  const scalar_t m = scalar_t(lane_sum<scalar_t>(L, [&](int64_t i) { return x[i]; }) / L);
+  const double v = lane_sum<scalar_t>(L, [&](int64_t i) {
+                     const scalar_t d = x[i] - m;
+                     return d * d;
+                   }) / L;
+  mean = m;
   rstd = scalar_t(1.0 / std::sqrt(v + eps));
+}
+
+// The streaming loops take their arrays as __restrict__ parameters: GCC honours restrict on
+// parameters (not on local pointers), so these vectorize without runtime alias checks, which it
+// gives up on beyond a handful of streams.
+template <typename T>
+void affine(int64_t L, const T* __restrict__ s, const T* __restrict__ t, const T* __restrict__ x,
+            T* __restrict__ y) {
+  for (int64_t i = 0; i < L; ++i) y[i] = s[i] * x[i] + t[i];
+}
+
+// (x - mean) * rstd first, not folded into the affine map: folding cancels catastrophically when
+// |mean| >> std (and breaks y == shift exactly on constant planes).
+template <typename T>
+void affine_norm(int64_t L, const T* __restrict__ s, const T* __restrict__ t,
+                 const T* __restrict__ x, T m, T r, T* __restrict__ y) {
+  for (int64_t i = 0; i < L; ++i) y[i] = s[i] * ((x[i] - m) * r) + t[i];
+}
+
+// dx = s * dy and the per-pixel partial sums of dy * x and dy, from one read of dy and x.
+template <typename T>
+void bwd_sweep(int64_t L, const T* __restrict__ s, const T* __restrict__ g,
+               const T* __restrict__ x, T* __restrict__ gx, T* __restrict__ ps,
+               T* __restrict__ pt) {
+  for (int64_t i = 0; i < L; ++i) {
+    gx[i] = s[i] * g[i];
+    ps[i] += g[i] * x[i];
+    pt[i] += g[i];
+  }
+}
+
+template <typename T>
+void accumulate(int64_t L, const T* __restrict__ g, const T* __restrict__ xn, T* __restrict__ ps,
+                T* __restrict__ pt) {
+  for (int64_t i = 0; i < L; ++i) {
+    ps[i] += g[i] * xn[i];
+    pt[i] += g[i];
+  }
+}
+
+template <typename T, typename A>
+void flush(int64_t L, T* __restrict__ ps, T* __restrict__ pt, A* __restrict__ tot_s,
+           A* __restrict__ tot_t) {
+  for (int64_t i = 0; i < L; ++i) {
+    tot_s[i] += ps[i];
+    tot_t[i] += pt[i];
+    ps[i] = pt[i] = 0;
+  }
 }
 
 void check_params(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& shift) {
@@ -123,19 +174,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> scale_shift_fwd_cpu(const at::Ten
         scalar_t* __restrict__ yp = Y + p * L;
         const scalar_t* __restrict__ s = SC + (idx[n] * C + c) * S;
         const scalar_t* __restrict__ t = SH + (idx[n] * C + c) * S;
-        // (x - mean) * rstd first, not folded into the affine map: folding cancels catastrophically
-        // when |mean| >> std (and breaks y == shift exactly on constant planes).
-        scalar_t m = 0, r = 1;
-        if (normalize) {
-          plane_stats(xp, L, eps, M[p], R[p]);
-          m = M[p];
-          r = R[p];
+        if (!normalize) {
+          if (S == 1) {
+            const scalar_t s0 = s[0], t0 = t[0];
+            for (int64_t i = 0; i < L; ++i) yp[i] = s0 * xp[i] + t0;
+          } else {
+            affine(L, s, t, xp, yp);
+          }
+          continue;
         }
+        plane_stats(xp, L, eps, M[p], R[p]);
+        const scalar_t m = M[p], r = R[p];
         if (S == 1) {
           const scalar_t s0 = s[0], t0 = t[0];
           for (int64_t i = 0; i < L; ++i) yp[i] = s0 * ((xp[i] - m) * r) + t0;
         } else {
-          for (int64_t i = 0; i < L; ++i) yp[i] = s[i] * ((xp[i] - m) * r) + t[i];
+          affine_norm(L, s, t, xp, m, r, yp);
         }
       }
     });
@@ -202,70 +256,72 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> scale_shift_bwd_cpu(
     scalar_t* __restrict__ GT = grad_shift.data_ptr<scalar_t>();
 
     at::parallel_for(0, Hn * C, 1, [&](int64_t begin, int64_t end) {
-      // Per-pixel sums run over up to B samples in sequence, so they accumulate in double (float32
-      // would lose ~sqrt(B) ulps to cancellation); xhat holds the normalized plane for the dx pass.
-      std::vector<acc_t> acc(S == 1 ? 0 : 2 * L);
-      std::vector<scalar_t> xhat(normalize ? L : 0), dbuf(normalize ? L : 0);
+      const int64_t P = S == 1 ? 0 : L;  // per-pixel buffers are unused for per-channel parameters
+      std::vector<acc_t> acc(2 * P);
+      std::vector<scalar_t> part(2 * P), xhat(normalize ? L : 0), dbuf(normalize ? P : 0);
       for (int64_t kc = begin; kc < end; ++kc) {
         const int64_t k = kc / C, c = kc % C;
         const scalar_t* __restrict__ s = SC + kc * S;
-        acc_t* __restrict__ gs = acc.data();
-        acc_t* __restrict__ gt = acc.data() + (S == 1 ? 0 : L);
+        acc_t* tot_s = acc.data();
+        acc_t* tot_t = acc.data() + P;
+        scalar_t* ps = part.data();
+        scalar_t* pt = part.data() + P;
         std::fill(acc.begin(), acc.end(), acc_t(0));
+        std::fill(part.begin(), part.end(), scalar_t(0));
         acc_t gs1 = 0, gt1 = 0;  // per-channel totals
-        for (int64_t q = off[k]; q < off[k + 1]; ++q) {
+        for (int64_t q = off[k], in_chunk = 0; q < off[k + 1]; ++q) {
           const int64_t p = ord[q] * C + c;
           const scalar_t* __restrict__ g = G + p * L;
           const scalar_t* __restrict__ xp = X + p * L;
           scalar_t* __restrict__ gx = GX + p * L;
-          if (!normalize) {
-            if (S == 1) {
-              const scalar_t s0 = s[0];
-              for (int64_t i = 0; i < L; ++i) gx[i] = s0 * g[i];
-              gs1 += lane_sum<acc_t>(L, [&](int64_t i) { return acc_t(g[i]) * acc_t(xp[i]); });
-              gt1 += lane_sum<acc_t>(L, [&](int64_t i) { return acc_t(g[i]); });
-            } else {
-              for (int64_t i = 0; i < L; ++i) {
-                gx[i] = s[i] * g[i];
-                gs[i] += acc_t(g[i]) * acc_t(xp[i]);
-                gt[i] += acc_t(g[i]);
-              }
-            }
-            continue;
+          const scalar_t* __restrict__ xn = xp;  // n(x): x itself or its normalized plane
+          scalar_t m = 0, r = 1;
+          if (normalize) {
+            m = M[p];
+            r = R[p];
+            for (int64_t i = 0; i < L; ++i) xhat[i] = (xp[i] - m) * r;
+            xn = xhat.data();
           }
-          const scalar_t m = M[p], r = R[p];
-          scalar_t* __restrict__ xh = xhat.data();
-          for (int64_t i = 0; i < L; ++i) xh[i] = (xp[i] - m) * r;
-          // dx = rstd * (d - mean(d) - xhat * mean(d * xhat)) with d = scale * dy. d - mean(d) is
-          // formed from stored/factored values so FMA contraction cannot leave a rounding residue
-          // where it must cancel exactly (constant planes: dx = 0).
           if (S == 1) {
-            const acc_t sg = lane_sum<acc_t>(L, [&](int64_t i) { return acc_t(g[i]); });
-            const acc_t sgx = lane_sum<acc_t>(L, [&](int64_t i) { return acc_t(g[i]) * acc_t(xh[i]); });
+            const acc_t sg = lane_sum<scalar_t>(L, [&](int64_t i) { return g[i]; });
+            const acc_t sgx = lane_sum<scalar_t>(L, [&](int64_t i) { return g[i] * xn[i]; });
             gs1 += sgx;
             gt1 += sg;
-            const scalar_t s0 = s[0], mg = scalar_t(sg / L), mdx = scalar_t(acc_t(s0) * sgx / L);
-            for (int64_t i = 0; i < L; ++i) gx[i] = r * (s0 * (g[i] - mg) - xh[i] * mdx);
-          } else {
-            scalar_t* __restrict__ d = dbuf.data();
-            for (int64_t i = 0; i < L; ++i) {
-              d[i] = s[i] * g[i];
-              gs[i] += acc_t(g[i]) * acc_t(xh[i]);
-              gt[i] += acc_t(g[i]);
+            const scalar_t s0 = s[0];
+            if (!normalize) {
+              for (int64_t i = 0; i < L; ++i) gx[i] = s0 * g[i];
+              continue;
             }
-            const scalar_t md = scalar_t(lane_sum<acc_t>(L, [&](int64_t i) { return acc_t(d[i]); }) / L);
-            const scalar_t mdx = scalar_t(
-                lane_sum<acc_t>(L, [&](int64_t i) { return acc_t(d[i]) * acc_t(xh[i]); }) / L);
-            for (int64_t i = 0; i < L; ++i) gx[i] = r * ((d[i] - md) - xh[i] * mdx);
+            // dx = rstd * (d - mean(d) - xhat * mean(d * xhat)) with d = scale * dy, written as
+            // s0 * (g - mean(g)) so constant planes cancel exactly (dx = 0) despite FMA contraction.
+            const scalar_t mg = scalar_t(sg / L), mdx = scalar_t(acc_t(s0) * sgx / L);
+            for (int64_t i = 0; i < L; ++i) gx[i] = r * (s0 * (g[i] - mg) - xn[i] * mdx);
+            continue;
           }
+          if (!normalize)
+            bwd_sweep(L, s, g, xp, gx, ps, pt);
+          else
+            accumulate(L, g, xn, ps, pt);
+          if (++in_chunk == CHUNK) {
+            flush(L, ps, pt, tot_s, tot_t);
+            in_chunk = 0;
+          }
+          if (!normalize) continue;
+          // Same formula; d is stored first so that d - mean(d) cancels exactly where it must.
+          scalar_t* __restrict__ d = dbuf.data();
+          for (int64_t i = 0; i < L; ++i) d[i] = s[i] * g[i];
+          const scalar_t md = scalar_t(lane_sum<scalar_t>(L, [&](int64_t i) { return d[i]; }) / L);
+          const scalar_t mdx = scalar_t(lane_sum<scalar_t>(L, [&](int64_t i) { return d[i] * xn[i]; }) / L);
+          for (int64_t i = 0; i < L; ++i) gx[i] = r * ((d[i] - md) - xn[i] * mdx);
         }
         if (S == 1) {
           GS[kc] = scalar_t(gs1);
           GT[kc] = scalar_t(gt1);
         } else {
+          flush(L, ps, pt, tot_s, tot_t);
           for (int64_t i = 0; i < L; ++i) {
-            GS[kc * L + i] = scalar_t(gs[i]);
-            GT[kc * L + i] = scalar_t(gt[i]);
+            GS[kc * L + i] = scalar_t(tot_s[i]);
+            GT[kc * L + i] = scalar_t(tot_t[i]);
           }
         }
       }
