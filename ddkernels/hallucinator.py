@@ -117,8 +117,13 @@ class HallucinatorBank(nn.Module):
             # no transposes, and the decoders read the result back as Hn groups.
             feats = F.conv2d(bases, self.enc_weight, self.enc_bias).view(b * hn, mid, fh, fw)
             feats = self._modulate(feats, self.product_index(b, device=bases.device))
-            y = F.conv_transpose2d(feats.view(b, hn * mid, fh, fw), self.dec_weight, self.dec_bias, groups=hn)
-            return y.view(b * hn, out, h, w)
+            feats = feats.view(b, hn * mid, fh, fw)
+            if feats.device.type == "cpu":
+                # PyTorch's CPU grouped transposed conv with a handful of channels per group runs
+                # ~1.5x faster (fwd+bwd) in channels_last (oneDNN) than in NCHW: worth two copies.
+                feats = feats.contiguous(memory_format=torch.channels_last)
+            y = F.conv_transpose2d(feats, self.dec_weight, self.dec_bias, groups=hn)
+            return y.contiguous().view(b * hn, out, h, w)
         _check_index(index, b, hn, bases.device)
         # Group the samples by hallucinator so each conv runs once per hallucinator on its own
         # samples (no Hn-fold wasted work), then restore the caller's order.
