@@ -9,7 +9,7 @@ from torch import nn
 
 from ._checks import check_int, check_tensor
 from .ops.scale_shift import scale_shift, segment_table
-from .ops.scale_shift.function import _check_index
+from .ops.scale_shift.function import check_index
 
 
 def _pair(v, name: str) -> tuple[int, int]:
@@ -50,6 +50,8 @@ class HallucinatorBank(nn.Module):
         of each row.
         ``forward(bases, index=index)``: index ``(B,)`` int64 -> ``(B, out, H, W)``, row ``b`` is
         hallucinator ``index[b]`` applied to base ``b`` (HaBa's training and evaluation sampling).
+        Sampled mode groups samples by hallucinator and runs each group's convs once; reading the
+        group sizes is one host sync on GPU.
     """
 
     def __init__(self, num_hallucinators: int, in_channels: int, mid_channels: int = 3, out_channels: int = 3,
@@ -124,7 +126,7 @@ class HallucinatorBank(nn.Module):
                 feats = feats.contiguous(memory_format=torch.channels_last)
             y = F.conv_transpose2d(feats, self.dec_weight, self.dec_bias, groups=hn)
             return y.contiguous().view(b * hn, out, h, w)
-        _check_index(index, b, hn, bases.device)
+        check_index(index, b, hn, bases.device)
         # Group the samples by hallucinator so each conv runs once per hallucinator on its own
         # samples (no Hn-fold wasted work), then restore the caller's order.
         order, offsets = segment_table(index, hn)

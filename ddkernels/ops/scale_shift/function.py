@@ -113,7 +113,8 @@ def _check_params(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, hn:
     return full
 
 
-def _check_index(index, batch: int, hn: int, device: torch.device) -> None:
+def check_index(index, batch: int, hn: int, device: torch.device) -> None:
+    """Validate a sampled-mode ``index``: int64, shape ``(batch,)``, values in ``[0, hn)``."""
     if not isinstance(index, torch.Tensor):
         raise TypeError(f"index must be a torch.Tensor of dtype int64, got {type(index).__name__}")
     if index.dtype != torch.int64:
@@ -177,7 +178,7 @@ def scale_shift(
             raise ValueError(f"x must be 4-D (B, C, h, w) in sampled mode (index given), got shape {tuple(x.shape)}")
         full = _check_params(x, scale, shift, None)
         hn = full[0]
-        _check_index(index, x.shape[0], hn, x.device)
+        check_index(index, x.shape[0], hn, x.device)
     if not isinstance(normalize, bool):
         raise TypeError(f"normalize must be a bool, got {type(normalize).__name__}")
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
