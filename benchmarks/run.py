@@ -15,7 +15,7 @@ import torch
 
 from . import harness
 
-OPS = ["multi_formation", "grad_distance"]
+OPS = ["multi_formation", "grad_distance", "scale_shift"]
 HERE = os.path.dirname(os.path.abspath(__file__))
 README = os.path.join(os.path.dirname(HERE), "README.md")
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"

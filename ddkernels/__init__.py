@@ -7,8 +7,9 @@ from . import nn
 from .dispatch import BackendUnavailable
 from .ops.grad_distance import grad_distance, stack_classes
 from .ops.multi_formation import multi_formation, multi_formation_targets
+from .ops.scale_shift import scale_shift
 
 __version__ = "0.1.0"
 
 __all__ = ["BackendUnavailable", "grad_distance", "multi_formation", "multi_formation_targets", "nn",
-           "stack_classes", "__version__"]
+           "scale_shift", "stack_classes", "__version__"]

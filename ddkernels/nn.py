@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .hallucinator import HallucinatorBank
 from .ops.grad_distance import grad_distance
 from .ops.multi_formation import multi_formation, multi_formation_targets
 
@@ -54,4 +55,4 @@ class GradMatchLoss(nn.Module):
         return f"metric={self.metric!r}, batched={self.batched}, backend={self.backend!r}"
 
 
-__all__ = ["GradMatchLoss", "MultiFormation"]
+__all__ = ["GradMatchLoss", "HallucinatorBank", "MultiFormation"]

@@ -11,7 +11,8 @@ import pytest
 
 pytest.importorskip("triton")
 
-TRITON_MODULES = ["ddkernels.ops.multi_formation.triton", "ddkernels.ops.grad_distance.triton"]
+TRITON_MODULES = ["ddkernels.ops.multi_formation.triton", "ddkernels.ops.grad_distance.triton",
+                  "ddkernels.ops.scale_shift.triton"]
 
 SCRIPT = r"""
 import importlib, sys, triton

@@ -23,6 +23,12 @@ TORCH_LIBRARY(ddkernels, m) {
   m.def(
       "grad_distance_bwd(Tensor grad, Tensor[] syn, Tensor[] real, Tensor stats, str metric, "
       "bool need_syn, bool need_real) -> (Tensor[], Tensor[])");
+  m.def(
+      "scale_shift_fwd(Tensor x, Tensor scale, Tensor shift, Tensor index, bool normalize, "
+      "float eps) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "scale_shift_bwd(Tensor grad_y, Tensor x, Tensor scale, Tensor order, Tensor offsets, "
+      "Tensor mean, Tensor rstd, bool normalize) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(ddkernels, CPU, m) {
@@ -30,4 +36,6 @@ TORCH_LIBRARY_IMPL(ddkernels, CPU, m) {
   m.impl("multi_formation_bwd", &ddkernels::multi_formation_bwd_cpu);
   m.impl("grad_distance_fwd", &ddkernels::grad_distance_fwd_cpu);
   m.impl("grad_distance_bwd", &ddkernels::grad_distance_bwd_cpu);
+  m.impl("scale_shift_fwd", &ddkernels::scale_shift_fwd_cpu);
+  m.impl("scale_shift_bwd", &ddkernels::scale_shift_bwd_cpu);
 }

@@ -3,6 +3,8 @@
 #pragma once
 #include <ATen/core/Tensor.h>
 
+#include <tuple>
+
 namespace ddkernels {
 
 // multi_formation.cpp
@@ -19,5 +21,15 @@ std::tuple<at::Tensor, at::Tensor> grad_distance_fwd_cpu(at::TensorList syn, at:
 std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> grad_distance_bwd_cpu(
     const at::Tensor& grad, at::TensorList syn, at::TensorList real, const at::Tensor& stats,
     c10::string_view metric, bool need_syn, bool need_real);
+
+// scale_shift.cpp
+std::tuple<at::Tensor, at::Tensor, at::Tensor> scale_shift_fwd_cpu(const at::Tensor& x,
+                                                                   const at::Tensor& scale,
+                                                                   const at::Tensor& shift,
+                                                                   const at::Tensor& index,
+                                                                   bool normalize, double eps);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> scale_shift_bwd_cpu(
+    const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& scale, const at::Tensor& order,
+    const at::Tensor& offsets, const at::Tensor& mean, const at::Tensor& rstd, bool normalize);
 
 }  // namespace ddkernels
