@@ -41,10 +41,13 @@ def main(argv=None) -> None:
     ap.add_argument("--quick", action="store_true", help="fewer shapes (a smoke run)")
     ap.add_argument("--ops", nargs="*", default=OPS, choices=OPS)
     ap.add_argument("--min-run-time", type=float, default=0.5, help="seconds per measurement")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--no-readme", action="store_true", help="do not rewrite the README table")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     args = ap.parse_args(argv)
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     import ddkernels.info
     print(ddkernels.info.report(), "\n")
