@@ -28,6 +28,7 @@ namespace ddkernels {
 namespace {
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+inline int64_t round8(int64_t a) { return ceil_div(a, 8) * 8; }
 
 void check_tables(const at::Tensor& row_idx, const at::Tensor& row_w, const at::Tensor& col_idx,
                   const at::Tensor& col_w, at::ScalarType wdtype) {
@@ -98,37 +99,44 @@ at::Tensor multi_formation_fwd_cpu(const at::Tensor& x, int64_t factor, const at
     const scalar_t* cw1 = cw0 + W;
     const scalar_t pad = scalar_t(0.5);
 
+    // Buffer sides are rounded up to 8 so every transpose is whole 8×8 register blocks; the
+    // extra rows/columns hold padding or unused values that never reach the output.
+    const int64_t hp8 = round8(hp), wp8 = round8(wp), W8 = round8(W);
     at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> xt(wp * hp);     // padded plane, transposed: xt[x][r]
-      std::vector<scalar_t> ht(W * hp);      // one tile column resized horizontally, transposed
-      std::vector<scalar_t> hbuf(f * hp * W);  // hbuf[j][r][ox], row-major again
+      std::vector<scalar_t> plane(hp8 * wp8);    // padded source plane, row-major
+      std::vector<scalar_t> xt(wp8 * hp8);       // its transpose: xt[x][r]
+      std::vector<scalar_t> ht(W8 * hp8, 0);     // one tile column resized horizontally, transposed
+      std::vector<scalar_t> hbuf(f * hp8 * W8);  // hbuf[j][r][ox], row-major again
       for (int64_t p = begin; p < end; ++p) {
         const int64_t b = p / C, c = p % C;
-        transpose(X + p * h * w, w, xt.data(), hp, h, w);
+        const scalar_t* src = X + p * h * w;
         // The 0.5 padding becomes data, so the blends below have no branches.
-        for (int64_t x = 0; x < wp; ++x) {
-          scalar_t* col = xt.data() + x * hp;
-          std::fill(col + (x < w ? h : 0), col + hp, pad);
+        for (int64_t r = 0; r < hp8; ++r) {
+          scalar_t* row = plane.data() + r * wp8;
+          const int64_t valid = r < h ? w : 0;
+          std::copy(src + r * w, src + r * w + valid, row);
+          std::fill(row + valid, row + wp8, pad);
         }
+        transpose(plane.data(), wp8, xt.data(), hp8, hp8, wp8);
         for (int64_t j = 0; j < f; ++j) {
-          const scalar_t* seg = xt.data() + j * sw * hp;
+          const scalar_t* seg = xt.data() + j * sw * hp8;
           for (int64_t ox = 0; ox < W; ++ox) {
-            const scalar_t* __restrict__ a0 = seg + ci0[ox] * hp;
-            const scalar_t* __restrict__ a1 = seg + ci1[ox] * hp;
+            const scalar_t* __restrict__ a0 = seg + ci0[ox] * hp8;
+            const scalar_t* __restrict__ a1 = seg + ci1[ox] * hp8;
             const scalar_t w0 = cw0[ox], w1 = cw1[ox];
-            scalar_t* __restrict__ dst = ht.data() + ox * hp;
-            for (int64_t r = 0; r < hp; ++r) dst[r] = w0 * a0[r] + w1 * a1[r];
+            scalar_t* __restrict__ dst = ht.data() + ox * hp8;
+            for (int64_t r = 0; r < hp8; ++r) dst[r] = w0 * a0[r] + w1 * a1[r];
           }
-          transpose(ht.data(), hp, hbuf.data() + j * hp * W, W, W, hp);
+          transpose(ht.data(), hp8, hbuf.data() + j * hp8 * W8, W8, W8, hp8);
         }
         for (int64_t i = 0; i < f; ++i) {
           for (int64_t j = 0; j < f; ++j) {
             const int64_t k = i * f + j;
-            const scalar_t* base = hbuf.data() + (j * hp + i * sh) * W;
+            const scalar_t* base = hbuf.data() + (j * hp8 + i * sh) * W8;
             scalar_t* __restrict__ o = Y + ((k * N + b) * C + c) * H * W;
             for (int64_t oy = 0; oy < H; ++oy) {
-              const scalar_t* __restrict__ a0 = base + ri0[oy] * W;
-              const scalar_t* __restrict__ a1 = base + ri1[oy] * W;
+              const scalar_t* __restrict__ a0 = base + ri0[oy] * W8;
+              const scalar_t* __restrict__ a1 = base + ri1[oy] * W8;
               const scalar_t w0 = rw0[oy], w1 = rw1[oy];
               scalar_t* __restrict__ orow = o + oy * W;
               for (int64_t ox = 0; ox < W; ++ox) orow[ox] = w0 * a0[ox] + w1 * a1[ox];
@@ -176,10 +184,14 @@ at::Tensor multi_formation_bwd_cpu(const at::Tensor& grad_out, int64_t factor, i
     const int64_t* cgi = col_idx.data_ptr<int64_t>();
     const scalar_t* cgw = col_w.data_ptr<scalar_t>();
 
+    // Sides rounded up to 8 as in the forward; rows/columns past the tile are computed from
+    // whatever the buffers hold and never copied out.
+    const int64_t sh8 = round8(sh), sw8 = round8(sw), W8 = round8(W);
     at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> vbuf(sh * W);  // vertical adjoint of one tile: vbuf[r][ox]
-      std::vector<scalar_t> vt(W * sh);    // its transpose: vt[ox][r]
-      std::vector<scalar_t> gt(sw * sh);   // horizontal adjoint, transposed: gt[xc][r]
+      std::vector<scalar_t> vbuf(sh8 * W8, 0);  // vertical adjoint of one tile: vbuf[r][ox]
+      std::vector<scalar_t> vt(W8 * sh8, 0);    // its transpose: vt[ox][r]
+      std::vector<scalar_t> gt(sw8 * sh8, 0);   // horizontal adjoint, transposed: gt[xc][r]
+      std::vector<scalar_t> gb(sh8 * sw8, 0);   // the tile's gradient, row-major
       for (int64_t p = begin; p < end; ++p) {
         const int64_t b = p / C, c = p % C;
         scalar_t* gx = GX + p * h * w;
@@ -192,7 +204,7 @@ at::Tensor multi_formation_bwd_cpu(const at::Tensor& grad_out, int64_t factor, i
             if (rows <= 0 || cols <= 0) continue;
             const scalar_t* g = G + (((i * f + j) * N + b) * C + c) * H * W;
             for (int64_t r = 0; r < rows; ++r) {
-              scalar_t* __restrict__ t = vbuf.data() + r * W;
+              scalar_t* __restrict__ t = vbuf.data() + r * W8;
               const int64_t* gi = rgi + r * KH;
               const scalar_t* gw = rgw + r * KH;
               const scalar_t* __restrict__ g0 = g + gi[0] * W;
@@ -203,20 +215,22 @@ at::Tensor multi_formation_bwd_cpu(const at::Tensor& grad_out, int64_t factor, i
                 for (int64_t ox = 0; ox < W; ++ox) t[ox] += wt * gq[ox];
               }
             }
-            transpose(vbuf.data(), W, vt.data(), sh, rows, W);
+            transpose(vbuf.data(), W8, vt.data(), sh8, sh8, W8);
             for (int64_t xc = 0; xc < cols; ++xc) {
-              scalar_t* __restrict__ o = gt.data() + xc * sh;
+              scalar_t* __restrict__ o = gt.data() + xc * sh8;
               const int64_t* gi = cgi + xc * KW;
               const scalar_t* gw = cgw + xc * KW;
-              const scalar_t* __restrict__ v0 = vt.data() + gi[0] * sh;
-              for (int64_t r = 0; r < rows; ++r) o[r] = gw[0] * v0[r];
+              const scalar_t* __restrict__ v0 = vt.data() + gi[0] * sh8;
+              for (int64_t r = 0; r < sh8; ++r) o[r] = gw[0] * v0[r];
               for (int64_t q = 1; q < KW; ++q) {
                 const scalar_t wt = gw[q];
-                const scalar_t* __restrict__ vq = vt.data() + gi[q] * sh;
-                for (int64_t r = 0; r < rows; ++r) o[r] += wt * vq[r];
+                const scalar_t* __restrict__ vq = vt.data() + gi[q] * sh8;
+                for (int64_t r = 0; r < sh8; ++r) o[r] += wt * vq[r];
               }
             }
-            transpose(gt.data(), sh, gx + i * sh * w + j * sw, w, cols, rows);
+            transpose(gt.data(), sh8, gb.data(), sw8, sw8, sh8);
+            for (int64_t r = 0; r < rows; ++r)
+              std::copy(gb.data() + r * sw8, gb.data() + r * sw8 + cols, gx + (i * sh + r) * w + j * sw);
           }
         }
       }
