@@ -4,12 +4,12 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ._checks import check_int, check_tensor
 from .ops.scale_shift import scale_shift, segment_table
 from .ops.scale_shift.function import check_index
+from .ops.small_conv import small_conv2d, small_conv_transpose2d
 
 
 def _pair(v, name: str) -> tuple[int, int]:
@@ -30,6 +30,8 @@ class HallucinatorBank(nn.Module):
     conv back to the image size, and ``n`` the identity (official code) or instance normalization.
     All hallucinators run at once: the encoders as one conv with ``Hn·mid`` output channels, the
     modulation as one :func:`ddkernels.scale_shift`, the decoders as one grouped transposed conv.
+    On CPU both convs run :mod:`ddkernels.ops.small_conv`'s direct kernel (PyTorch's CPU convs
+    reach only a few GFLOP/s with 3 channels per group); other devices use PyTorch's (cuDNN).
 
     Args:
         num_hallucinators: ``Hn`` (HaBa uses 5).
@@ -41,7 +43,8 @@ class HallucinatorBank(nn.Module):
             images with HaBa's 3×3 kernels); bases must have the matching size.
         normalize: instance-normalize the encoded features before the scale-shift.
         eps: variance epsilon of the normalization.
-        backend: passed to :func:`ddkernels.scale_shift` on every call.
+        backend: passed to :func:`ddkernels.scale_shift` on every call (the convs always pick
+            their backend automatically).
 
     Shapes:
         ``forward(bases)``: bases ``(B, in, H, W)`` -> ``(B·Hn, out, H, W)``, base-major: row
@@ -117,25 +120,20 @@ class HallucinatorBank(nn.Module):
             # Every encoder sees every base, so the encoders are one ungrouped conv; its output
             # (B, Hn·mid) viewed as (B·Hn, mid) is sampled mode with index k at row b·Hn + k —
             # no transposes, and the decoders read the result back as Hn groups.
-            feats = F.conv2d(bases, self.enc_weight, self.enc_bias).view(b * hn, mid, fh, fw)
+            feats = small_conv2d(bases, self.enc_weight, self.enc_bias).view(b * hn, mid, fh, fw)
             feats = self._modulate(feats, self.product_index(b, device=bases.device))
-            feats = feats.view(b, hn * mid, fh, fw)
-            if feats.device.type == "cpu":
-                # PyTorch's CPU grouped transposed conv with a handful of channels per group runs
-                # ~1.5x faster (fwd+bwd) in channels_last (oneDNN) than in NCHW: worth two copies.
-                feats = feats.contiguous(memory_format=torch.channels_last)
-            y = F.conv_transpose2d(feats, self.dec_weight, self.dec_bias, groups=hn)
-            return y.contiguous().view(b * hn, out, h, w)
+            y = small_conv_transpose2d(feats.view(b, hn * mid, fh, fw), self.dec_weight, self.dec_bias, groups=hn)
+            return y.view(b * hn, out, h, w)
         check_index(index, b, hn, bases.device)
         # Group the samples by hallucinator so each conv runs once per hallucinator on its own
         # samples (no Hn-fold wasted work), then restore the caller's order.
         order, offsets = segment_table(index, hn)
         counts = offsets.diff().tolist()
         chunks = bases.index_select(0, order).split(counts)
-        feats = torch.cat([F.conv2d(x, self.enc_weight[k * mid:(k + 1) * mid], self.enc_bias[k * mid:(k + 1) * mid])
+        feats = torch.cat([small_conv2d(x, self.enc_weight[k * mid:(k + 1) * mid], self.enc_bias[k * mid:(k + 1) * mid])
                            for k, x in enumerate(chunks)])
         feats = self._modulate(feats, index.index_select(0, order)).split(counts)
-        y = torch.cat([F.conv_transpose2d(f, self.dec_weight[k * mid:(k + 1) * mid], self.dec_bias[k * out:(k + 1) * out])
+        y = torch.cat([small_conv_transpose2d(f, self.dec_weight[k * mid:(k + 1) * mid], self.dec_bias[k * out:(k + 1) * out])
                        for k, f in enumerate(feats)])
         return y.index_select(0, torch.argsort(order))
 

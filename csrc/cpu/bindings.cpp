@@ -29,6 +29,10 @@ TORCH_LIBRARY(ddkernels, m) {
   m.def(
       "scale_shift_bwd(Tensor grad_y, Tensor x, Tensor scale, Tensor order, Tensor offsets, "
       "Tensor mean, Tensor rstd, bool normalize) -> (Tensor, Tensor, Tensor)");
+  m.def("small_conv2d_fwd(Tensor x, Tensor weight, Tensor? bias, int padding, int groups) -> Tensor");
+  m.def(
+      "small_conv2d_bwd(Tensor grad_y, Tensor x, Tensor weight, int padding, int groups, "
+      "bool need_x, bool need_w, bool need_b) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(ddkernels, CPU, m) {
@@ -38,4 +42,6 @@ TORCH_LIBRARY_IMPL(ddkernels, CPU, m) {
   m.impl("grad_distance_bwd", &ddkernels::grad_distance_bwd_cpu);
   m.impl("scale_shift_fwd", &ddkernels::scale_shift_fwd_cpu);
   m.impl("scale_shift_bwd", &ddkernels::scale_shift_bwd_cpu);
+  m.impl("small_conv2d_fwd", &ddkernels::small_conv2d_fwd_cpu);
+  m.impl("small_conv2d_bwd", &ddkernels::small_conv2d_bwd_cpu);
 }

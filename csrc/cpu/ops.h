@@ -3,6 +3,7 @@
 #pragma once
 #include <ATen/core/Tensor.h>
 
+#include <optional>
 #include <tuple>
 
 namespace ddkernels {
@@ -31,5 +32,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> scale_shift_fwd_cpu(const at::Ten
 std::tuple<at::Tensor, at::Tensor, at::Tensor> scale_shift_bwd_cpu(
     const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& scale, const at::Tensor& order,
     const at::Tensor& offsets, const at::Tensor& mean, const at::Tensor& rstd, bool normalize);
+
+// small_conv.cpp: stride-1 grouped conv for tiny channel counts; padding in [0, K-1].
+at::Tensor small_conv2d_fwd_cpu(const at::Tensor& x, const at::Tensor& weight,
+                                const std::optional<at::Tensor>& bias, int64_t padding,
+                                int64_t groups);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> small_conv2d_bwd_cpu(
+    const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& weight, int64_t padding,
+    int64_t groups, bool need_x, bool need_w, bool need_b);
 
 }  // namespace ddkernels
