@@ -92,6 +92,17 @@ def no_kernel(name: str, why: str) -> Backend:
     return Backend(name, (), (), lambda: [why])
 
 
+def op_backends(op: str, *, triton: bool = True, gpu_note: str = "the Triton backend covers GPUs") -> "OpBackends":
+    """The usual declaration: reference, the C++ CPU kernel (float32/float64), the Triton kernel
+    when the op has one, and no CUDA kernel; ``gpu_note`` says what runs on GPUs instead."""
+    return OpBackends(op, [
+        reference_backend(),
+        cpu_backend(),
+        triton_backend() if triton else no_kernel("triton", f"no Triton kernel for {op} ({gpu_note})"),
+        no_kernel("cuda", f"no CUDA kernel for {op} ({gpu_note})"),
+    ])
+
+
 class OpBackends:
     """The backends of one op and the per-call choice among them."""
 

@@ -13,15 +13,7 @@ from .tables import total_rows
 
 METRICS = ("ours", "mse", "l1", "l1_mean", "global_cos")
 
-BACKENDS = dispatch.OpBackends(
-    "grad_distance",
-    [
-        dispatch.reference_backend(),
-        dispatch.cpu_backend((torch.float32, torch.float64)),
-        dispatch.triton_backend(),
-        dispatch.no_kernel("cuda", "no CUDA kernel for grad_distance (the Triton backend covers GPUs)"),
-    ],
-)
+BACKENDS = dispatch.op_backends("grad_distance")
 
 
 # --- cpu backend: C++ ops registered by ddkernels._C -------------------------------------------

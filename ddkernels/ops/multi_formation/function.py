@@ -10,15 +10,7 @@ from ..._checks import check_int, check_tensor
 from . import reference
 from .tables import adjoint_taps, forward_taps
 
-BACKENDS = dispatch.OpBackends(
-    "multi_formation",
-    [
-        dispatch.reference_backend(),
-        dispatch.cpu_backend((torch.float32, torch.float64)),
-        dispatch.triton_backend(),
-        dispatch.no_kernel("cuda", "no CUDA kernel for multi_formation (the Triton backend covers GPUs)"),
-    ],
-)
+BACKENDS = dispatch.op_backends("multi_formation")
 
 
 # --- cpu backend: C++ ops registered by ddkernels._C -------------------------------------------

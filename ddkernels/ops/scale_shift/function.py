@@ -7,15 +7,7 @@ from ... import _ext, dispatch
 from ..._checks import check_same_device, check_tensor
 from . import reference
 
-BACKENDS = dispatch.OpBackends(
-    "scale_shift",
-    [
-        dispatch.reference_backend(),
-        dispatch.cpu_backend((torch.float32, torch.float64)),
-        dispatch.triton_backend(),
-        dispatch.no_kernel("cuda", "no CUDA kernel for scale_shift (the Triton backend covers GPUs)"),
-    ],
-)
+BACKENDS = dispatch.op_backends("scale_shift")
 
 
 # --- cpu backend: C++ ops registered by ddkernels._C -------------------------------------------

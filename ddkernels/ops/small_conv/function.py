@@ -13,15 +13,7 @@ from ... import _ext, dispatch
 from ..._checks import check_int, check_tensor
 from . import reference
 
-BACKENDS = dispatch.OpBackends(
-    "small_conv",
-    [
-        dispatch.reference_backend(),
-        dispatch.cpu_backend((torch.float32, torch.float64)),
-        dispatch.no_kernel("triton", "no Triton kernel for small_conv: GPU tensors run cuDNN through the reference"),
-        dispatch.no_kernel("cuda", "no CUDA kernel for small_conv: GPU tensors run cuDNN through the reference"),
-    ],
-)
+BACKENDS = dispatch.op_backends("small_conv", triton=False, gpu_note="GPU tensors run cuDNN through the reference")
 
 
 def _register_fakes() -> None:
