@@ -153,7 +153,8 @@ def markdown(rows: list[dict], fused: str, eager: Sequence[str]) -> str:
     for op in dict.fromkeys(r["op"] for r in rows):
         ops = [r for r in rows if r["op"] == op]
         providers = list(dict.fromkeys(r["provider"] for r in ops))
-        head = ["case", "mode"] + [f"{p} ms" for p in providers] + [f"{fused} vs best eager", f"{fused} % roofline"]
+        head = ["case", "mode"] + [f"{p} ms" for p in providers] + [
+            f"{fused} vs best eager", f"{fused} % roofline", f"peak MB {fused} / best eager"]
         out.append(f"**{op}**\n\n| " + " | ".join(head) + " |\n|" + "---|" * len(head))
         for case in dict.fromkeys(r["case"] for r in ops):
             for mode in MODES:
@@ -163,9 +164,12 @@ def markdown(rows: list[dict], fused: str, eager: Sequence[str]) -> str:
                 line = [case, mode] + [f"{cell[p]['median_ms']:.3f}" if p in cell else "–" for p in providers]
                 base = [cell[p]["median_ms"] for p in eager if p in cell]
                 if fused in cell and base:
-                    line += [f"{min(base) / cell[fused]['median_ms']:.2f}×", f"{100 * cell[fused]['roofline']:.0f}%"]
+                    best = min((p for p in eager if p in cell), key=lambda p: cell[p]["median_ms"])
+                    line += [f"{cell[best]['median_ms'] / cell[fused]['median_ms']:.2f}×",
+                             f"{100 * cell[fused]['roofline']:.0f}%",
+                             f"{cell[fused]['peak_mem_mb']:.1f} / {cell[best]['peak_mem_mb']:.1f}"]
                 else:
-                    line += ["–", "–"]
+                    line += ["–", "–", "–"]
                 out.append("| " + " | ".join(line) + " |")
         out.append("")
     return "\n".join(out)

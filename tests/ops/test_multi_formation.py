@@ -98,6 +98,19 @@ def test_tile_order_and_padding(backend):
             assert torch.equal(y[k * 2 + b, 0], padded[b, 0, 2 * i:2 * i + 2, 2 * j:2 * j + 2]), (k, b)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("hw, f, size", [((8, 12), 3, None), ((28, 20), 2, (14, 10)), ((5, 9), 4, (7, 7))])
+def test_non_square(backend, hw, f, size):
+    """IDC assumes square images; we tile each side by its own ceil(side / factor)."""
+    x = torch.rand(2, 3, *hw, dtype=torch.float64, requires_grad=True)
+    out = size or hw
+    y_ref = reference.multi_formation(x, f, out)
+    y = ddkernels.multi_formation(x, f, size, backend=backend)
+    assert_close(y, y_ref, name="non-square forward")
+    g = torch.randn_like(y)
+    assert_close(torch.autograd.grad(y, x, g)[0], torch.autograd.grad(y_ref, x, g)[0], name="non-square grad")
+
+
 def test_targets_tile_major():
     y = torch.tensor([0, 1, 2])
     assert ddkernels.multi_formation_targets(y, 2).tolist() == [0, 1, 2] * 4
