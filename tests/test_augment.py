@@ -4,6 +4,8 @@ import torch
 
 from ddkernels.augment import TRANSFORMS, DiffAugment, apply_transform, cutmix, cutmix_loss, sample_transform
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 @pytest.mark.parametrize("name", TRANSFORMS)
 def test_gradcheck_each_transform(name):

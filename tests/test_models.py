@@ -4,6 +4,8 @@ import torch
 
 from ddkernels.models import ConvNet
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 @pytest.mark.parametrize("channels,classes,size,params", [(3, 10, 32, 320_010), (3, 100, 32, 504_420),
                                                           (1, 10, 28, 317_706)])
