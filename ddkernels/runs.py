@@ -82,7 +82,8 @@ def random_real(dataset: data.Dataset, ipc: int, seed: int) -> tuple[torch.Tenso
 
 def eval_protocol(hp: dict, preset: str, n_nets: int | None = None):
     """The evaluation protocol a trainer's preset asks for."""
-    return get_protocol(hp["eval"], preset, epochs=hp.get("eval_epochs"), aug=hp.get("eval_aug"), n_nets=n_nets)
+    return get_protocol(hp["eval"], preset, epochs=hp.get("eval_epochs"), aug=hp.get("eval_aug"),
+                        width=hp.get("eval_width"), n_nets=n_nets)
 
 
 def distill(method: str, dataset: str, ipc: int, out: str, *, preset: str = "quick", iterations: int | None = None,
@@ -106,8 +107,8 @@ def distill(method: str, dataset: str, ipc: int, out: str, *, preset: str = "qui
     ds = data.load_dataset(dataset, data_dir)
     trainer = make_distiller(method, ds, ipc, preset, backend=backend, seed=seed, **(overrides or {}))
     total = iterations if iterations is not None else trainer.hp["iterations"]
-    if total < 1:
-        raise ValueError(f"--iterations must be at least 1, got {total}")
+    if total < 0:
+        raise ValueError(f"--iterations must be >= 0 (0 evaluates the initialization), got {total}")
     os.makedirs(out, exist_ok=True)
     log = _logger(out)
     config = {"method": method, "dataset": dataset, "ipc": ipc, "preset": preset, "iterations": total,

@@ -1,4 +1,6 @@
 """Evaluation protocol on tiny digits sets."""
+import dataclasses
+
 import pytest
 import torch
 
@@ -16,12 +18,13 @@ def digits():
 @pytest.mark.parametrize("name", ["dsa", "idc"])
 def test_evaluate_learns_digits(digits, name):
     idx = data.ClassSampler(digits.train_y, 10).indices_all(10, torch.Generator().manual_seed(0)).flatten()
-    proto = get_protocol(name, "quick", epochs=30, width=16, n_nets=2, batch=32)
+    proto = get_protocol(name, "quick", epochs=20, width=16, n_nets=2, batch=50)
     res = evaluate(digits.normalize(digits.train_x[idx]), digits.train_y[idx], digits, proto, progress=False)
     assert res["n"] == 2 and len(res["accuracies"]) == 2 and res["std"] >= 0
     assert res["mean"] > 50.0  # 10 real digits per class: far above the 10% chance level
-    again = evaluate(digits.normalize(digits.train_x[idx]), digits.train_y[idx], digits, proto, progress=False)
-    assert again["accuracies"] == res["accuracies"]  # seeded: repeatable
+    one = dataclasses.replace(proto, n_nets=1)
+    again = evaluate(digits.normalize(digits.train_x[idx]), digits.train_y[idx], digits, one, progress=False)
+    assert again["accuracies"] == res["accuracies"][:1]  # seeded: repeatable
 
 
 def test_protocol_constants_and_errors(digits):

@@ -35,7 +35,8 @@ def preset(method: str, dataset: str, ipc: int, name: str) -> dict:
         hp = dict(iterations=1000, lr_img=0.1, momentum_img=0.5, lr_net=0.01, batch_real=256, batch_train=256,
                   init="noise" if method == "dc" else "real", metric="ours", layers="weights",
                   aug="" if method == "dc" else DSA_STRATEGY, outer_loop=outer, inner_loop=inner, width=128,
-                  eval="dsa", eval_epochs=300 if method == "dc" else 1000, eval_aug="" if method == "dc" else None)
+                  eval="dsa", eval_epochs=300 if method == "dc" else 1000, eval_aug="" if method == "dc" else None,
+                  eval_width=None)
         if quick:
             # Real init (noise needs hundreds of iterations), 64 real images per class, width 64,
             # at most 5 outer/10 inner loops per iteration.
@@ -44,7 +45,7 @@ def preset(method: str, dataset: str, ipc: int, name: str) -> dict:
         return hp
     if method == "dm":
         hp = dict(iterations=20000, lr_img=1.0, momentum_img=0.5, batch_real=256, init="real", aug=DSA_STRATEGY,
-                  width=128, eval="dsa", eval_epochs=1000, eval_aug=None)
+                  width=128, eval="dsa", eval_epochs=1000, eval_aug=None, eval_width=None)
         if quick:
             hp.update(iterations=200, batch_real=64, width=64, eval_epochs=300)
         return hp
@@ -54,10 +55,13 @@ def preset(method: str, dataset: str, ipc: int, name: str) -> dict:
                   lr_net=0.01, metric="l1" if gray else "mse", layers="conv",
                   aug_match="color_crop" if dataset == "mnist" else "color_crop_cutout",
                   aug_net="color_crop", cutmix_p=0.0 if dataset == "mnist" else 0.5,
-                  class_steps="sequential", width=128, eval="idc", eval_epochs=1000, eval_aug=None)
+                  class_steps="sequential", width=128, eval="idc", eval_epochs=1000, eval_aug=None,
+                  eval_width=None)
         if quick:
-            hp.update(iterations=8, inner_loop=10, batch_real=32, n_data=128, width=64, class_steps="batched",
-                      lr_img=hp["lr_img"] * 10, eval_epochs=300)
+            # Width 32, 20 outer × 10 inner iterations, 32 real images per class, all classes matched in
+            # one step (one batched distance call), lr_img ×10 for the ~1000× fewer image steps.
+            hp.update(iterations=20, inner_loop=10, batch_real=32, n_data=128, width=32, class_steps="batched",
+                      lr_img=hp["lr_img"] * 10, eval_epochs=300, eval_width=32)
         return hp
     raise ValueError(f"unknown method {method!r}; expected one of dc, dsa, dm, idc")
 
