@@ -191,6 +191,13 @@ class DiffAugment:
         return f"DiffAugment({self.strategy!r}, mode={self.mode!r})"
 
 
+def strategy_for(strategy: str, dataset: str) -> str:
+    """The originals drop ``flip`` for digit datasets, whose classes are not mirror-symmetric."""
+    if dataset in ("mnist", "digits", "svhn"):
+        return "_".join(g for g in strategy.split("_") if g != "flip")
+    return strategy
+
+
 def cutmix(x: torch.Tensor, y: torch.Tensor, *, beta: float = 1.0, prob: float = 0.5,
            generator: torch.Generator | None = None):
     """IDC's CutMix: with probability ``prob``, paste a box of area ≈ 1−λ (λ ~ Beta(β, β)) from a
@@ -226,4 +233,5 @@ def cutmix_loss(logits: torch.Tensor, y: torch.Tensor, y_partner: torch.Tensor, 
     return loss + F.cross_entropy(logits, y_partner) * (1.0 - ratio) if ratio < 1.0 else loss
 
 
-__all__ = ["DSAConfig", "DiffAugment", "TRANSFORMS", "apply_transform", "cutmix", "cutmix_loss", "sample_transform"]
+__all__ = ["DSAConfig", "DiffAugment", "TRANSFORMS", "apply_transform", "cutmix", "cutmix_loss", "sample_transform",
+           "strategy_for"]

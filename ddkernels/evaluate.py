@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .augment import DiffAugment, cutmix, cutmix_loss
+from .augment import DiffAugment, cutmix, cutmix_loss, strategy_for
 from .data import Dataset
 from .models import ConvNet
 
@@ -64,13 +64,6 @@ def get_protocol(name: str, preset: str, **overrides) -> Protocol:
     return dataclasses.replace(PROTOCOLS[(name, preset)], **{k: v for k, v in overrides.items() if v is not None})
 
 
-def _no_flip(strategy: str, dataset: Dataset) -> str:
-    # The originals drop flip for digit datasets, whose classes are not mirror-symmetric.
-    if dataset.name in ("mnist", "digits"):
-        return "_".join(g for g in strategy.split("_") if g != "flip")
-    return strategy
-
-
 @torch.no_grad()
 def test_accuracy(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 1000) -> float:
     """Top-1 accuracy (%) of ``net`` on normalized images ``x``."""
@@ -87,7 +80,7 @@ def train_network(images: torch.Tensor, labels: torch.Tensor, dataset: Dataset, 
     with torch.random.fork_rng():
         torch.manual_seed(seed)  # network init uses the global RNG; keep the caller's untouched
         net = ConvNet(dataset.channels, dataset.num_classes, width=protocol.width, im_size=dataset.im_size)
-    aug = DiffAugment(_no_flip(protocol.aug, dataset), mode=protocol.aug_mode)
+    aug = DiffAugment(strategy_for(protocol.aug, dataset.name), mode=protocol.aug_mode)
 
     def make_opt(lr):
         return torch.optim.SGD(net.parameters(), lr=lr, momentum=protocol.momentum, weight_decay=protocol.weight_decay)

@@ -125,7 +125,7 @@ def distill(method: str, dataset: str, ipc: int, out: str, *, preset: str = "qui
         from .info import report
         log.info(report())
         log.info(f"distill {json.dumps(config)}")
-        _write_json(config, os.path.join(out, "config.json"))
+    _write_json(config, os.path.join(out, "config.json"))  # on resume: records the new iteration total
 
     def checkpoint(t):
         if t.iteration % checkpoint_every == 0 or t.iteration == total:

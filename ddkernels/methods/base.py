@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..augment import DiffAugment
+from ..augment import DiffAugment, strategy_for
 from ..data import ClassSampler, Dataset
 from ..models import ConvNet
 
@@ -72,11 +72,7 @@ class Distiller:
         return self.ds.normalize(x) if normalize else x
 
     def augment(self, strategy: str, mode: str = "single") -> DiffAugment | None:
-        if not strategy:
-            return None
-        if self.ds.name in ("mnist", "digits"):  # the originals drop flip for digits
-            strategy = "_".join(g for g in strategy.split("_") if g != "flip")
-        return DiffAugment(strategy, mode=mode)
+        return DiffAugment(strategy_for(strategy, self.ds.name), mode=mode) if strategy else None
 
     def siamese(self, aug: DiffAugment | None, *batches: torch.Tensor) -> list[torch.Tensor]:
         """Apply one shared parameter set to every batch (identity without augmentation)."""
