@@ -1,0 +1,135 @@
+"""``ddkernels`` / ``python -m ddkernels``: distill, evaluate, info, bench.
+
+    ddkernels distill --method idc --dataset fashion-mnist --ipc 1 --preset quick --out runs/idc1
+    ddkernels evaluate runs/idc1
+    ddkernels info
+    ddkernels bench
+
+Options of ``distill`` may also come from a JSON file (``--config run.json``, keys named like the
+options with underscores; command-line options win).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+
+from . import data
+from .methods import METHODS, PRESET_NAMES
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="ddkernels", description="Dataset distillation with fused kernels.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("distill", help="distill a dataset into a run directory")
+    d.add_argument("--config", help="JSON file with default values for these options")
+    d.add_argument("--method", choices=sorted(METHODS))
+    d.add_argument("--dataset", choices=data.DATASETS)
+    d.add_argument("--ipc", type=int, help="stored images per class")
+    d.add_argument("--preset", choices=PRESET_NAMES, default=None, help="hyperparameters (default quick)")
+    d.add_argument("--iterations", type=int, help="outer iterations (overrides the preset)")
+    d.add_argument("--backend", default=None, help="ddkernels op backend: auto, reference, cpu, triton, cuda")
+    d.add_argument("--seed", type=int, default=None)
+    d.add_argument("--data-dir", help="folder with the dataset's files (see ddkernels.data)")
+    d.add_argument("--out", help="run directory")
+    d.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    d.add_argument("--checkpoint-every", type=int, default=None, help="iterations between checkpoints (default 1)")
+    d.add_argument("--eval-nets", type=int, help="networks per evaluation (default: the protocol's)")
+    d.add_argument("--no-eval", action="store_true", help="skip evaluation")
+    d.add_argument("--no-baseline", action="store_true", help="skip the random-real baseline")
+    d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one hyperparameter (JSON value), e.g. --set lr_img=0.001")
+    d.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a busy machine)")
+    e = sub.add_parser("evaluate", help="evaluate a run directory's synthetic set")
+    e.add_argument("run_dir")
+    e.add_argument("--preset", choices=PRESET_NAMES, help="evaluation budget (default: the run's preset)")
+    e.add_argument("--eval-nets", type=int)
+    e.add_argument("--no-baseline", action="store_true")
+    e.add_argument("--threads", type=int)
+    sub.add_parser("info", help="versions, build and available backends")
+    sub.add_parser("bench", help="run the kernel benchmarks (benchmarks/ in a source checkout)")
+    return ap
+
+
+DISTILL_DEFAULTS = {"preset": "quick", "backend": "auto", "seed": 0, "checkpoint_every": 1}
+
+
+def _distill_options(args) -> dict:
+    opts = dict(DISTILL_DEFAULTS)
+    if args.config:
+        try:
+            with open(args.config) as f:
+                opts.update({k.replace("-", "_"): v for k, v in json.load(f).items()})
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"--config {args.config!r}: {err}") from None
+    opts.update({k: v for k, v in vars(args).items() if v is not None and k not in ("command", "config")})
+    for key in ("method", "dataset", "ipc", "out"):
+        if opts.get(key) is None:
+            raise ValueError(f"distill needs --{key} (on the command line or in --config)")
+    overrides = dict(opts.get("overrides", {}))
+    for item in opts.get("set", []):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    opts["overrides"] = overrides
+    return opts
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
+    try:
+        if args.command == "distill":
+            from .runs import distill
+
+            o = _distill_options(args)
+            metrics = distill(o["method"], o["dataset"], o["ipc"], o["out"], preset=o["preset"],
+                              iterations=o.get("iterations"), backend=o["backend"], seed=o["seed"],
+                              data_dir=o.get("data_dir"), resume=o.get("resume", False),
+                              checkpoint_every=o["checkpoint_every"], evaluate_after=not o.get("no_eval", False),
+                              eval_nets=o.get("eval_nets"), baseline=not o.get("no_baseline", False),
+                              overrides=o["overrides"])
+            _summary(metrics)
+        elif args.command == "evaluate":
+            from .runs import evaluate_dir
+
+            _summary(evaluate_dir(args.run_dir, preset=args.preset, eval_nets=args.eval_nets,
+                                  baseline=not args.no_baseline))
+        elif args.command == "info":
+            from .info import main as info_main
+
+            info_main()
+        elif args.command == "bench":
+            try:
+                from benchmarks.run import main as bench_main
+            except ImportError:
+                raise RuntimeError("bench needs the benchmarks/ folder of a source checkout on the path "
+                                   "(run it from the repository root)") from None
+            bench_main([])
+    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as err:
+        print(f"ddkernels {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _summary(m: dict) -> None:
+    if "accuracy" not in m:
+        return
+    a = m["accuracy"]
+    print(f"\n{m.get('method', '?')} {m.get('dataset', '?')} IPC {m.get('ipc', '?')}: "
+          f"synthetic {a['mean']:.2f} ± {a['std']:.2f} % (n={a['n']})", end="")
+    if "random_real" in m:
+        r = m["random_real"]
+        print(f"  |  random real, same storage: {r['mean']:.2f} ± {r['std']:.2f} % (n={r['n']})", end="")
+    print(f"  |  distillation {m.get('seconds', 0):.0f} s")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""Evaluation protocol: train fresh ConvNets on a (synthetic) training set, report test accuracy.
+
+Two protocols from the papers (spec §0.5 and §1b), each with a ``paper`` budget and a ``quick``
+budget for a CPU:
+
+* ``"dsa"`` (DC/DSA/DM, VICO ``evaluate_synset``): SGD(0.01, momentum 0.9, wd 5e-4), batch 256,
+  E+1 epochs, lr ×0.1 and a fresh optimizer at epoch E//2+1, per-sample DSA on every batch.
+* ``"idc"`` (IDC ``train.py``): SGD(0.01, 0.9, 5e-4), batch 64, MultiStepLR(2/3, 5/6 of E, γ 0.2),
+  per-sample DiffAug (flip, colour, one of crop/scale/rotate) and CutMix p 0.5.
+
+Accuracies are reported as mean ± std (population std, as numpy's default in the originals) over
+``n_nets`` networks, each initialised from its own seed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .augment import DiffAugment, cutmix, cutmix_loss, strategy_for
+from .data import Dataset
+from .models import ConvNet
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How one evaluation network is trained and tested."""
+
+    name: str
+    epochs: int
+    batch: int
+    schedule: str  # "half" (VICO) or "multistep" (IDC)
+    aug: str  # DSA strategy; "" for none
+    aug_mode: str = "single"
+    cutmix_p: float = 0.0
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    width: int = 128
+    n_nets: int = 5
+    test_limit: int | None = None  # evaluate on the first N test images (a fixed, shuffled subset)
+
+
+PROTOCOLS = {
+    ("dsa", "paper"): Protocol("dsa", epochs=1000, batch=256, schedule="half",
+                               aug="color_crop_cutout_flip_scale_rotate", n_nets=20),
+    ("dsa", "quick"): Protocol("dsa", epochs=300, batch=256, schedule="half",
+                               aug="color_crop_cutout_flip_scale_rotate", width=64, n_nets=3, test_limit=2000),
+    ("idc", "paper"): Protocol("idc", epochs=1000, batch=64, schedule="multistep", aug="color_crop_flip_scale_rotate",
+                               aug_mode="idc", cutmix_p=0.5, n_nets=3),
+    ("idc", "quick"): Protocol("idc", epochs=300, batch=64, schedule="multistep", aug="color_crop_flip_scale_rotate",
+                               aug_mode="idc", cutmix_p=0.5, width=64, n_nets=3, test_limit=2000),
+}
+
+
+def get_protocol(name: str, preset: str, **overrides) -> Protocol:
+    """A protocol by name (``"dsa"`` or ``"idc"``) and budget (``"paper"`` or ``"quick"``)."""
+    if (name, preset) not in PROTOCOLS:
+        raise ValueError(f"unknown evaluation protocol {name!r}/{preset!r}; expected one of {sorted(PROTOCOLS)}")
+    return dataclasses.replace(PROTOCOLS[(name, preset)], **{k: v for k, v in overrides.items() if v is not None})
+
+
+@torch.no_grad()
+def test_accuracy(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 1000) -> float:
+    """Top-1 accuracy (%) of ``net`` on normalized images ``x``."""
+    net.eval()
+    correct = sum(int((net(xb).argmax(1) == yb).sum()) for xb, yb in zip(x.split(batch), y.split(batch)))
+    net.train()
+    return 100.0 * correct / max(len(y), 1)
+
+
+def train_network(images: torch.Tensor, labels: torch.Tensor, dataset: Dataset, protocol: Protocol,
+                  seed: int, progress: bool = False) -> torch.nn.Module:
+    """Train one fresh ConvNet on normalized ``images`` with ``protocol``; returns the network."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)  # network init uses the global RNG; keep the caller's untouched
+        net = ConvNet(dataset.channels, dataset.num_classes, width=protocol.width, im_size=dataset.im_size)
+    aug = DiffAugment(strategy_for(protocol.aug, dataset.name), mode=protocol.aug_mode)
+
+    def make_opt(lr):
+        return torch.optim.SGD(net.parameters(), lr=lr, momentum=protocol.momentum, weight_decay=protocol.weight_decay)
+
+    opt = make_opt(protocol.lr)
+    e = protocol.epochs
+    sched = None
+    if protocol.schedule == "multistep":
+        sched = torch.optim.lr_scheduler.MultiStepLR(opt, [2 * e // 3, 5 * e // 6], gamma=0.2)
+    n = len(images)
+    epochs = range(e + 1 if protocol.schedule == "half" else e)
+    for ep in tqdm(epochs, desc="eval net", leave=False, disable=not progress, mininterval=1.0):
+        if protocol.schedule == "half" and ep == e // 2 + 1:
+            opt = make_opt(protocol.lr * 0.1)  # VICO re-creates the optimizer: momentum resets
+        perm = torch.randperm(n, generator=gen)
+        for idx in perm.split(protocol.batch):
+            x, y = aug(images[idx], generator=gen), labels[idx]
+            x, y, y_b, ratio = cutmix(x, y, prob=protocol.cutmix_p, generator=gen) if protocol.cutmix_p else (x, y, y, 1.0)
+            loss = cutmix_loss(net(x), y, y_b, ratio)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        if sched is not None:
+            sched.step()
+    return net
+
+
+def evaluate(images: torch.Tensor, labels: torch.Tensor, dataset: Dataset, protocol: Protocol, *,
+             seed: int = 0, desc: str = "evaluate", progress: bool = True) -> dict:
+    """Train ``protocol.n_nets`` fresh networks on ``(images, labels)`` and test each.
+
+    Args:
+        images: normalized training images ``(N, C, H, W)``.
+        labels: int64 ``(N,)``.
+        dataset: gives the test split (normalized here) and the network's shape.
+        protocol: see :data:`PROTOCOLS`.
+        seed: network ``i`` uses seed ``seed + i``.
+
+    Returns:
+        ``{"mean", "std", "n", "accuracies", "protocol"}`` with accuracies in %.
+    """
+    if images.dim() != 4 or images.shape[1:] != dataset.train_x.shape[1:]:
+        raise ValueError(f"images must be (N, {', '.join(map(str, dataset.train_x.shape[1:]))}) for {dataset.name}, "
+                         f"got {tuple(images.shape)}")
+    if labels.shape != (len(images),):
+        raise ValueError(f"labels must be ({len(images)},), got {tuple(labels.shape)}")
+    test_x, test_y = dataset.test_x, dataset.test_y
+    if protocol.test_limit is not None and protocol.test_limit < len(test_y):
+        pick = torch.randperm(len(test_y), generator=torch.Generator().manual_seed(1234))[: protocol.test_limit]
+        test_x, test_y = test_x[pick], test_y[pick]
+    test_x = dataset.normalize(test_x)
+    images, labels = images.detach(), labels.detach()
+    accs = []
+    bar = tqdm(range(protocol.n_nets), desc=desc, disable=not progress, mininterval=1.0)
+    for i in bar:
+        net = train_network(images, labels, dataset, protocol, seed + i)
+        accs.append(test_accuracy(net, test_x, test_y))
+        bar.set_postfix(acc=f"{sum(accs) / len(accs):.2f}")
+    mean = sum(accs) / len(accs)
+    std = math.sqrt(sum((a - mean) ** 2 for a in accs) / len(accs))
+    return {"mean": mean, "std": std, "n": len(accs), "accuracies": accs, "protocol": dataclasses.asdict(protocol)}
+
+
+__all__ = ["PROTOCOLS", "Protocol", "evaluate", "get_protocol", "test_accuracy", "train_network"]

@@ -1,0 +1,94 @@
+"""Minimal PNG writer and reader (8-bit, no imaging dependency) and image grids."""
+from __future__ import annotations
+
+import struct
+import zlib
+
+import numpy as np
+import torch
+
+_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}  # PNG colour type -> samples per pixel
+
+
+def write_png(path: str, img: torch.Tensor) -> None:
+    """Write ``(H, W)`` grayscale or ``(3, H, W)`` RGB values in [0, 1] as an 8-bit PNG."""
+    a = (img.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
+    if a.dim() == 3:
+        a = a.permute(1, 2, 0)
+    a = a.contiguous().numpy()
+    colour = 2 if a.ndim == 3 else 0
+    raw = b"".join(b"\x00" + row.tobytes() for row in a)
+
+    def chunk(tag, body):
+        return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body))
+
+    with open(path, "wb") as f:
+        f.write(_SIGNATURE + chunk(b"IHDR", struct.pack(">IIBBBBB", a.shape[1], a.shape[0], 8, colour, 0, 0, 0))
+                + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
+
+
+def read_png(path: str) -> np.ndarray:
+    """Read an 8-bit, non-interlaced grayscale/RGB(A) PNG as uint8 ``(H, W)`` or ``(H, W, C)``
+    (alpha dropped). Anything else raises ``ValueError`` naming the file."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if not data.startswith(_SIGNATURE):
+        raise ValueError(f"{path} is not a PNG file")
+    pos, idat, header = 8, [], None
+    while pos < len(data):
+        (length,), tag = struct.unpack(">I", data[pos:pos + 4]), data[pos + 4:pos + 8]
+        body = data[pos + 8:pos + 8 + length]
+        if tag == b"IHDR":
+            header = struct.unpack(">IIBBBBB", body)
+        elif tag == b"IDAT":
+            idat.append(body)
+        pos += 12 + length
+    if header is None:
+        raise ValueError(f"{path}: PNG without IHDR")
+    w, h, depth, colour, _, _, interlace = header
+    if depth != 8 or colour not in _CHANNELS or interlace:
+        raise ValueError(f"{path}: only 8-bit non-interlaced gray/RGB/RGBA PNGs are supported "
+                         f"(bit depth {depth}, colour type {colour}, interlace {interlace})")
+    bpp = _CHANNELS[colour]
+    raw = np.frombuffer(zlib.decompress(b"".join(idat)), np.uint8).reshape(h, 1 + w * bpp)
+    out = np.zeros((h, w * bpp), np.int32)
+    prev = np.zeros(w * bpp, np.int32)
+    for r in range(h):  # undo the per-row filters (None, Sub, Up, Average, Paeth)
+        kind, line = raw[r, 0], raw[r, 1:].astype(np.int32)
+        if kind in (0, 2):
+            cur = (line + (prev if kind == 2 else 0)) & 255
+        else:
+            cur = np.zeros_like(line)
+            for i in range(len(line)):
+                a = cur[i - bpp] if i >= bpp else 0
+                b, c = prev[i], (prev[i - bpp] if i >= bpp else 0)
+                if kind == 1:
+                    pred = a
+                elif kind == 3:
+                    pred = (a + b) // 2
+                else:
+                    p = a + b - c
+                    pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                    pred = a if pa <= pb and pa <= pc else (b if pb <= pc else c)
+                cur[i] = (line[i] + pred) & 255
+        out[r], prev = cur, cur
+    img = out.astype(np.uint8).reshape(h, w, bpp)
+    img = img[..., : 3 if bpp >= 3 else 1]
+    return img[..., 0] if img.shape[-1] == 1 else img
+
+
+def class_grid(images: torch.Tensor, labels: torch.Tensor, num_classes: int, pad: int = 1) -> torch.Tensor:
+    """Tile images (values in [0, 1]) one row per class; returns ``(H', W')`` or ``(3, H', W')``."""
+    n, c, h, w = images.shape
+    rows = [images[labels == k] for k in range(num_classes)]
+    ncol = max(1, max(len(r) for r in rows))
+    g = torch.ones(c, num_classes * (h + pad) + pad, ncol * (w + pad) + pad)
+    for k, r in enumerate(rows):
+        for j, img in enumerate(r):
+            y0, x0 = pad + k * (h + pad), pad + j * (w + pad)
+            g[:, y0:y0 + h, x0:x0 + w] = img
+    return g[0] if c == 1 else g[:3]
+
+
+__all__ = ["class_grid", "read_png", "write_png"]

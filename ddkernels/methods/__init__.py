@@ -1,0 +1,35 @@
+"""Distillation trainers: DC, DSA, DM and IDC, sharing one gradient-matching core.
+
+    ds = ddkernels.data.load_dataset("fashion-mnist")
+    trainer = make_distiller("idc", ds, ipc=1, preset="quick", backend="auto", seed=0)
+    trainer.run(trainer.hp["iterations"])
+    images, labels = trainer.training_set()      # normalized, ready for ddkernels.evaluate
+"""
+from __future__ import annotations
+
+from ..data import Dataset
+from .base import Distiller
+from .dc import DC, DSA
+from .dm import DM
+from .idc import IDC, mix_init
+from .matching import gradient_match, matched_params
+from .presets import PRESET_NAMES, get_loops, preset
+
+METHODS: dict[str, type[Distiller]] = {"dc": DC, "dsa": DSA, "dm": DM, "idc": IDC}
+
+
+def make_distiller(method: str, dataset: Dataset, ipc: int, preset_name: str = "quick", *, backend: str = "auto",
+                   seed: int = 0, **overrides) -> Distiller:
+    """A trainer for ``method`` with preset ``preset_name``; ``overrides`` replace preset entries."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
+    hp = preset(method, dataset.name, ipc, preset_name)
+    unknown = sorted(set(overrides) - set(hp))
+    if unknown:
+        raise ValueError(f"unknown hyperparameter(s) {unknown} for {method}; known: {sorted(hp)}")
+    hp.update(overrides)
+    return METHODS[method](dataset, ipc, hp, backend=backend, seed=seed)
+
+
+__all__ = ["DC", "DM", "DSA", "Distiller", "IDC", "METHODS", "PRESET_NAMES", "get_loops", "gradient_match",
+           "make_distiller", "matched_params", "mix_init", "preset"]

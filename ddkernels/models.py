@@ -1,0 +1,77 @@
+"""ConvNet-3, the network every distillation method trains and evaluates with (spec §0.1)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ._checks import check_int
+
+NORMS = ("instancenorm", "batchnorm", "none")
+POOLINGS = ("avgpooling", "maxpooling", "none")
+
+
+def _norm(kind: str, width: int) -> nn.Module:
+    if kind == "instancenorm":
+        # The field's "instance norm" is GroupNorm with one channel per group (learnable γ, β).
+        return nn.GroupNorm(width, width, affine=True)
+    if kind == "batchnorm":
+        return nn.BatchNorm2d(width)
+    return nn.Identity()
+
+
+class ConvNet(nn.Module):
+    """ConvNet-D (default depth 3): ``depth × [Conv3x3(width) → norm → ReLU → pool(2)]`` → Linear.
+
+    As in the original repos, 1-channel inputs get padding 3 in the first conv, so 28×28
+    (Fashion-)MNIST images leave it as 32×32 and the classifier sees 128·4·4 = 2048 features.
+
+    Args:
+        channels: input channels (1 or 3).
+        num_classes: classifier outputs.
+        width: conv channels (128 in every paper).
+        depth: number of conv blocks.
+        norm: ``"instancenorm"`` (``GroupNorm(width, width)``), ``"batchnorm"`` or ``"none"``.
+        pooling: ``"avgpooling"``, ``"maxpooling"`` or ``"none"``.
+        im_size: input ``(H, W)``.
+
+    Shapes:
+        input ``(B, channels, H, W)`` → logits ``(B, num_classes)``; :meth:`embed` → ``(B, feat_dim)``.
+    """
+
+    def __init__(self, channels: int, num_classes: int, width: int = 128, depth: int = 3,
+                 norm: str = "instancenorm", pooling: str = "avgpooling", im_size: tuple[int, int] = (32, 32)):
+        super().__init__()
+        check_int(channels, "channels", low=1)
+        check_int(num_classes, "num_classes", low=1)
+        check_int(width, "width", low=1)
+        check_int(depth, "depth", low=1)
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        h, w = (im_size, im_size) if isinstance(im_size, int) else tuple(im_size)
+        layers: list[nn.Module] = []
+        c_in = channels
+        for d in range(depth):
+            pad = 3 if channels == 1 and d == 0 else 1
+            layers += [nn.Conv2d(c_in, width, 3, padding=pad), _norm(norm, width), nn.ReLU(inplace=True)]
+            h, w = h + 2 * pad - 2, w + 2 * pad - 2
+            if pooling != "none":
+                layers.append(nn.AvgPool2d(2, 2) if pooling == "avgpooling" else nn.MaxPool2d(2, 2))
+                h, w = h // 2, w // 2
+            if h < 1 or w < 1:
+                raise ValueError(f"im_size {im_size} is too small for depth {depth}: block {d} leaves {h}×{w}")
+            c_in = width
+        self.features = nn.Sequential(*layers)
+        self.feat_dim = width * h * w
+        self.classifier = nn.Linear(self.feat_dim, num_classes)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Flattened features before the classifier (what DM matches)."""
+        return self.features(x).flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.embed(x))
+
+
+__all__ = ["ConvNet"]

@@ -1,0 +1,207 @@
+"""Run directories: distill with checkpoints and resume, save the synthetic set, evaluate it.
+
+A run directory holds:
+
+* ``config.json``        - the run's arguments and resolved hyperparameters;
+* ``checkpoint.pt``      - synthetic tensor, optimizer and generator state, history (written
+  atomically every ``checkpoint_every`` iterations; ``--resume`` continues from it);
+* ``synthetic.pt``       - the stored synthetic parameters: ``{"method", "dataset", "ipc", "stored",
+  "labels", "factor", "space", "mean", "std"}`` (``space`` says whether ``stored`` is in [0, 1]
+  pixels (IDC) or normalized (DC/DSA/DM));
+* ``images_labels.pt``   - the training set they stand for, as the tuple ``(images, labels)``:
+  float32 ``(N, C, H, W)`` normalized with the dataset's mean/std, int64 ``(N,)`` (the layout
+  DC-BENCH-style loaders read: ``images, labels = torch.load(path)``);
+* ``synthetic.png``      - the stored images, one row per class (``decoded.png`` too for IDC);
+* ``metrics.json``       - method, dataset, ipc, backend, seconds, accuracy and random_real
+  ``{mean, std, n}``, versions;
+* ``log.txt``            - the log, starting with ``ddkernels.info``'s report.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import time
+
+import torch
+
+from . import __version__, data
+from .evaluate import evaluate, get_protocol
+from .imageio import class_grid, write_png
+from .methods import METHODS, make_distiller
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def atomic_save(obj, path: str) -> None:
+    """``torch.save`` to a temporary file in the same folder, then rename: a killed run never leaves a
+    truncated file behind."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _write_json(obj, path: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+def _logger(out: str) -> logging.Logger:
+    log = logging.getLogger(f"ddkernels.run.{os.path.abspath(out)}")
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    if not log.handlers:
+        fh = logging.FileHandler(os.path.join(out, "log.txt"))
+        fh.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        log.addHandler(fh)
+        sh = logging.StreamHandler()
+        sh.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(sh)
+    return log
+
+
+def versions() -> dict:
+    v = {"ddkernels": __version__, "torch": torch.__version__, "python": platform.python_version()}
+    try:
+        import triton
+        v["triton"] = triton.__version__
+    except ImportError:
+        pass
+    return v
+
+
+def random_real(dataset: data.Dataset, ipc: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``ipc`` random real training images per class (normalized), the same-storage baseline."""
+    sampler = data.ClassSampler(dataset.train_y, dataset.num_classes)
+    idx = sampler.indices_all(ipc, torch.Generator().manual_seed(seed)).flatten()
+    return dataset.normalize(dataset.train_x[idx]), dataset.train_y[idx]
+
+
+def eval_protocol(hp: dict, preset: str, n_nets: int | None = None):
+    """The evaluation protocol a trainer's preset asks for."""
+    return get_protocol(hp["eval"], preset, epochs=hp.get("eval_epochs"), aug=hp.get("eval_aug"),
+                        width=hp.get("eval_width"), n_nets=n_nets)
+
+
+def distill(method: str, dataset: str, ipc: int, out: str, *, preset: str = "quick", iterations: int | None = None,
+            backend: str = "auto", seed: int = 0, data_dir: str | None = None, resume: bool = False,
+            checkpoint_every: int = 1, evaluate_after: bool = True, eval_nets: int | None = None,
+            baseline: bool = True, overrides: dict | None = None, progress: bool = True) -> dict:
+    """Distill ``dataset`` with ``method`` into run directory ``out``; returns the metrics dict.
+
+    Raises ``ValueError``/``FileNotFoundError`` naming the argument for an unknown method or dataset,
+    an IPC larger than a class, a missing data dir, or an existing run without ``resume``.
+    """
+    if method not in METHODS:
+        raise ValueError(f"--method: unknown method {method!r}; expected one of {', '.join(METHODS)}")
+    if dataset not in data.DATASETS:
+        raise ValueError(f"--dataset: unknown dataset {dataset!r}; expected one of {', '.join(data.DATASETS)}")
+    ckpt_path = os.path.join(out, CHECKPOINT)
+    if os.path.exists(ckpt_path) and not resume:
+        raise FileExistsError(f"--out {out!r} already holds a run; pass --resume to continue it or pick another --out")
+    if resume and not os.path.exists(ckpt_path):
+        raise FileNotFoundError(f"--resume: no {CHECKPOINT} in {out!r} to resume from")
+    ds = data.load_dataset(dataset, data_dir)
+    trainer = make_distiller(method, ds, ipc, preset, backend=backend, seed=seed, **(overrides or {}))
+    total = iterations if iterations is not None else trainer.hp["iterations"]
+    if total < 0:
+        raise ValueError(f"--iterations must be >= 0 (0 evaluates the initialization), got {total}")
+    os.makedirs(out, exist_ok=True)
+    log = _logger(out)
+    config = {"method": method, "dataset": dataset, "ipc": ipc, "preset": preset, "iterations": total,
+              "backend": backend, "seed": seed, "data_dir": data_dir, "hp": trainer.hp}
+    if resume:
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        saved = state.get("config", {})
+        for key in ("method", "dataset", "ipc", "preset", "seed", "backend", "hp"):
+            if saved.get(key) != config[key]:
+                raise ValueError(f"--resume: the run in {out!r} has {key}={saved.get(key)!r}, this call has {config[key]!r}")
+        trainer.load_state_dict(state["trainer"])
+        log.info(f"resumed {out} at iteration {trainer.iteration}/{total}")
+    else:
+        from .info import report
+        log.info(report())
+        log.info(f"distill {json.dumps(config)}")
+    _write_json(config, os.path.join(out, "config.json"))  # on resume: records the new iteration total
+
+    def checkpoint(t):
+        if t.iteration % checkpoint_every == 0 or t.iteration == total:
+            atomic_save({"config": config, "trainer": t.state_dict()}, ckpt_path)
+            log.info(f"iteration {t.iteration}/{total} loss {t.history[-1]['loss']:.6g} "
+                     f"({t.seconds:.1f} s) checkpoint written")
+
+    trainer.run(total, callback=checkpoint, progress=progress)
+    return finish(out, trainer, preset, evaluate_after=evaluate_after, eval_nets=eval_nets, baseline=baseline,
+                  progress=progress)
+
+
+def finish(out: str, trainer, preset: str, *, evaluate_after: bool = True, eval_nets: int | None = None,
+           baseline: bool = True, progress: bool = True) -> dict:
+    """Write the synthetic set, its images and (optionally) its evaluation into ``out``."""
+    log = _logger(out)
+    ds = trainer.ds
+    images, labels = trainer.training_set()
+    factor = getattr(trainer, "factor", 1)
+    atomic_save({"method": trainer.method, "dataset": ds.name, "ipc": trainer.ipc, "stored": trainer.syn.detach().clone(),
+                 "labels": trainer.labels.clone(), "factor": factor,
+                 "space": "pixels [0, 1]" if trainer.method == "idc" else "normalized",
+                 "mean": ds.mean, "std": ds.std}, os.path.join(out, "synthetic.pt"))
+    atomic_save((images.float(), labels), os.path.join(out, "images_labels.pt"))
+    write_png(os.path.join(out, "synthetic.png"), class_grid(trainer.pixel_images(), trainer.labels, ds.num_classes))
+    if trainer.method == "idc":
+        write_png(os.path.join(out, "decoded.png"),
+                  class_grid(ds.denormalize(images).clamp(0, 1), labels, ds.num_classes))
+    metrics = {"method": trainer.method, "dataset": ds.name, "ipc": trainer.ipc, "preset": preset,
+               "backend": trainer.backend, "iterations": trainer.iteration, "seconds": round(trainer.seconds, 2),
+               "train_images": len(labels), "versions": versions()}
+    if evaluate_after:
+        metrics.update(evaluate_run(out, trainer.hp, preset, images, labels, ds, ipc=trainer.ipc, seed=trainer.seed,
+                                    eval_nets=eval_nets, baseline=baseline, progress=progress))
+    _write_json(metrics, os.path.join(out, "metrics.json"))
+    log.info(f"metrics {json.dumps({k: v for k, v in metrics.items() if k != 'versions'})}")
+    return metrics
+
+
+def evaluate_run(out, hp, preset, images, labels, ds, *, ipc, seed, eval_nets=None, baseline=True,
+                 progress=True) -> dict:
+    """Evaluate ``(images, labels)`` and, with ``baseline``, ``ipc`` random real images per class."""
+    log = _logger(out)
+    proto = eval_protocol(hp, preset, eval_nets)
+    t0 = time.perf_counter()
+    res = evaluate(images, labels, ds, proto, seed=seed, desc="eval synthetic", progress=progress)
+    result = {"accuracy": {"mean": res["mean"], "std": res["std"], "n": res["n"], "accuracies": res["accuracies"]},
+              "eval_protocol": res["protocol"], "eval_seconds": round(time.perf_counter() - t0, 2)}
+    log.info(f"synthetic set: {res['mean']:.2f} ± {res['std']:.2f} % over {res['n']} networks")
+    if baseline:
+        rx, ry = random_real(ds, ipc, seed)
+        base = evaluate(rx, ry, ds, proto, seed=seed, desc="eval random real", progress=progress)
+        result["random_real"] = {"mean": base["mean"], "std": base["std"], "n": base["n"],
+                                 "accuracies": base["accuracies"], "ipc": ipc}
+        log.info(f"random real ({ipc}/class, same storage): {base['mean']:.2f} ± {base['std']:.2f} %")
+    return result
+
+
+def evaluate_dir(out: str, *, preset: str | None = None, eval_nets: int | None = None, baseline: bool = True,
+                 progress: bool = True) -> dict:
+    """Re-evaluate a finished run directory (its ``images_labels.pt``) and update ``metrics.json``."""
+    paths = [os.path.join(out, f) for f in ("config.json", "images_labels.pt")]
+    for p in paths:
+        if not os.path.isfile(p):
+            raise FileNotFoundError(f"RUN_DIR {out!r} has no {os.path.basename(p)}; run `ddkernels distill` into it first")
+    with open(paths[0]) as f:
+        config = json.load(f)
+    images, labels = torch.load(paths[1], map_location="cpu", weights_only=True)
+    ds = data.load_dataset(config["dataset"], config.get("data_dir"))
+    mpath = os.path.join(out, "metrics.json")
+    metrics = json.load(open(mpath)) if os.path.isfile(mpath) else {}
+    metrics.update(evaluate_run(out, config["hp"], preset or config["preset"], images, labels, ds, ipc=config["ipc"],
+                                seed=config["seed"],
+                                eval_nets=eval_nets, baseline=baseline, progress=progress))
+    _write_json(metrics, mpath)
+    return metrics
+
+
+__all__ = ["atomic_save", "distill", "evaluate_dir", "finish", "random_real", "versions"]
