@@ -140,6 +140,19 @@ def _scale_shift_bwd_param_kernel(
 
 
 @triton.jit
+def _d_xhat(gy_ptr, x_ptr, scale_ptr, s_channel, row, base, offs, mask, L, mean, rstd,
+            PER_PIXEL: tl.constexpr, ACC: tl.constexpr):
+    """d = scale ⊙ dy and the normalized input x̂ for one block of a plane (both passes need them)."""
+    if PER_PIXEL:
+        s = tl.load(scale_ptr + row * L + offs, mask=mask, other=0.0).to(ACC)
+    else:
+        s = s_channel
+    d = s * tl.load(gy_ptr + base + offs, mask=mask, other=0.0).to(ACC)
+    xh = (tl.load(x_ptr + base + offs, mask=mask, other=0.0).to(ACC) - mean) * rstd
+    return d, xh
+
+
+@triton.jit
 def _scale_shift_bwd_dx_kernel(
     gy_ptr,     # (N, C, L)
     x_ptr,      # (N, C, L)
@@ -165,12 +178,7 @@ def _scale_shift_bwd_dx_kernel(
     for start in range(0, L, BLOCK):
         offs = start + tl.arange(0, BLOCK)
         mask = offs < L
-        if PER_PIXEL:
-            s = tl.load(scale_ptr + row * L + offs, mask=mask, other=0.0).to(ACC)
-        else:
-            s = s_channel
-        d = s * tl.load(gy_ptr + base + offs, mask=mask, other=0.0).to(ACC)
-        xh = (tl.load(x_ptr + base + offs, mask=mask, other=0.0).to(ACC) - mean) * rstd
+        d, xh = _d_xhat(gy_ptr, x_ptr, scale_ptr, s_channel, row, base, offs, mask, L, mean, rstd, PER_PIXEL, ACC)
         sum_d += d
         sum_dx += d * xh
     md = tl.sum(sum_d, axis=0) / L
@@ -178,12 +186,7 @@ def _scale_shift_bwd_dx_kernel(
     for start in range(0, L, BLOCK):
         offs = start + tl.arange(0, BLOCK)
         mask = offs < L
-        if PER_PIXEL:
-            s = tl.load(scale_ptr + row * L + offs, mask=mask, other=0.0).to(ACC)
-        else:
-            s = s_channel
-        d = s * tl.load(gy_ptr + base + offs, mask=mask, other=0.0).to(ACC)
-        xh = (tl.load(x_ptr + base + offs, mask=mask, other=0.0).to(ACC) - mean) * rstd
+        d, xh = _d_xhat(gy_ptr, x_ptr, scale_ptr, s_channel, row, base, offs, mask, L, mean, rstd, PER_PIXEL, ACC)
         tl.store(gx_ptr + base + offs, (rstd * (d - md - xh * mdx)).to(gx_ptr.dtype.element_ty), mask=mask)
 
 
