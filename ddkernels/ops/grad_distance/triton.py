@@ -14,17 +14,12 @@ import torch
 import triton
 import triton.language as tl
 
+from .._dtypes import acc_dtype, tl_dtype
 from .tables import row_table
 
 BLOCK = 1024   # elements of a row per loop step
 BLOCK_R = 128  # rows per loop step of the per-class reduction
 METRIC_IDS = {"ours": 0, "mse": 1, "l1": 2, "l1_mean": 3, "global_cos": 4}
-_TL_DTYPES = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32,
-              torch.float64: tl.float64}
-
-
-def _acc(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 @triton.jit
@@ -191,7 +186,7 @@ def _grad_distance_bwd_kernel(
 
 def _table(syn, metric):
     shapes = tuple(tuple(t.shape[1:]) for t in syn)
-    return row_table(shapes, metric, _acc(syn[0].dtype), syn[0].device)
+    return row_table(shapes, metric, acc_dtype(syn[0].dtype), syn[0].device)
 
 
 def _addresses(*lists, n: int, device) -> torch.Tensor:
@@ -213,11 +208,11 @@ def grad_distance_forward(syn, real, metric: str):
     """Batched contiguous tensors ``(K, *param_shape)`` -> ``(dist (K,), stats (K, R, 3))``."""
     tensor, offset, length, scale, active, per_class = _table(syn, metric)
     k, n, rows = syn[0].shape[0], len(syn), tensor.numel()
-    stats = torch.zeros(k, rows, 3, dtype=_acc(syn[0].dtype), device=syn[0].device)
+    stats = torch.zeros(k, rows, 3, dtype=acc_dtype(syn[0].dtype), device=syn[0].device)
     if k * rows:
         addr = _addresses(syn, real, None, None, n=n, device=syn[0].device)
         _grad_distance_fwd_kernel[(k * rows,)](addr, tensor, offset, length, scale, per_class, stats, rows, n,
-                                               DT=_TL_DTYPES[syn[0].dtype], METRIC=METRIC_IDS[metric], BLOCK=BLOCK)
+                                               DT=tl_dtype(syn[0].dtype), METRIC=METRIC_IDS[metric], BLOCK=BLOCK)
     return _reduce(stats, active, metric, syn[0].dtype)[0], stats
 
 
@@ -231,7 +226,7 @@ def grad_distance_backward(grad, syn, real, stats, metric: str, need_syn: bool, 
     if k * rows and (need_syn or need_real):
         addr = _addresses(syn, real, gs, gr, n=n, device=syn[0].device)
         _grad_distance_bwd_kernel[(k * rows,)](grad.contiguous(), addr, tensor, offset, length, scale, active,
-                                               per_class, cos, rows, n, DT=_TL_DTYPES[syn[0].dtype],
+                                               per_class, cos, rows, n, DT=tl_dtype(syn[0].dtype),
                                                METRIC=METRIC_IDS[metric], NEED_SYN=need_syn, NEED_REAL=need_real,
                                                BLOCK=BLOCK)
     return gs, gr

@@ -11,9 +11,7 @@ import functools
 
 import torch
 
-
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
+from .._dtypes import acc_dtype
 
 
 @functools.lru_cache(maxsize=256)

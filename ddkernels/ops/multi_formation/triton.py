@@ -11,13 +11,10 @@ import torch
 import triton
 import triton.language as tl
 
+from .._dtypes import tl_acc
 from .tables import adjoint_taps, forward_taps
 
 BLOCK = 256
-
-
-def _acc(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
 
 
 @triton.jit
@@ -107,7 +104,7 @@ def multi_formation_forward(x: torch.Tensor, factor: int, out_h: int, out_w: int
     if y.numel():
         grid = (factor * factor * n * c, triton.cdiv(out_h * out_w, BLOCK))
         _multi_formation_fwd_kernel[grid](x, y, ri, rw, ci, cw, n * c, h, w, sh, sw, out_h, out_w,
-                                          F=factor, ACC=_acc(x.dtype), BLOCK=BLOCK)
+                                          F=factor, ACC=tl_acc(x.dtype), BLOCK=BLOCK)
     return y
 
 
@@ -122,7 +119,7 @@ def multi_formation_backward(grad_y: torch.Tensor, factor: int, h: int, w: int) 
         grid = (n * c, triton.cdiv(h * w, BLOCK))
         _multi_formation_bwd_kernel[grid](grad_y, gx, ri, rw, ci, cw, n * c, h, w, sh, sw, out_h, out_w,
                                           F=factor, KH=ri.shape[1], KW=ci.shape[1],
-                                          ACC=_acc(grad_y.dtype), BLOCK=BLOCK)
+                                          ACC=tl_acc(grad_y.dtype), BLOCK=BLOCK)
     return gx
 
 

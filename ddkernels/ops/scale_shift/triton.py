@@ -20,16 +20,10 @@ import torch
 import triton
 import triton.language as tl
 
+from .._dtypes import acc_dtype, tl_acc
+
 BLOCK = 1024        # pixels per program for per-plane kernels (a HaBa plane is 900)
 BLOCK_PARAM = 128   # smaller blocks give the Hn·C-wide parameter reduction more programs
-
-
-def _acc(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
-
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 @triton.jit
@@ -198,7 +192,7 @@ def scale_shift_forward(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tenso
                         normalize: bool, eps: float):
     """x (N, C, L), scale/shift (Hn, C, S), index (N,) -> y (N, C, L), mean and rstd ((N, C) or empty)."""
     n, c, L = x.shape
-    acc = _acc_dtype(x.dtype)
+    acc = acc_dtype(x.dtype)
     mean = torch.empty(n if normalize else 0, c, dtype=acc, device=x.device)
     rstd = torch.empty_like(mean)
     y = torch.empty_like(x)
@@ -206,10 +200,10 @@ def scale_shift_forward(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tenso
         return y, mean, rstd
     blk = _block(L, BLOCK)
     if normalize:
-        _scale_shift_stats_kernel[(n * c,)](x, mean, rstd, L, eps, ACC=_acc(x.dtype), BLOCK=blk)
+        _scale_shift_stats_kernel[(n * c,)](x, mean, rstd, L, eps, ACC=tl_acc(x.dtype), BLOCK=blk)
     _scale_shift_fwd_kernel[(n * c, triton.cdiv(L, blk))](
         x, scale, shift, index, mean, rstd, y, c, L,
-        PER_PIXEL=scale.shape[2] != 1, NORMALIZE=normalize, ACC=_acc(x.dtype), BLOCK=blk)
+        PER_PIXEL=scale.shape[2] != 1, NORMALIZE=normalize, ACC=tl_acc(x.dtype), BLOCK=blk)
     return y, mean, rstd
 
 
@@ -228,17 +222,17 @@ def scale_shift_backward(grad_y: torch.Tensor, x: torch.Tensor, scale: torch.Ten
     if per_pixel:
         gs, gt = torch.empty_like(scale), torch.empty_like(scale)
     else:
-        gs = torch.empty(hn, c, nblocks, dtype=_acc_dtype(x.dtype), device=x.device)
+        gs = torch.empty(hn, c, nblocks, dtype=acc_dtype(x.dtype), device=x.device)
         gt = torch.empty_like(gs)
     _scale_shift_bwd_param_kernel[(hn * c, nblocks)](
         grad_y, x, scale, order, offsets, mean, rstd, grad_x, gs, gt, c, L, nblocks,
-        PER_PIXEL=per_pixel, NORMALIZE=normalize, ACC=_acc(x.dtype), BLOCK=blk)
+        PER_PIXEL=per_pixel, NORMALIZE=normalize, ACC=tl_acc(x.dtype), BLOCK=blk)
     if not per_pixel:
         gs = gs.sum(-1, keepdim=True).to(scale.dtype)
         gt = gt.sum(-1, keepdim=True).to(scale.dtype)
     if normalize:
         _scale_shift_bwd_dx_kernel[(n * c,)](grad_y, x, scale, index, mean, rstd, grad_x, c, L,
-                                             PER_PIXEL=per_pixel, ACC=_acc(x.dtype), BLOCK=_block(L, BLOCK))
+                                             PER_PIXEL=per_pixel, ACC=tl_acc(x.dtype), BLOCK=_block(L, BLOCK))
     return grad_x, gs, gt
 
 
