@@ -5,9 +5,12 @@ A run directory holds:
 * ``config.json``        - the run's arguments and resolved hyperparameters;
 * ``checkpoint.pt``      - synthetic tensor, optimizer and generator state, history (written
   atomically every ``checkpoint_every`` iterations; ``--resume`` continues from it);
-* ``synthetic.pt``       - the stored synthetic parameters: ``{"method", "dataset", "ipc", "stored",
-  "labels", "factor", "space", "mean", "std"}`` (``space`` says whether ``stored`` is in [0, 1]
-  pixels (IDC) or normalized (DC/DSA/DM));
+* ``synthetic.pt``       - the stored synthetic parameters: ``{"method", "dataset", "ipc", "params",
+  "stored", "labels", "factor", "space", "mean", "std", "storage", "images", "image_labels"}``:
+  ``params`` maps each stored tensor's name to it (factorized methods store several; ``stored`` is
+  ``params["syn"]`` for plain-image methods), ``space`` says how to read them (IDC: [0, 1] pixels;
+  DC/DSA/DM: normalized), ``storage`` counts stored floats against the IPC budget, and
+  ``images``/``image_labels`` are the decoded training set;
 * ``images_labels.pt``   - the training set they stand for, as the tuple ``(images, labels)``:
   float32 ``(N, C, H, W)`` normalized with the dataset's mean/std, int64 ``(N,)`` (the layout
   DC-BENCH-style loaders read: ``images, labels = torch.load(path)``);
@@ -145,18 +148,22 @@ def finish(out: str, trainer, preset: str, *, evaluate_after: bool = True, eval_
     ds = trainer.ds
     images, labels = trainer.training_set()
     factor = getattr(trainer, "factor", 1)
-    atomic_save({"method": trainer.method, "dataset": ds.name, "ipc": trainer.ipc, "stored": trainer.syn.detach().clone(),
-                 "labels": trainer.labels.clone(), "factor": factor,
-                 "space": "pixels [0, 1]" if trainer.method == "idc" else "normalized",
-                 "mean": ds.mean, "std": ds.std}, os.path.join(out, "synthetic.pt"))
+    params = {k: v.detach().clone() for k, v in trainer.synthetic_params().items()}
+    storage = trainer.storage()
+    atomic_save({"method": trainer.method, "dataset": ds.name, "ipc": trainer.ipc, "params": params,
+                 "stored": params.get("syn"), "labels": trainer.labels.clone(), "factor": factor,
+                 "space": trainer.stored_space, "mean": ds.mean, "std": ds.std, "storage": storage,
+                 "images": images.float(), "image_labels": labels}, os.path.join(out, "synthetic.pt"))
     atomic_save((images.float(), labels), os.path.join(out, "images_labels.pt"))
     write_png(os.path.join(out, "synthetic.png"), class_grid(trainer.pixel_images(), trainer.labels, ds.num_classes))
-    if trainer.method == "idc":
+    if trainer.decodes:
         write_png(os.path.join(out, "decoded.png"),
                   class_grid(ds.denormalize(images).clamp(0, 1), labels, ds.num_classes))
+    log.info(f"storage: {storage['stored_floats']} stored floats, budget {storage['budget_floats']} "
+             f"({trainer.ipc} images/class), ratio {storage['ratio']}")
     metrics = {"method": trainer.method, "dataset": ds.name, "ipc": trainer.ipc, "preset": preset,
                "backend": trainer.backend, "iterations": trainer.iteration, "seconds": round(trainer.seconds, 2),
-               "train_images": len(labels), "versions": versions()}
+               "train_images": len(labels), "storage": storage, "versions": versions()}
     if evaluate_after:
         metrics.update(evaluate_run(out, trainer.hp, preset, images, labels, ds, ipc=trainer.ipc, seed=trainer.seed,
                                     eval_nets=eval_nets, baseline=baseline, progress=progress))

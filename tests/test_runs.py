@@ -24,7 +24,7 @@ def test_resume_reaches_the_uninterrupted_result(tmp_path):
     _distill(tmp_path / "split", 3, resume=True)  # ... and --resume continues it
     a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=False)["trainer"]
     b = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=False)["trainer"]
-    assert torch.equal(a["syn"], b["syn"]) and a["iteration"] == b["iteration"] == 3
+    assert torch.equal(a["params"]["syn"], b["params"]["syn"]) and a["iteration"] == b["iteration"] == 3
     assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
     ia, la = torch.load(tmp_path / "straight" / "images_labels.pt", weights_only=True)
     ib, lb = torch.load(tmp_path / "split" / "images_labels.pt", weights_only=True)
@@ -45,6 +45,8 @@ def test_run_directory_contents_and_evaluate(tmp_path):
     assert images.shape == (40, 1, 8, 8) and labels.dtype == torch.int64
     stored = torch.load(tmp_path / "run" / "synthetic.pt", weights_only=False)
     assert stored["stored"].shape == (10, 1, 8, 8) and stored["factor"] == 2 and stored["space"] == "pixels [0, 1]"
+    assert torch.equal(stored["params"]["syn"], stored["stored"]) and torch.equal(stored["images"], images)
+    assert stored["storage"] == saved["storage"] == {"stored_floats": 640, "budget_floats": 640, "ratio": 1.0}
     again = runs.evaluate_dir(str(tmp_path / "run"), eval_nets=1, baseline=False, progress=False)
     assert again["accuracy"]["accuracies"] == saved["accuracy"]["accuracies"]
 

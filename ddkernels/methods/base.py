@@ -13,9 +13,15 @@ from ..models import ConvNet
 
 
 class Distiller:
-    """Base class of the trainers. Subclasses set :attr:`method`, create ``self.syn`` (a leaf
-    tensor) and ``self.opt`` in :meth:`init_synthetic`, and implement :meth:`step` (one outer
-    iteration, returning its loss) and :meth:`training_set`.
+    """Base class of the trainers. Subclasses set :attr:`method`, create the synthetic parameters
+    and ``self.opt`` (one optimizer over all of them; param groups for separate learning rates) in
+    :meth:`init_synthetic`, and implement :meth:`step` (one outer iteration, returning its loss),
+    :meth:`training_set` and :meth:`pixel_images`.
+
+    Plain-image methods store one leaf tensor ``self.syn``. Factorized methods override
+    :meth:`synthetic_params` (every stored tensor, by name: what is checkpointed, saved and counted
+    against the storage budget) and, for state that is not stored in the synthetic set (a feature
+    extractor, an auxiliary optimizer), :meth:`extra_state` / :meth:`load_extra_state`.
 
     All randomness (real batches, augmentation, network initialisation) comes from one
     ``torch.Generator`` seeded with ``seed``, so :meth:`state_dict` captures a run completely.
@@ -29,6 +35,13 @@ class Distiller:
     """
 
     method = ""
+    #: how the stored tensors are to be read, saved in ``synthetic.pt``
+    stored_space = "normalized"
+    #: whether the training set is decoded from the stored tensors (then ``decoded.png`` is written)
+    decodes = False
+    #: names in :meth:`synthetic_params` whose first dim is class-major (``num_classes · n`` rows, class
+    #: ``c`` owning rows ``c·n … c·n+n-1``); every other stored tensor is shared by all classes
+    per_class_params: tuple[str, ...] = ("syn",)
 
     def __init__(self, dataset: Dataset, ipc: int, hp: dict, *, backend: str = "auto", seed: int = 0):
         if isinstance(ipc, bool) or not isinstance(ipc, int) or ipc < 1:
@@ -58,6 +71,23 @@ class Distiller:
         """The stored images in [0, 1] for viewing (one per stored slot)."""
         raise NotImplementedError
 
+    def synthetic_params(self) -> dict[str, torch.Tensor]:
+        """The stored synthetic parameters by name (leaf tensors the outer loop optimizes)."""
+        return {"syn": self.syn}
+
+    def extra_state(self) -> dict:
+        """Run state beyond the stored parameters and ``self.opt`` that a checkpoint must hold."""
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        pass
+
+    def storage(self) -> dict:
+        """Stored floats against the budget of ``ipc`` plain images per class (equal-budget comparisons)."""
+        stored = sum(t.numel() for t in self.synthetic_params().values())
+        budget = self.num_classes * self.ipc * self.ds.train_x[0].numel()
+        return {"stored_floats": int(stored), "budget_floats": int(budget), "ratio": round(stored / budget, 4)}
+
     # -- shared helpers -------------------------------------------------------------------------
     def fresh_net(self, width: int | None = None) -> ConvNet:
         """A freshly initialised ConvNet-3, seeded from the run's generator."""
@@ -81,12 +111,15 @@ class Distiller:
         p = aug.sample(1, self.ds.im_size, generator=self.gen)
         return [aug.apply(b, p) for b in batches]
 
-    def image_step(self, loss: torch.Tensor) -> None:
-        """One optimizer step on the synthetic tensor (only its gradient is computed)."""
-        (grad,) = torch.autograd.grad(loss, [self.syn])
-        self.syn.grad = grad
+    def image_step(self, loss: torch.Tensor, params: list[torch.Tensor] | None = None) -> None:
+        """One optimizer step on the synthetic parameters (only their gradients are computed)."""
+        params = params if params is not None else [p for p in self.synthetic_params().values() if p.requires_grad]
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        for p, g in zip(params, grads):
+            p.grad = g
         self.opt.step()
-        self.syn.grad = None
+        for p in params:
+            p.grad = None
 
     def train_net(self, net, opt, x: torch.Tensor, y: torch.Tensor, epochs: int, batch: int,
                   aug: DiffAugment | None) -> None:
@@ -117,18 +150,25 @@ class Distiller:
 
     def state_dict(self) -> dict:
         return {"method": self.method, "iteration": self.iteration, "seconds": self.seconds,
-                "syn": self.syn.detach().clone(), "optimizer": self.opt.state_dict(),
+                "params": {k: v.detach().clone() for k, v in self.synthetic_params().items()},
+                "optimizer": self.opt.state_dict(), "extra": self.extra_state(),
                 "generator": self.gen.get_state(), "history": list(self.history)}
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("method") != self.method:
             raise ValueError(f"checkpoint is for method {state.get('method')!r}, not {self.method!r}")
-        if state["syn"].shape != self.syn.shape:
-            raise ValueError(f"checkpoint's synthetic tensor has shape {tuple(state['syn'].shape)}, "
-                             f"this run's has {tuple(self.syn.shape)}")
+        mine, saved = self.synthetic_params(), state["params"]
+        if set(mine) != set(saved):
+            raise ValueError(f"checkpoint holds synthetic parameters {sorted(saved)}, this run has {sorted(mine)}")
+        for k, t in mine.items():
+            if saved[k].shape != t.shape:
+                raise ValueError(f"checkpoint's synthetic parameter {k!r} has shape {tuple(saved[k].shape)}, "
+                                 f"this run's has {tuple(t.shape)}")
         with torch.no_grad():
-            self.syn.copy_(state["syn"])
+            for k, t in mine.items():
+                t.copy_(saved[k])
         self.opt.load_state_dict(state["optimizer"])
+        self.load_extra_state(state.get("extra", {}))
         self.gen.set_state(state["generator"])
         self.iteration, self.seconds, self.history = state["iteration"], state["seconds"], list(state["history"])
 

@@ -44,6 +44,8 @@ def mix_init(images: torch.Tensor, sampler: ClassSampler, ipc: int, factor: int,
 
 class IDC(Distiller):
     method = "idc"
+    stored_space = "pixels [0, 1]"
+    decodes = True
 
     def init_synthetic(self) -> None:
         hp = self.hp
