@@ -239,6 +239,7 @@ def evaluate_dir(out: str, *, preset: str | None = None, eval_nets: int | None =
         raise FileNotFoundError(f"RUN_DIR {out!r} was distilled with zca but has no {ZCA_FILE}")
     mpath = os.path.join(out, "metrics.json")
     metrics = json.load(open(mpath)) if os.path.isfile(mpath) else {}
+    metrics.pop("accuracy_best", None)  # a protocol that tests once leaves none: drop a stale one
     metrics.update(evaluate_run(out, config["hp"], preset or config["preset"], images, labels, ds, ipc=config["ipc"],
                                 seed=config["seed"],
                                 eval_nets=eval_nets, baseline=baseline, progress=progress))
