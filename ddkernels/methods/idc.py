@@ -28,10 +28,11 @@ DECODE_TYPES = ("single", "multi", "bound")
 def bound_plan(n: int, factor: int, bound: int) -> list[tuple[int, int, int]]:
     """IDC's ``decode_zoom_bound`` split of a class's ``n`` stored images.
 
-    Factors are tried from ``factor`` down to 1; at factor ``f > 1`` the next ``k`` images are
-    decoded, ``k`` the most that keeps room for one decoded image per image still left
-    (``k = min(room // f², left)``, ``room = bound − decoded so far − left``); factor 1 takes the
-    rest. IDC's code goes negative when ``n > bound``; here ``k`` is then 0 (everything at factor 1).
+    Factors are tried from ``factor`` down to 1; at factor ``f > 1`` the next
+    ``k = min(room // f², left)`` images decode at ``f``, where ``left`` counts the images not yet
+    placed and ``room = bound − decoded so far − left`` (IDC's rule: it reserves one output per
+    image left, so the class never exceeds ``bound`` while ``n <= bound``); factor 1 takes the
+    rest. IDC's ``k`` goes negative when ``n > bound``; here it is then 0 (everything at factor 1).
 
     Returns:
         ``[(f, start, stop), …]``: images ``start:stop`` of the class decode at factor ``f``
