@@ -1,8 +1,9 @@
 """Differentiable Siamese augmentation (DSA) with explicit parameters, IDC's DiffAug order, CutMix.
 
-Spec §0.3 (VICO ``DiffAugment``) and §1a (IDC ``DiffAug``). The original code makes real and
-synthetic batches share parameters by reseeding the RNG before every draw; here parameters are
-sampled once as tensors and applied to any number of batches::
+Spec §0.3 (VICO ``DiffAugment``) and §1a (IDC ``DiffAug``); :func:`dc_augment` is VICO's
+non-differentiable per-image augmentation that DC's evaluation uses on MNIST (§0.5). The original
+code makes real and synthetic batches share parameters by reseeding the RNG before every draw; here
+parameters are sampled once as tensors and applied to any number of batches::
 
     aug = DiffAugment("color_crop_cutout_flip_scale_rotate")
     p = aug.sample(1, (h, w))                           # one parameter set (Siamese)
@@ -233,5 +234,76 @@ def cutmix_loss(logits: torch.Tensor, y: torch.Tensor, y_partner: torch.Tensor, 
     return loss + F.cross_entropy(logits, y_partner) * (1.0 - ratio) if ratio < 1.0 else loss
 
 
-__all__ = ["DSAConfig", "DiffAugment", "TRANSFORMS", "apply_transform", "cutmix", "cutmix_loss", "sample_transform",
-           "strategy_for"]
+DC_AUG_OPS = ("crop", "scale", "rotate", "noise")
+
+
+@dataclass(frozen=True)
+class DCAugConfig:
+    """VICO ``get_daparam`` constants for DC's (non-DSA) evaluation augmentation."""
+
+    crop: int = 4
+    scale: float = 0.2
+    rotate: int = 45
+    noise: float = 0.001
+
+
+def dc_augment(x: torch.Tensor, strategy: str = "crop_scale_rotate", *, config: DCAugConfig = DCAugConfig(),
+               generator: torch.Generator | None = None) -> torch.Tensor:
+    """VICO ``utils.augment``: DC's evaluation augmentation (MNIST only, spec §0.5), not differentiable.
+
+    Each image gets one op drawn uniformly from ``strategy`` (ops of :data:`DC_AUG_OPS` joined by
+    ``_``): ``crop`` pads by ``config.crop`` pixels with the batch's channel means and takes a
+    window at offsets in ``[0, 2·crop)``; ``scale`` resizes (nearest) to ``int(u·H) × int(v·H)``,
+    ``u, v ~ U(1 ± scale)``, centred on a zero canvas, then centre-crops; ``rotate`` turns by an
+    integer angle in ``[−rotate, rotate)`` with ``scipy.ndimage.rotate`` (cubic spline, canvas
+    grown, outside filled with the mean of the channel means), then centre-crops; ``noise`` adds
+    ``noise·N(0, 1)``.
+
+    Args:
+        x: ``(N, C, H, W)`` normalized images (not modified).
+        strategy: e.g. ``"crop_scale_rotate"`` (VICO's MNIST setting).
+        generator: every draw comes from it.
+
+    Returns:
+        A new ``(N, C, H, W)`` tensor.
+    """
+    ops = strategy.split("_")
+    bad = [o for o in ops if o not in DC_AUG_OPS]
+    if bad or not strategy:
+        raise ValueError(f"strategy {strategy!r}: ops must be {'/'.join(DC_AUG_OPS)} joined by '_'")
+    n, c, h, w = x.shape
+    cfg, g = config, generator
+    out = x.detach().clone()
+    fill = out.mean(dim=(0, 2, 3))  # VICO computes the channel means once per batch, before any op
+    choice = torch.randint(len(ops), (n,), generator=g)
+    for i in range(n):
+        op = ops[int(choice[i])]
+        if op == "crop":
+            p = cfg.crop
+            canvas = fill.view(c, 1, 1).expand(c, h + 2 * p, w + 2 * p).clone()
+            canvas[:, p:p + h, p:p + w] = out[i]
+            r, q = (int(v) for v in torch.randint(2 * p, (2,), generator=g))
+            out[i] = canvas[:, r:r + h, q:q + w]
+        elif op == "scale":
+            # VICO takes both new sides from the image height
+            hh, ww = (int(float(u) * h) for u in (1 - cfg.scale + 2 * cfg.scale * torch.rand(2, generator=g)))
+            m = max(hh, ww, h, w)
+            canvas = out.new_zeros(c, m, m)
+            r, q = (m - hh) // 2, (m - ww) // 2
+            canvas[:, r:r + hh, q:q + ww] = F.interpolate(out[i:i + 1], size=(hh, ww), mode="nearest")[0]
+            r, q = (m - h) // 2, (m - w) // 2
+            out[i] = canvas[:, r:r + h, q:q + w]
+        elif op == "rotate":
+            from scipy.ndimage import rotate
+
+            angle = int(torch.randint(-cfg.rotate, cfg.rotate, (1,), generator=g))
+            im = rotate(out[i].cpu().numpy(), angle=angle, axes=(-2, -1), cval=float(fill.mean()))
+            r, q = (im.shape[-2] - h) // 2, (im.shape[-1] - w) // 2
+            out[i] = torch.from_numpy(im[:, r:r + h, q:q + w]).to(out)
+        else:
+            out[i] += cfg.noise * torch.randn(c, h, w, generator=g).to(out)
+    return out
+
+
+__all__ = ["DCAugConfig", "DC_AUG_OPS", "DSAConfig", "DiffAugment", "TRANSFORMS", "apply_transform", "cutmix",
+           "cutmix_loss", "dc_augment", "sample_transform", "strategy_for"]

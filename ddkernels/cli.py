@@ -5,8 +5,11 @@
     ddkernels info
     ddkernels bench
 
-Options of ``distill`` may also come from a JSON file (``--config run.json``, keys named like the
-options with underscores; command-line options win).
+Options of ``distill`` may also come from a YAML or JSON file (``--config run.yaml``; ``.yaml``/``.yml``
+is read as YAML, anything else as JSON): a mapping with keys named like the options, ``-`` or
+``_`` (``data_dir``, ``no_baseline``, ``set`` as a list of ``KEY=VALUE``, or ``overrides`` as a
+mapping of hyperparameters). Command-line options win; ``--set`` adds to the file's overrides.
+Examples: ``configs/`` in a source checkout.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="ddkernels", description="Dataset distillation with fused kernels.")
     sub = ap.add_subparsers(dest="command", required=True)
     d = sub.add_parser("distill", help="distill a dataset into a run directory")
-    d.add_argument("--config", help="JSON file with default values for these options")
+    d.add_argument("--config", help="YAML (.yaml/.yml) or JSON file with default values for these options")
     d.add_argument("--method", choices=sorted(METHODS))
     d.add_argument("--dataset", choices=data.DATASETS)
     d.add_argument("--ipc", type=int, help="stored images per class")
@@ -56,20 +59,50 @@ def _parser() -> argparse.ArgumentParser:
 DISTILL_DEFAULTS = {"preset": "quick", "backend": "auto", "seed": 0, "checkpoint_every": 1}
 
 
+def load_config(path: str) -> dict:
+    """A ``distill`` config file as a dict with ``_`` keys: YAML for ``.yaml``/``.yml``, else JSON."""
+    if path.lower().endswith((".yaml", ".yml")):
+        try:
+            import yaml
+        except ImportError:
+            raise ValueError(f"--config {path!r}: YAML configs need PyYAML (pip install pyyaml)") from None
+        parse, errors, kind = yaml.safe_load, yaml.YAMLError, "YAML"
+    else:
+        parse, errors, kind = json.load, json.JSONDecodeError, "JSON"
+    try:
+        with open(path) as f:
+            cfg = parse(f)
+    except OSError as err:
+        raise ValueError(f"--config {path!r}: {err}") from None
+    except errors as err:
+        raise ValueError(f"--config {path!r}: not valid {kind} ({err})") from None
+    if cfg is None:
+        cfg = {}
+    if not isinstance(cfg, dict):
+        raise ValueError(f"--config {path!r}: expected a mapping of options, got {type(cfg).__name__}")
+    cfg = {str(k).replace("-", "_"): v for k, v in cfg.items()}
+    if not isinstance(cfg.get("set", []), list) or not isinstance(cfg.get("overrides", {}), dict):
+        raise ValueError(f"--config {path!r}: 'set' must be a list of KEY=VALUE strings and 'overrides' a mapping")
+    return cfg
+
+
 def _distill_options(args) -> dict:
     opts = dict(DISTILL_DEFAULTS)
     if args.config:
-        try:
-            with open(args.config) as f:
-                opts.update({k.replace("-", "_"): v for k, v in json.load(f).items()})
-        except (OSError, json.JSONDecodeError) as err:
-            raise ValueError(f"--config {args.config!r}: {err}") from None
-    opts.update({k: v for k, v in vars(args).items() if v is not None and k not in ("command", "config")})
+        cfg = load_config(args.config)
+        unknown = sorted(set(cfg) - (set(vars(args)) - {"command", "config"}) - {"overrides"})
+        if unknown:
+            raise ValueError(f"--config {args.config!r}: unknown option(s) {unknown}")
+        opts.update(cfg)
+    file_sets = list(opts.get("set", []))
+    # Flags left unset (None, or False for --resume/--no-eval/--no-baseline) keep the file's value.
+    opts.update({k: v for k, v in vars(args).items()
+                 if v is not None and v is not False and k not in ("command", "config", "set")})
     for key in ("method", "dataset", "ipc", "out"):
         if opts.get(key) is None:
             raise ValueError(f"distill needs --{key} (on the command line or in --config)")
     overrides = dict(opts.get("overrides", {}))
-    for item in opts.get("set", []):
+    for item in file_sets + list(args.set):
         key, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
@@ -90,6 +123,8 @@ def main(argv=None) -> int:
             from .runs import distill
 
             o = _distill_options(args)
+            if o.get("threads"):
+                torch.set_num_threads(o["threads"])
             metrics = distill(o["method"], o["dataset"], o["ipc"], o["out"], preset=o["preset"],
                               iterations=o.get("iterations"), backend=o["backend"], seed=o["seed"],
                               data_dir=o.get("data_dir"), resume=o.get("resume", False),
@@ -124,11 +159,16 @@ def _summary(m: dict) -> None:
         return
     a = m["accuracy"]
     print(f"\n{m.get('method', '?')} {m.get('dataset', '?')} IPC {m.get('ipc', '?')}: "
-          f"synthetic {a['mean']:.2f} ± {a['std']:.2f} % (n={a['n']})", end="")
+          f"synthetic {a['mean']:.2f} ± {a['std']:.2f} % (n={a['n']}){_best(m.get('accuracy_best'))}", end="")
     if "random_real" in m:
         r = m["random_real"]
-        print(f"  |  random real, same storage: {r['mean']:.2f} ± {r['std']:.2f} % (n={r['n']})", end="")
+        print(f"  |  random real, same storage: {r['mean']:.2f} ± {r['std']:.2f} % (n={r['n']}){_best(r.get('best'))}",
+              end="")
     print(f"  |  distillation {m.get('seconds', 0):.0f} s")
+
+
+def _best(b: dict | None) -> str:
+    return f" [best of tests {b['mean']:.2f} ± {b['std']:.2f}]" if b else ""
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ trainers use); :class:`ClassSampler` draws real images per class from index tens
 """
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import os
 import pickle
@@ -19,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from .zca import ZCA
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -86,7 +89,12 @@ FOLDER_EXTENSIONS = (".png", ".npy", ".pt")
 
 @dataclass
 class Dataset:
-    """A labelled train/test split. Images are float32 ``(N, C, H, W)`` in [0, 1], labels int64."""
+    """A labelled train/test split. Images are float32 ``(N, C, H, W)`` in [0, 1], labels int64.
+
+    :meth:`normalize` maps [0, 1] images into the space networks see: ``(x − mean)/std`` per
+    channel, or, on a :meth:`whitened` dataset, the ZCA transform fitted on the training images
+    (MTT's ``--zca``: no mean/std step). :meth:`denormalize` is its inverse.
+    """
 
     name: str
     train_x: torch.Tensor
@@ -97,6 +105,7 @@ class Dataset:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     classes: tuple[str, ...] = ()
+    zca: ZCA | None = None
 
     @property
     def channels(self) -> int:
@@ -112,12 +121,30 @@ class Dataset:
                 torch.tensor(self.std, dtype=x.dtype, device=x.device).view(shape))
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        if self.zca is not None:
+            return self.zca(x)
         mean, std = self._stats(x)
         return (x - mean) / std
 
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        if self.zca is not None:
+            return self.zca.inverse(x)
         mean, std = self._stats(x)
         return x * std + mean
+
+    def whitened(self, zca: ZCA | float = 0.1, *, progress: bool = False) -> "Dataset":
+        """This dataset with ZCA whitening as its normalization.
+
+        Args:
+            zca: a fitted :class:`~ddkernels.zca.ZCA` (e.g. loaded from a run directory), or the
+                regularization to fit one on the training images with (MTT: 0.1).
+            progress: progress bar while fitting.
+        """
+        if not isinstance(zca, ZCA):
+            zca = ZCA.fit(self.train_x, zca, progress=progress)
+        if zca.shape != tuple(self.train_x.shape[1:]):
+            raise ValueError(f"zca is for images {zca.shape}, {self.name} has {tuple(self.train_x.shape[1:])}")
+        return dataclasses.replace(self, zca=zca)
 
 
 def _channel_stats(x: torch.Tensor):

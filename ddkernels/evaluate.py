@@ -4,12 +4,17 @@ Two protocols from the papers (spec §0.5 and §1b), each with a ``paper`` budge
 budget for a CPU:
 
 * ``"dsa"`` (DC/DSA/DM, VICO ``evaluate_synset``): SGD(0.01, momentum 0.9, wd 5e-4), batch 256,
-  E+1 epochs, lr ×0.1 and a fresh optimizer at epoch E//2+1, per-sample DSA on every batch.
-* ``"idc"`` (IDC ``train.py``): SGD(0.01, 0.9, 5e-4), batch 64, MultiStepLR(2/3, 5/6 of E, γ 0.2),
-  per-sample DiffAug (flip, colour, one of crop/scale/rotate) and CutMix p 0.5.
+  E+1 epochs, lr ×0.1 and a fresh optimizer at epoch E//2+1, per-sample DSA on every batch (DC
+  without DSA: none, except VICO's per-image crop/scale/rotate on MNIST, ``dc_aug``); tested once,
+  at the end.
+* ``"idc"`` (IDC ``train.py``/``test.py``): SGD(0.01, 0.9, 5e-4), batch 64, MultiStepLR(2/3, 5/6 of
+  E, γ 0.2), per-sample DiffAug (flip, colour, one of crop/scale/rotate) and CutMix p 0.5; tested
+  every E//4 epochs, reporting the last and the best of these tests.
 
 Accuracies are reported as mean ± std (population std, as numpy's default in the originals) over
-``n_nets`` networks, each initialised from its own seed.
+``n_nets`` networks, each initialised from its own seed: ``mean``/``std``/``accuracies`` are the
+final accuracies; with ``test_checkpoints > 1`` also ``best`` (per network, the best test accuracy
+over the checkpoint epochs, as IDC's "best").
 """
 from __future__ import annotations
 
@@ -21,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .augment import DiffAugment, cutmix, cutmix_loss, strategy_for
+from .augment import DiffAugment, cutmix, cutmix_loss, dc_augment, strategy_for
 from .data import Dataset
 from .models import ConvNet
 
@@ -36,6 +41,7 @@ class Protocol:
     schedule: str  # "half" (VICO) or "multistep" (IDC)
     aug: str  # DSA strategy; "" for none
     aug_mode: str = "single"
+    dc_aug: str = ""  # VICO's non-DSA per-image augmentation (ddkernels.augment.dc_augment); only without aug
     cutmix_p: float = 0.0
     lr: float = 0.01
     momentum: float = 0.9
@@ -43,6 +49,7 @@ class Protocol:
     width: int = 128
     n_nets: int = 5
     test_limit: int | None = None  # evaluate on the first N test images (a fixed, shuffled subset)
+    test_checkpoints: int = 1  # test every epochs//k epochs (IDC test.py: k = 4) and at the end; 1: end only
 
 
 PROTOCOLS = {
@@ -51,9 +58,9 @@ PROTOCOLS = {
     ("dsa", "quick"): Protocol("dsa", epochs=300, batch=256, schedule="half",
                                aug="color_crop_cutout_flip_scale_rotate", width=64, n_nets=3, test_limit=2000),
     ("idc", "paper"): Protocol("idc", epochs=1000, batch=64, schedule="multistep", aug="color_crop_flip_scale_rotate",
-                               aug_mode="idc", cutmix_p=0.5, n_nets=3),
+                               aug_mode="idc", cutmix_p=0.5, n_nets=3, test_checkpoints=4),
     ("idc", "quick"): Protocol("idc", epochs=300, batch=64, schedule="multistep", aug="color_crop_flip_scale_rotate",
-                               aug_mode="idc", cutmix_p=0.5, width=64, n_nets=3, test_limit=2000),
+                               aug_mode="idc", cutmix_p=0.5, width=64, n_nets=3, test_limit=2000, test_checkpoints=4),
 }
 
 
@@ -61,7 +68,21 @@ def get_protocol(name: str, preset: str, **overrides) -> Protocol:
     """A protocol by name (``"dsa"`` or ``"idc"``) and budget (``"paper"`` or ``"quick"``)."""
     if (name, preset) not in PROTOCOLS:
         raise ValueError(f"unknown evaluation protocol {name!r}/{preset!r}; expected one of {sorted(PROTOCOLS)}")
-    return dataclasses.replace(PROTOCOLS[(name, preset)], **{k: v for k, v in overrides.items() if v is not None})
+    proto = dataclasses.replace(PROTOCOLS[(name, preset)], **{k: v for k, v in overrides.items() if v is not None})
+    if proto.dc_aug and proto.aug:
+        raise ValueError(f"dc_aug={proto.dc_aug!r} applies only without DSA (aug=''), got aug={proto.aug!r}")
+    if proto.test_checkpoints < 1:
+        raise ValueError(f"test_checkpoints must be >= 1, got {proto.test_checkpoints}")
+    return proto
+
+
+def checkpoint_epochs(epochs: int, k: int) -> list[int]:
+    """Epochs (1-based) after which a network is tested: every ``max(1, epochs // k)`` epochs (IDC
+    ``test_data``: ``epoch_print_freq = epochs // num_val``, ``num_val = 4``), plus the last epoch
+    when that interval does not divide ``epochs``, so the final accuracy is always measured."""
+    every = max(1, epochs // k)
+    ticks = list(range(every, epochs + 1, every))
+    return ticks if ticks and ticks[-1] == epochs else ticks + [epochs]
 
 
 @torch.no_grad()
@@ -74,8 +95,11 @@ def test_accuracy(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch:
 
 
 def train_network(images: torch.Tensor, labels: torch.Tensor, dataset: Dataset, protocol: Protocol,
-                  seed: int, progress: bool = False) -> torch.nn.Module:
-    """Train one fresh ConvNet on normalized ``images`` with ``protocol``; returns the network."""
+                  seed: int, progress: bool = False, on_epoch=None) -> torch.nn.Module:
+    """Train one fresh ConvNet on normalized ``images`` with ``protocol``; returns the network.
+
+    ``on_epoch(epoch, net)``, if given, runs after every epoch (1-based; the "half" schedule runs
+    ``epochs + 1`` of them)."""
     gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng():
         torch.manual_seed(seed)  # network init uses the global RNG; keep the caller's untouched
@@ -98,6 +122,8 @@ def train_network(images: torch.Tensor, labels: torch.Tensor, dataset: Dataset, 
         perm = torch.randperm(n, generator=gen)
         for idx in perm.split(protocol.batch):
             x, y = aug(images[idx], generator=gen), labels[idx]
+            if protocol.dc_aug:
+                x = dc_augment(x, protocol.dc_aug, generator=gen)
             x, y, y_b, ratio = cutmix(x, y, prob=protocol.cutmix_p, generator=gen) if protocol.cutmix_p else (x, y, y, 1.0)
             loss = cutmix_loss(net(x), y, y_b, ratio)
             opt.zero_grad(set_to_none=True)
@@ -105,7 +131,14 @@ def train_network(images: torch.Tensor, labels: torch.Tensor, dataset: Dataset, 
             opt.step()
         if sched is not None:
             sched.step()
+        if on_epoch is not None:
+            on_epoch(ep + 1, net)
     return net
+
+
+def _mean_std(accs: list[float]) -> tuple[float, float]:
+    mean = sum(accs) / len(accs)
+    return mean, math.sqrt(sum((a - mean) ** 2 for a in accs) / len(accs))
 
 
 def evaluate(images: torch.Tensor, labels: torch.Tensor, dataset: Dataset, protocol: Protocol, *,
@@ -120,7 +153,10 @@ def evaluate(images: torch.Tensor, labels: torch.Tensor, dataset: Dataset, proto
         seed: network ``i`` uses seed ``seed + i``.
 
     Returns:
-        ``{"mean", "std", "n", "accuracies", "protocol"}`` with accuracies in %.
+        ``{"mean", "std", "n", "accuracies", "protocol"}`` with the final accuracies in %; with
+        ``protocol.test_checkpoints > 1`` also ``"best": {"mean", "std", "accuracies", "epochs"}``
+        (per network the best accuracy over the test ``epochs``) and ``"curves"`` (each network's
+        accuracy at those epochs).
     """
     if images.dim() != 4 or images.shape[1:] != dataset.train_x.shape[1:]:
         raise ValueError(f"images must be (N, {', '.join(map(str, dataset.train_x.shape[1:]))}) for {dataset.name}, "
@@ -133,15 +169,28 @@ def evaluate(images: torch.Tensor, labels: torch.Tensor, dataset: Dataset, proto
         test_x, test_y = test_x[pick], test_y[pick]
     test_x = dataset.normalize(test_x)
     images, labels = images.detach(), labels.detach()
-    accs = []
+    total = protocol.epochs + 1 if protocol.schedule == "half" else protocol.epochs
+    ticks = checkpoint_epochs(total, protocol.test_checkpoints)
+    curves = []
     bar = tqdm(range(protocol.n_nets), desc=desc, disable=not progress, mininterval=1.0)
     for i in bar:
-        net = train_network(images, labels, dataset, protocol, seed + i)
-        accs.append(test_accuracy(net, test_x, test_y))
-        bar.set_postfix(acc=f"{sum(accs) / len(accs):.2f}")
-    mean = sum(accs) / len(accs)
-    std = math.sqrt(sum((a - mean) ** 2 for a in accs) / len(accs))
-    return {"mean": mean, "std": std, "n": len(accs), "accuracies": accs, "protocol": dataclasses.asdict(protocol)}
+        curve = []
+
+        def test_at(epoch, net, curve=curve):
+            if epoch in ticks:
+                curve.append(test_accuracy(net, test_x, test_y))
+
+        train_network(images, labels, dataset, protocol, seed + i, on_epoch=test_at)
+        curves.append(curve)
+        bar.set_postfix(acc=f"{sum(c[-1] for c in curves) / len(curves):.2f}")
+    accs = [c[-1] for c in curves]
+    mean, std = _mean_std(accs)
+    out = {"mean": mean, "std": std, "n": len(accs), "accuracies": accs, "protocol": dataclasses.asdict(protocol)}
+    if len(ticks) > 1:
+        best = [max(c) for c in curves]
+        b_mean, b_std = _mean_std(best)
+        out.update(best={"mean": b_mean, "std": b_std, "accuracies": best, "epochs": ticks}, curves=curves)
+    return out
 
 
-__all__ = ["PROTOCOLS", "Protocol", "evaluate", "get_protocol", "test_accuracy", "train_network"]
+__all__ = ["PROTOCOLS", "Protocol", "checkpoint_epochs", "evaluate", "get_protocol", "test_accuracy", "train_network"]

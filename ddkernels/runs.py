@@ -14,9 +14,14 @@ A run directory holds:
 * ``images_labels.pt``   - the training set they stand for, as the tuple ``(images, labels)``:
   float32 ``(N, C, H, W)`` normalized with the dataset's mean/std, int64 ``(N,)`` (the layout
   DC-BENCH-style loaders read: ``images, labels = torch.load(path)``);
-* ``synthetic.png``      - the stored images, one row per class (``decoded.png`` too for IDC);
+* ``zca.pt``             - with hyperparameter ``zca``: the train-fitted :class:`~ddkernels.zca.ZCA`
+  (``ZCA.from_state_dict(torch.load(path))``); "normalized" above then means ZCA-whitened, and
+  ``synthetic.pt`` holds the same state under ``"zca"``;
+* ``synthetic.png``      - the stored images, one row per class (``decoded.png`` too for IDC), shown
+  un-normalized (un-whitened);
 * ``metrics.json``       - method, dataset, ipc, backend, seconds, accuracy and random_real
-  ``{mean, std, n}``, versions;
+  ``{mean, std, n, accuracies}`` (final epoch); with a protocol that tests several times (IDC)
+  also ``accuracy_best`` and ``random_real.best`` (per network the best test accuracy); versions;
 * ``log.txt``            - the log, starting with ``ddkernels.info``'s report.
 """
 from __future__ import annotations
@@ -33,8 +38,10 @@ from . import __version__, data
 from .evaluate import evaluate, get_protocol
 from .imageio import class_grid, write_png
 from .methods import METHODS, make_distiller
+from .zca import ZCA
 
 CHECKPOINT = "checkpoint.pt"
+ZCA_FILE = "zca.pt"
 
 
 def atomic_save(obj, path: str) -> None:
@@ -86,7 +93,7 @@ def random_real(dataset: data.Dataset, ipc: int, seed: int) -> tuple[torch.Tenso
 def eval_protocol(hp: dict, preset: str, n_nets: int | None = None):
     """The evaluation protocol a trainer's preset asks for."""
     return get_protocol(hp["eval"], preset, epochs=hp.get("eval_epochs"), aug=hp.get("eval_aug"),
-                        width=hp.get("eval_width"), n_nets=n_nets)
+                        dc_aug=hp.get("eval_dc_aug"), width=hp.get("eval_width"), n_nets=n_nets)
 
 
 def distill(method: str, dataset: str, ipc: int, out: str, *, preset: str = "quick", iterations: int | None = None,
@@ -153,7 +160,10 @@ def finish(out: str, trainer, preset: str, *, evaluate_after: bool = True, eval_
     atomic_save({"method": trainer.method, "dataset": ds.name, "ipc": trainer.ipc, "params": params,
                  "stored": params.get("syn"), "labels": trainer.labels.clone(), "factor": factor,
                  "space": trainer.stored_space, "mean": ds.mean, "std": ds.std, "storage": storage,
-                 "images": images.float(), "image_labels": labels}, os.path.join(out, "synthetic.pt"))
+                 "images": images.float(), "image_labels": labels,
+                 "zca": ds.zca.state_dict() if ds.zca is not None else None}, os.path.join(out, "synthetic.pt"))
+    if ds.zca is not None:
+        atomic_save(ds.zca.state_dict(), os.path.join(out, ZCA_FILE))
     atomic_save((images.float(), labels), os.path.join(out, "images_labels.pt"))
     write_png(os.path.join(out, "synthetic.png"), class_grid(trainer.pixel_images(), trainer.labels, ds.num_classes))
     if trainer.decodes:
@@ -179,16 +189,36 @@ def evaluate_run(out, hp, preset, images, labels, ds, *, ipc, seed, eval_nets=No
     proto = eval_protocol(hp, preset, eval_nets)
     t0 = time.perf_counter()
     res = evaluate(images, labels, ds, proto, seed=seed, desc="eval synthetic", progress=progress)
-    result = {"accuracy": {"mean": res["mean"], "std": res["std"], "n": res["n"], "accuracies": res["accuracies"]},
-              "eval_protocol": res["protocol"], "eval_seconds": round(time.perf_counter() - t0, 2)}
-    log.info(f"synthetic set: {res['mean']:.2f} ± {res['std']:.2f} % over {res['n']} networks")
+    result = {"accuracy": _final(res), "eval_protocol": res["protocol"],
+              "eval_seconds": round(time.perf_counter() - t0, 2)}
+    if "best" in res:
+        result["accuracy_best"] = _best(res)
+    log.info(f"synthetic set: {res['mean']:.2f} ± {res['std']:.2f} % over {res['n']} networks" + _best_text(res))
     if baseline:
         rx, ry = random_real(ds, ipc, seed)
         base = evaluate(rx, ry, ds, proto, seed=seed, desc="eval random real", progress=progress)
-        result["random_real"] = {"mean": base["mean"], "std": base["std"], "n": base["n"],
-                                 "accuracies": base["accuracies"], "ipc": ipc}
-        log.info(f"random real ({ipc}/class, same storage): {base['mean']:.2f} ± {base['std']:.2f} %")
+        result["random_real"] = dict(_final(base), ipc=ipc)
+        if "best" in base:
+            result["random_real"]["best"] = _best(base)
+        log.info(f"random real ({ipc}/class, same storage): {base['mean']:.2f} ± {base['std']:.2f} %" + _best_text(base))
     return result
+
+
+def _final(res: dict) -> dict:
+    return {"mean": res["mean"], "std": res["std"], "n": res["n"], "accuracies": res["accuracies"],
+            "at": "final epoch"}
+
+
+def _best(res: dict) -> dict:
+    b = res["best"]
+    return {"mean": b["mean"], "std": b["std"], "n": res["n"], "accuracies": b["accuracies"],
+            "at": f"per network, the best test accuracy over epochs {b['epochs']} (IDC test.py 'best')",
+            "curves": res["curves"]}
+
+
+def _best_text(res: dict) -> str:
+    return f" (best of {len(res['best']['epochs'])} tests: {res['best']['mean']:.2f} ± {res['best']['std']:.2f} %)" \
+        if "best" in res else ""
 
 
 def evaluate_dir(out: str, *, preset: str | None = None, eval_nets: int | None = None, baseline: bool = True,
@@ -202,8 +232,14 @@ def evaluate_dir(out: str, *, preset: str | None = None, eval_nets: int | None =
         config = json.load(f)
     images, labels = torch.load(paths[1], map_location="cpu", weights_only=True)
     ds = data.load_dataset(config["dataset"], config.get("data_dir"))
+    zca_path = os.path.join(out, ZCA_FILE)
+    if os.path.isfile(zca_path):  # the synthetic set lives in whitened space: whiten the test set alike
+        ds = ds.whitened(ZCA.from_state_dict(torch.load(zca_path, map_location="cpu", weights_only=True)))
+    elif config["hp"].get("zca"):
+        raise FileNotFoundError(f"RUN_DIR {out!r} was distilled with zca but has no {ZCA_FILE}")
     mpath = os.path.join(out, "metrics.json")
     metrics = json.load(open(mpath)) if os.path.isfile(mpath) else {}
+    metrics.pop("accuracy_best", None)  # a protocol that tests once leaves none: drop a stale one
     metrics.update(evaluate_run(out, config["hp"], preset or config["preset"], images, labels, ds, ipc=config["ipc"],
                                 seed=config["seed"],
                                 eval_nets=eval_nets, baseline=baseline, progress=progress))

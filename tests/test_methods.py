@@ -6,6 +6,7 @@ import torch.nn.functional as F
 import ddkernels
 from ddkernels import data
 from ddkernels.methods import get_loops, gradient_match, make_distiller, matched_params, mix_init, preset
+from ddkernels.methods.idc import DECODE_TYPES, bound_plan
 from ddkernels.models import ConvNet
 from tests.conftest import fused_backends
 
@@ -135,3 +136,67 @@ def test_presets_and_errors(digits):
         make_distiller("dc", digits, 1, lr_imgg=1.0)
     with pytest.raises(ValueError, match="preset must be one of"):
         make_distiller("dc", digits, 1, "fast")
+
+
+def _naive_decode_zoom(img, f):
+    """IDC condense.py decode_zoom as the spec words it: pad right/bottom with 0.5 to a multiple of f,
+    cut f×f tiles of side ceil(h/f) row-major, concatenate tile-major, bilinear-resize to (h, w)."""
+    h, w = img.shape[-2:]
+    r = h % f
+    if r:
+        img = F.pad(img, (0, f - r, 0, f - r), value=0.5)
+    s = -(-h // f)
+    tiles = [img[:, :, i * s:(i + 1) * s, j * s:(j + 1) * s] for i in range(f) for j in range(f)]
+    return F.interpolate(torch.cat(tiles), size=(h, w), mode="bilinear", align_corners=False)
+
+
+def _naive_bound(img, f_max, bound):
+    """IDC decode_zoom_bound, transcribed loop by loop (valid while len(img) <= bound)."""
+    room, budget, idx, total, out = bound - len(img), len(img), 0, 0, []
+    for f in range(f_max, 0, -1):
+        n = min(room // f ** 2, budget) if f > 1 else budget
+        out.append(_naive_decode_zoom(img[idx:idx + n], f))
+        idx, budget, total = idx + n, budget - n, total + n * f ** 2
+        room = bound - total - budget
+        if budget == 0:
+            break
+    return torch.cat(out)
+
+
+def test_bound_plan_matches_idc_loop():
+    assert bound_plan(3, 2, 8) == [(2, 0, 1), (1, 1, 3)]
+    assert bound_plan(20, 3, 128) == [(3, 0, 12), (2, 12, 15), (1, 15, 20)]  # ImageNet IPC 20: 125 decoded
+    assert bound_plan(200, 2, 128) == [(1, 0, 200)]  # more images than the bound: all at factor 1
+    for n in range(1, 14):
+        for f in (2, 3):
+            for bound in (n, n + 3, 16, 40):
+                img = torch.arange(n, dtype=torch.float64).view(n, 1, 1, 1).expand(n, 1, 6, 6)
+                plan = bound_plan(n, f, bound)
+                count = sum((hi - lo) * g * g for g, lo, hi in plan)
+                assert count == len(_naive_bound(img, f, bound)) <= bound, (n, f, bound)
+
+
+@pytest.mark.parametrize("decode_type", DECODE_TYPES)
+@pytest.mark.parametrize("backend", ["reference", "auto"])
+def test_idc_decode_types_match_naive(digits, decode_type, backend):
+    ipc, cap = 3, 8
+    d = make_distiller("idc", digits, ipc, "quick", seed=0, backend=backend, decode_type=decode_type,
+                       batch_syn_max=cap, **TINY_IDC)
+    stored = d.syn.detach()
+    naive = {"single": lambda x: _naive_decode_zoom(x, 2),
+             "multi": lambda x: torch.cat([_naive_decode_zoom(x, f) for f in (1, 2)]),
+             "bound": lambda x: _naive_bound(x, 2, cap)}[decode_type]
+    per_class = d.decode(stored)
+    images, labels = d.training_set()
+    counts = {"single": 4 * ipc, "multi": 5 * ipc, "bound": 6}[decode_type]
+    assert labels.tolist().count(0) == counts and torch.bincount(labels).tolist() == [counts] * 10
+    for c in range(10):
+        want = naive(stored[c * ipc:(c + 1) * ipc])
+        torch.testing.assert_close(per_class[c], want, atol=1e-6, rtol=0)
+        # the training set holds the same images per class, normalized, in IDC's per-class order
+        torch.testing.assert_close(images[labels == c], digits.normalize(want), atol=1e-5, rtol=0)
+        torch.testing.assert_close(d.decode(stored[c * ipc:(c + 1) * ipc])[0], want, atol=1e-6, rtol=0)
+    d.run(1, progress=False)  # matching samples at most batch_syn_max decoded images per class
+    assert all(len(g) <= cap for g in d._decoded_by_class(list(range(10))))
+    with pytest.raises(ValueError, match="decode_type must be one of"):
+        make_distiller("idc", digits, 1, "quick", decode_type="zoom", **TINY_IDC)

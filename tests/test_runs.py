@@ -5,7 +5,9 @@ import os
 import pytest
 import torch
 
-from ddkernels import cli, runs
+from ddkernels import cli, data, runs
+from ddkernels.methods import METHODS, preset
+from ddkernels.zca import ZCA
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -49,6 +51,12 @@ def test_run_directory_contents_and_evaluate(tmp_path):
     assert stored["storage"] == saved["storage"] == {"stored_floats": 640, "budget_floats": 640, "ratio": 1.0}
     again = runs.evaluate_dir(str(tmp_path / "run"), eval_nets=1, baseline=False, progress=False)
     assert again["accuracy"]["accuracies"] == saved["accuracy"]["accuracies"]
+    # IDC's protocol tests every epochs//4 epochs: metrics hold the final and the best, labelled
+    best, rr = saved["accuracy_best"], saved["random_real"]["best"]
+    assert saved["accuracy"]["at"] == "final epoch" and "best test accuracy" in best["at"]
+    assert best["accuracies"] == [max(c) for c in best["curves"]] and [c[-1] for c in best["curves"]] == \
+        saved["accuracy"]["accuracies"]
+    assert best["mean"] >= saved["accuracy"]["mean"] and rr["mean"] >= saved["random_real"]["mean"]
 
 
 def test_cli_distill_and_errors(tmp_path, capsys):
@@ -86,3 +94,53 @@ def test_cli_distill_and_errors(tmp_path, capsys):
 def test_cli_info(capsys):
     assert cli.main(["info"]) == 0
     assert "grad_distance" in capsys.readouterr().out
+
+
+def test_zca_run_directory(tmp_path):
+    out = tmp_path / "zca"
+    m = runs.distill("dm", "digits", 1, str(out), iterations=1, overrides={"width": 8, "batch_real": 8, "zca": True,
+                     "eval_epochs": 2}, eval_nets=1, baseline=False, progress=False)
+    zca = ZCA.from_state_dict(torch.load(out / "zca.pt", weights_only=True))
+    stored = torch.load(out / "synthetic.pt", weights_only=False)
+    assert zca.reg == 0.1 and torch.equal(stored["zca"]["transform"], zca.transform)
+    # re-evaluation whitens the test set with the stored transform and reproduces the accuracy
+    again = runs.evaluate_dir(str(out), eval_nets=1, baseline=False, progress=False)
+    assert again["accuracy"]["accuracies"] == m["accuracy"]["accuracies"]
+    os.remove(out / "zca.pt")
+    with pytest.raises(FileNotFoundError, match="distilled with zca but has no zca.pt"):
+        runs.evaluate_dir(str(out), eval_nets=1, baseline=False, progress=False)
+
+
+def test_yaml_config(tmp_path, capsys):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("# a YAML config\nmethod: dm\ndataset: digits\nipc: 1\niterations: 1\nno-eval: true\n"
+                   "overrides:\n  width: 8\n  batch_real: 8\nset:\n  - lr_img=0.5\n")
+    out = str(tmp_path / "dm")
+    args = cli._parser().parse_args(["distill", "--config", str(cfg), "--out", out, "--set", "momentum_img=0.9"])
+    opts = cli._distill_options(args)
+    assert (opts["method"], opts["ipc"], opts["iterations"], opts["no_eval"]) == ("dm", 1, 1, True)
+    assert opts["overrides"] == {"width": 8, "batch_real": 8, "lr_img": 0.5, "momentum_img": 0.9}
+    assert cli.main(["distill", "--config", str(cfg), "--out", out]) == 0
+    saved = json.loads(open(os.path.join(out, "config.json")).read())
+    assert saved["hp"]["lr_img"] == 0.5 and saved["hp"]["width"] == 8
+    assert "accuracy" not in json.loads(open(os.path.join(out, "metrics.json")).read())  # the file's no-eval
+    for text, message in (("method: [dm\n", "not valid YAML"), ("- dm\n", "expected a mapping"),
+                          ("method: dm\nipcs: 3\n", "unknown option(s) ['ipcs']"),
+                          ("set: lr_img=1\n", "'set' must be a list")):
+        cfg.write_text(text)
+        assert cli.main(["distill", "--config", str(cfg), "--out", str(tmp_path / "x")]) == 2
+        assert message in capsys.readouterr().err, message
+    assert cli.main(["distill", "--config", str(tmp_path / "nope.yml"), "--out", out]) == 2
+    assert "nope.yml" in capsys.readouterr().err
+
+
+def test_example_configs_parse():
+    root = os.path.join(os.path.dirname(__file__), "..", "configs")
+    files = sorted(f for f in os.listdir(root) if f.endswith((".yaml", ".yml", ".json")))
+    assert len(files) >= 5
+    for f in files:
+        path = os.path.join(root, f)
+        opts = cli._distill_options(cli._parser().parse_args(["distill", "--config", path]))
+        assert opts["method"] in METHODS and opts["dataset"] in data.DATASETS and opts["out"], f
+        hp = preset(opts["method"], opts["dataset"], opts["ipc"], opts["preset"])
+        assert set(opts["overrides"]) <= set(hp), f

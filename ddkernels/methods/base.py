@@ -10,6 +10,7 @@ from tqdm import tqdm
 from ..augment import DiffAugment, strategy_for
 from ..data import ClassSampler, Dataset
 from ..models import ConvNet
+from ..zca import zca_reg
 
 
 class Distiller:
@@ -26,8 +27,12 @@ class Distiller:
     All randomness (real batches, augmentation, network initialisation) comes from one
     ``torch.Generator`` seeded with ``seed``, so :meth:`state_dict` captures a run completely.
 
+    Hyperparameter ``zca`` (False, True or a regularization) whitens the data first
+    (:meth:`ddkernels.data.Dataset.whitened`, fitted on the training images): ``self.ds.normalize``
+    then whitens real, synthetic and test images alike.
+
     Args:
-        dataset: the real data.
+        dataset: the real data (used as given if it is already whitened).
         ipc: stored synthetic images per class.
         hp: hyperparameters (see :mod:`ddkernels.methods.presets`).
         backend: passed to every ``ddkernels`` op call.
@@ -46,6 +51,9 @@ class Distiller:
     def __init__(self, dataset: Dataset, ipc: int, hp: dict, *, backend: str = "auto", seed: int = 0):
         if isinstance(ipc, bool) or not isinstance(ipc, int) or ipc < 1:
             raise ValueError(f"ipc must be a positive int, got {ipc!r}")
+        reg = zca_reg(hp.get("zca", False))
+        if reg is not None and dataset.zca is None:
+            dataset = dataset.whitened(reg)
         self.ds, self.ipc, self.hp, self.backend, self.seed = dataset, ipc, dict(hp), backend, seed
         self.num_classes = dataset.num_classes
         self.sampler = ClassSampler(dataset.train_y, dataset.num_classes)

@@ -5,6 +5,11 @@ through :func:`ddkernels.multi_formation`. One outer iteration: a fresh network,
 [0, 1], then ``inner_loop`` times: gradient matching on decoded images (64 real per class, at most
 ``batch_syn_max`` decoded per class, IDC's DiffAug with one parameter set per class), and training
 the network on ``n_data`` real images (per-sample DiffAug, CutMix).
+
+``decode_type`` (IDC ``--decode_type``) picks how a class's stored images decode: ``single`` (every
+image into ``factor²``), ``multi`` (every image at each factor ``1..factor``) or ``bound`` (the
+first images at the largest factor, later ones at smaller factors, so a class decodes into at most
+``batch_syn_max`` images; see :func:`bound_plan`).
 """
 from __future__ import annotations
 
@@ -13,9 +18,36 @@ import torch.nn.functional as F
 
 from ..augment import cutmix, cutmix_loss
 from ..data import ClassSampler
-from ..ops.multi_formation import multi_formation, multi_formation_targets
+from ..ops.multi_formation import multi_formation
 from .base import Distiller
 from .matching import gradient_match, matched_params
+
+DECODE_TYPES = ("single", "multi", "bound")
+
+
+def bound_plan(n: int, factor: int, bound: int) -> list[tuple[int, int, int]]:
+    """IDC's ``decode_zoom_bound`` split of a class's ``n`` stored images.
+
+    Factors are tried from ``factor`` down to 1; at factor ``f > 1`` the next
+    ``k = min(room // f², left)`` images decode at ``f``, where ``left`` counts the images not yet
+    placed and ``room = bound − decoded so far − left`` (IDC's rule: it reserves one output per
+    image left, so the class never exceeds ``bound`` while ``n <= bound``); factor 1 takes the
+    rest. IDC's ``k`` goes negative when ``n > bound``; here it is then 0 (everything at factor 1).
+
+    Returns:
+        ``[(f, start, stop), …]``: images ``start:stop`` of the class decode at factor ``f``
+        (empty ranges left out), in IDC's order.
+    """
+    plan, start, done = [], 0, 0
+    for f in range(factor, 0, -1):
+        left = n - start
+        k = left if f == 1 else max(0, min((bound - done - left) // (f * f), left))
+        if k:
+            plan.append((f, start, start + k))
+        start, done = start + k, done + k * f * f
+        if start == n:
+            break
+    return plan
 
 
 def mix_init(images: torch.Tensor, sampler: ClassSampler, ipc: int, factor: int,
@@ -50,25 +82,57 @@ class IDC(Distiller):
     def init_synthetic(self) -> None:
         hp = self.hp
         self.factor = hp["factor"]
+        if hp["decode_type"] not in DECODE_TYPES:
+            raise ValueError(f"decode_type must be one of {DECODE_TYPES}, got {hp['decode_type']!r}")
+        if hp["decode_type"] == "bound" and hp["batch_syn_max"] < 1:
+            raise ValueError(f"decode_type 'bound' needs batch_syn_max >= 1, got {hp['batch_syn_max']}")
+        self.plan = self.decode_plan()
         init = mix_init(self.ds.train_x, self.sampler, self.ipc, self.factor, self.gen)
         self.syn = init.clone().requires_grad_(True)
         self.opt = torch.optim.SGD([self.syn], lr=hp["lr_img"], momentum=hp["momentum_img"])
         self.match_aug = self.augment(hp["aug_match"], mode="idc")
         self.net_aug = self.augment(hp["aug_net"], mode="idc")
 
-    def decode(self, stored: torch.Tensor) -> torch.Tensor:
-        return multi_formation(stored, self.factor, backend=self.backend) if self.factor > 1 else stored
+    def decode_plan(self) -> list[tuple[int, int, int]]:
+        """``[(factor, start, stop), …]``: which of a class's stored images decode at which factor, in
+        IDC's per-class output order (the same for every class: all hold ``ipc`` images)."""
+        f, n = self.factor, self.ipc
+        if f == 1:  # IDC decodes only when factor > 1, whatever decode_type says
+            return [(1, 0, n)]
+        kind = self.hp["decode_type"]
+        if kind == "multi":
+            return [(g, 0, n) for g in range(1, f + 1)]
+        if kind == "bound":
+            return bound_plan(n, f, self.hp["batch_syn_max"])
+        return [(f, 0, n)]
+
+    def decode_parts(self, stored: torch.Tensor) -> list[torch.Tensor]:
+        """Decode whole classes of stored images (``(k·ipc, C, h, w)``, class-major) per
+        :meth:`decode_plan`: one :func:`~ddkernels.multi_formation` call per plan entry for all
+        ``k`` classes. Entry ``(f, start, stop)`` gives ``(f², k, stop − start, C, H, W)``: tile,
+        class, image."""
+        k, n = len(stored) // self.ipc, self.ipc
+        x = stored.view(k, n, *stored.shape[1:])
+        parts = []
+        for f, lo, hi in self.plan:
+            sub = x[:, lo:hi].reshape(-1, *stored.shape[1:])
+            dec = multi_formation(sub, f, backend=self.backend) if f > 1 else sub
+            parts.append(dec.view(f * f, k, hi - lo, *dec.shape[1:]))
+        return parts
+
+    def decode(self, stored: torch.Tensor) -> list[torch.Tensor]:
+        """Each class's decoded images (``stored`` as in :meth:`decode_parts`), in IDC's per-class
+        order: plan entry, then tile, then image."""
+        parts = self.decode_parts(stored)
+        return [torch.cat([p[:, c].reshape(-1, *p.shape[3:]) for p in parts]) for c in range(parts[0].shape[1])]
 
     def _decoded_by_class(self, classes: list[int]) -> list[torch.Tensor]:
         """Each class's decoded images, at most ``batch_syn_max`` (a random subset, as IDC's ``sample``)."""
         per = self.ipc
         if len(classes) == self.num_classes:
-            # Decode everything in one call, then regroup the tile-major rows (k·N + b) by class.
-            dec = self.decode(self.syn)
-            dec = dec.view(-1, self.num_classes, per, *dec.shape[1:])
-            groups = [dec[:, c].reshape(-1, *dec.shape[3:]) for c in classes]
+            groups = self.decode(self.syn)  # every class in one decode call per plan entry
         else:
-            groups = [self.decode(self.syn[c * per:(c + 1) * per]) for c in classes]
+            groups = [self.decode(self.syn[c * per:(c + 1) * per])[0] for c in classes]
         cap = self.hp["batch_syn_max"]
         return [g[torch.randperm(len(g), generator=self.gen)[:cap]] if len(g) > cap else g for g in groups]
 
@@ -120,12 +184,18 @@ class IDC(Distiller):
         return total / count
 
     def training_set(self):
+        """The decoded, normalized training set and its labels: every class decoded with
+        :meth:`decode_plan` (IDC's ``loader``; ``bound`` caps each class at ``batch_syn_max``), rows
+        ordered plan entry, tile, class, image (for ``single``/``multi`` the order of
+        :func:`~ddkernels.multi_formation` on the whole stored set)."""
         with torch.no_grad():
-            stored = self.syn.detach().clamp(0, 1)
-            return self.ds.normalize(self.decode(stored)), multi_formation_targets(self.labels, self.factor)
+            parts = self.decode_parts(self.syn.detach().clamp(0, 1))
+            labels = torch.cat([self.labels.view(self.num_classes, self.ipc)[:, lo:hi].reshape(-1).repeat(f * f)
+                                for f, lo, hi in self.plan])
+            return self.ds.normalize(torch.cat([p.reshape(-1, *p.shape[3:]) for p in parts])), labels
 
     def pixel_images(self):
         return self.syn.detach().clamp(0, 1)
 
 
-__all__ = ["IDC", "mix_init"]
+__all__ = ["DECODE_TYPES", "IDC", "bound_plan", "mix_init"]

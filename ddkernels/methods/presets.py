@@ -1,7 +1,9 @@
 """Hyperparameters: ``paper`` (the original code's values, spec §1b and §2b) and ``quick`` (sized
 for a 2-core CPU: narrower network, fewer real images and iterations; see each entry's comment).
 
-``preset(method, dataset, ipc, name)`` returns a dict; every key can be overridden.
+``preset(method, dataset, ipc, name)`` returns a dict; every key can be overridden. Keys every
+method has: ``zca`` (whiten the data, :mod:`ddkernels.zca`; off in DC/DSA/DM/IDC's code) and the
+``eval*`` keys of the evaluation protocol (:func:`ddkernels.runs.eval_protocol`).
 """
 from __future__ import annotations
 
@@ -36,7 +38,11 @@ def preset(method: str, dataset: str, ipc: int, name: str) -> dict:
                   init="noise" if method == "dc" else "real", metric="ours", layers="weights",
                   aug="" if method == "dc" else DSA_STRATEGY, outer_loop=outer, inner_loop=inner, width=128,
                   eval="dsa", eval_epochs=300 if method == "dc" else 1000, eval_aug="" if method == "dc" else None,
-                  eval_width=None)
+                  eval_dc_aug="", eval_width=None, zca=False)
+        if method == "dc" and dataset == "mnist":
+            # VICO get_daparam: DC (no DSA) evaluates MNIST with its per-image crop/scale/rotate aug,
+            # and then for 1000 epochs (epoch_eval_train is 1000 whenever an aug is used).
+            hp.update(eval_dc_aug="crop_scale_rotate", eval_epochs=1000)
         if quick:
             # Real init (noise needs hundreds of iterations), 64 real images per class, width 64,
             # at most 5 outer/10 inner loops per iteration.
@@ -45,7 +51,7 @@ def preset(method: str, dataset: str, ipc: int, name: str) -> dict:
         return hp
     if method == "dm":
         hp = dict(iterations=20000, lr_img=1.0, momentum_img=0.5, batch_real=256, init="real", aug=DSA_STRATEGY,
-                  width=128, eval="dsa", eval_epochs=1000, eval_aug=None, eval_width=None)
+                  width=128, eval="dsa", eval_epochs=1000, eval_aug=None, eval_width=None, zca=False)
         if quick:
             hp.update(iterations=200, batch_real=64, width=64, eval_epochs=300)
         return hp
@@ -55,8 +61,8 @@ def preset(method: str, dataset: str, ipc: int, name: str) -> dict:
                   lr_net=0.01, metric="l1" if gray else "mse", layers="conv",
                   aug_match="color_crop" if dataset == "mnist" else "color_crop_cutout",
                   aug_net="color_crop", cutmix_p=0.0 if dataset == "mnist" else 0.5,
-                  class_steps="sequential", width=128, eval="idc", eval_epochs=1000, eval_aug=None,
-                  eval_width=None)
+                  class_steps="sequential", decode_type="single", width=128, eval="idc", eval_epochs=1000,
+                  eval_aug=None, eval_width=None, zca=False)
         if quick:
             # Width 32, 20 outer × 10 inner iterations, 32 real images per class, all classes matched in
             # one step (one batched distance call). lr_img ×300 for the ~1000× fewer image steps: on
