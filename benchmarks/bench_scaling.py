@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import socket
 import statistics
 import tempfile
@@ -111,10 +110,11 @@ def main(argv=None) -> None:
                 times = measure(method, ipc, world, args.warmup, args.iterations)
                 median, iqr = _quartiles(times)
                 per_rank = "/".join(sorted({str(classes // world), str(-(-classes // world))}))
-                rows.append(dict(op="scaling", case=f"{method.upper()} FMNIST IPC {ipc} quick", provider=f"{world} process" + ("es" if world > 1 else ""),
+                provider = f"{world} process" + ("es" if world > 1 else "")
+                rows.append(dict(op="scaling", case=f"{method.upper()} FMNIST IPC {ipc} quick", provider=provider,
                                  mode="iteration", median_ms=1e3 * median, iqr_ms=1e3 * iqr, method=method, ipc=ipc,
                                  world=world, classes=classes, classes_per_rank=per_rank))
-                print(f"{method} IPC {ipc}: {world} process(es): {1e3 * median:.0f} ms/iteration "
+                print(f"{method} IPC {ipc}: {provider}: {1e3 * median:.0f} ms/iteration "
                       f"(IQR {1e3 * iqr:.0f} ms, {len(times)} iterations)", flush=True)
     os.makedirs(args.out, exist_ok=True)
     harness.append_csv(os.path.join(args.out, "results.csv"), rows, bandwidth_gbs=float("nan"))
@@ -126,11 +126,8 @@ def main(argv=None) -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     with open(os.path.join(args.out, f"latest-scaling-{device}.md"), "w") as f:
         f.write(table + "\n")
-    if not args.no_readme and os.path.exists(README):
-        text = open(README).read()
-        if BEGIN in text and END in text:
-            text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: f"{BEGIN}\n{table}\n{END}", text, flags=re.S)
-            open(README, "w").write(text)
+    if not args.no_readme:
+        harness.replace_block(README, BEGIN, END, table)
     print("\n" + table)
 
 

@@ -162,7 +162,8 @@ def join(world_size: int, rank: int, timeout_s: float = DEFAULT_TIMEOUT_S, backe
         raise RuntimeError(
             f"rank {rank} of {world_size}: not every rank joined the process group at {where} within "
             f"--dist-timeout {timeout_s:g} s ({err}). Start the same torchrun command on every node with matching "
-            f"--nnodes/--nproc_per_node and a --rdzv_endpoint (or MASTER_ADDR/MASTER_PORT) they can all reach.") from None
+            f"--nnodes/--nproc_per_node and a --rdzv_endpoint (or MASTER_ADDR/MASTER_PORT) they can all reach."
+        ) from None
 
 
 def leave() -> None:

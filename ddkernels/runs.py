@@ -198,9 +198,9 @@ class _Checkpoints:
         # The gather completes only once every rank has called it, i.e. written its file.
         full = trainer.gathered()
         if s.rank == 0:
+            params = {k: v.clone() for k, v in full.synthetic_params().items()}
             atomic_save({"config": self.config, "world_size": s.world_size, "classes": s.blocks(), "slot": self.slot,
-                         "iteration": trainer.iteration, "params": {k: v.clone() for k, v in full.synthetic_params().items()}},
-                        self.path)
+                         "iteration": trainer.iteration, "params": params}, self.path)
 
     def load(self) -> tuple[dict, dict]:
         """``(config, trainer state)`` of this process's part of the run in ``out``."""
