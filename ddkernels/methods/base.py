@@ -53,7 +53,8 @@ class Distiller:
     #: whether the training set is decoded from the stored tensors (then ``decoded.png`` is written)
     decodes = False
     #: names in :meth:`synthetic_params` whose first dim is class-major (``num_classes · n`` rows, class
-    #: ``c`` owning rows ``c·n … c·n+n-1``); every other stored tensor is shared by all classes
+    #: ``c`` owning rows ``c·n … c·n+n-1``; on a shard ``len(classes) · n`` rows in the order of
+    #: :attr:`classes`); every other stored tensor is shared by all classes
     per_class_params: tuple[str, ...] = ("syn",)
     #: whether the classes can be split over ranks (see the class docstring)
     class_parallel = False

@@ -12,7 +12,8 @@ class DM(DC):
 
     All classes go through the network in one batch each for real and synthetic images (instance
     norm is per sample, so batching classes does not change the features). Class-parallel with no
-    shared parameter: a class's result does not depend on how classes are split over ranks.
+    shared parameter: with the class-parallel streams, a class's result does not depend on how the
+    classes are split over ranks.
     """
 
     method = "dm"
