@@ -11,6 +11,7 @@ import csv
 import datetime as _dt
 import os
 import platform
+import re
 import subprocess
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -144,6 +145,20 @@ def append_csv(path: str, rows: list[dict], bandwidth_gbs: float) -> None:
             w.writeheader()
         for r in rows:
             w.writerow({**meta, **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}})
+
+
+def replace_block(path: str, begin: str, end: str, text: str) -> bool:
+    """Replace what stands between the markers ``begin`` and ``end`` in file ``path`` (e.g. the
+    README's tables); False when the file or a marker is missing."""
+    if not os.path.exists(path):
+        return False
+    old = open(path).read()
+    if begin not in old or end not in old:
+        return False
+    new = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: f"{begin}\n{text}\n{end}", old, flags=re.S)
+    with open(path, "w") as f:
+        f.write(new)
+    return True
 
 
 def markdown(rows: list[dict], fused: str, eager: Sequence[str]) -> str:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
-import re
 import sys
 
 import torch
@@ -72,11 +71,8 @@ def main(argv=None) -> None:
     table = header + "\n".join(sections)
     with open(os.path.join(args.out, f"latest-{device.type}.md"), "w") as f:
         f.write(table)
-    if not args.no_readme and not args.quick and os.path.exists(README):
-        text = open(README).read()
-        if BEGIN in text and END in text:
-            text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: f"{BEGIN}\n{table}\n{END}", text, flags=re.S)
-            open(README, "w").write(text)
+    if not args.no_readme and not args.quick:
+        harness.replace_block(README, BEGIN, END, table)
     print("\n" + table)
 
 

@@ -5,6 +5,10 @@
     ddkernels info
     ddkernels bench
 
+Under torchrun the classes are split over the processes (see README "Scaling out"):
+
+    torchrun --nproc_per_node=2 -m ddkernels distill --method dm --dataset fashion-mnist --ipc 10 --out runs/dm10
+
 Options of ``distill`` may also come from a YAML or JSON file (``--config run.yaml``; ``.yaml``/``.yml``
 is read as YAML, anything else as JSON): a mapping with keys named like the options, ``-`` or
 ``_`` (``data_dir``, ``no_baseline``, ``set`` as a list of ``KEY=VALUE``, or ``overrides`` as a
@@ -20,6 +24,7 @@ import sys
 import torch
 
 from . import data
+from .distributed import DEFAULT_TIMEOUT_S
 from .methods import METHODS, PRESET_NAMES
 
 
@@ -45,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one hyperparameter (JSON value), e.g. --set lr_img=0.001")
     d.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a busy machine)")
+    d.add_argument("--dist-timeout", type=float, default=None,
+                   help=f"under torchrun: seconds ranks wait for each other to join and in every collective "
+                        f"(default {DEFAULT_TIMEOUT_S})")
     e = sub.add_parser("evaluate", help="evaluate a run directory's synthetic set")
     e.add_argument("run_dir")
     e.add_argument("--preset", choices=PRESET_NAMES, help="evaluation budget (default: the run's preset)")
@@ -56,7 +64,8 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
-DISTILL_DEFAULTS = {"preset": "quick", "backend": "auto", "seed": 0, "checkpoint_every": 1}
+DISTILL_DEFAULTS = {"preset": "quick", "backend": "auto", "seed": 0, "checkpoint_every": 1,
+                    "dist_timeout": DEFAULT_TIMEOUT_S}
 
 
 def load_config(path: str) -> dict:
@@ -130,7 +139,7 @@ def main(argv=None) -> int:
                               data_dir=o.get("data_dir"), resume=o.get("resume", False),
                               checkpoint_every=o["checkpoint_every"], evaluate_after=not o.get("no_eval", False),
                               eval_nets=o.get("eval_nets"), baseline=not o.get("no_baseline", False),
-                              overrides=o["overrides"])
+                              overrides=o["overrides"], dist_timeout=o["dist_timeout"])
             _summary(metrics)
         elif args.command == "evaluate":
             from .runs import evaluate_dir

@@ -4,7 +4,11 @@ A run directory holds:
 
 * ``config.json``        - the run's arguments and resolved hyperparameters;
 * ``checkpoint.pt``      - synthetic tensor, optimizer and generator state, history (written
-  atomically every ``checkpoint_every`` iterations; ``--resume`` continues from it);
+  atomically every ``checkpoint_every`` iterations; ``--resume`` continues from it). A class-parallel
+  run (torchrun, :mod:`ddkernels.distributed`) writes one ``checkpoint-rank{r}.{slot}.pt`` per rank
+  (its classes' rows, optimizer, random streams) and, once every rank has written, rank 0's
+  ``checkpoint.pt`` naming the slot, the world size and the gathered synthetic tensors; the two slots
+  alternate, so a run killed while writing resumes from the last complete set;
 * ``synthetic.pt``       - the stored synthetic parameters: ``{"method", "dataset", "ipc", "params",
   "stored", "labels", "factor", "space", "mean", "std", "storage", "images", "image_labels"}``:
   ``params`` maps each stored tensor's name to it (factorized methods store several; ``stored`` is
@@ -35,6 +39,7 @@ import time
 import torch
 
 from . import __version__, data
+from .distributed import DEFAULT_TIMEOUT_S, Shard, join, launched_world, leave
 from .evaluate import evaluate, get_protocol
 from .imageio import class_grid, write_png
 from .methods import METHODS, make_distiller
@@ -99,53 +104,133 @@ def eval_protocol(hp: dict, preset: str, n_nets: int | None = None):
 def distill(method: str, dataset: str, ipc: int, out: str, *, preset: str = "quick", iterations: int | None = None,
             backend: str = "auto", seed: int = 0, data_dir: str | None = None, resume: bool = False,
             checkpoint_every: int = 1, evaluate_after: bool = True, eval_nets: int | None = None,
-            baseline: bool = True, overrides: dict | None = None, progress: bool = True) -> dict:
+            baseline: bool = True, overrides: dict | None = None, progress: bool = True,
+            dist_timeout: float = DEFAULT_TIMEOUT_S) -> dict:
     """Distill ``dataset`` with ``method`` into run directory ``out``; returns the metrics dict.
 
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) the classes are split over the ranks (see
+    :mod:`ddkernels.distributed`): every rank distills its classes, rank 0 gathers the synthetic set,
+    writes the run directory in the single-process format and evaluates; other ranks return
+    ``{"rank": r}``. ``dist_timeout`` bounds how long ranks wait for each other (joining and every
+    collective).
+
     Raises ``ValueError``/``FileNotFoundError`` naming the argument for an unknown method or dataset,
-    an IPC larger than a class, a missing data dir, or an existing run without ``resume``.
+    an IPC larger than a class, a missing data dir, or an existing run without ``resume``; under
+    torchrun also for a method that does not split by class, fewer classes than ranks, or a resumed
+    run distilled on another number of ranks; ``RuntimeError`` when not every rank joins in time.
     """
     if method not in METHODS:
         raise ValueError(f"--method: unknown method {method!r}; expected one of {', '.join(METHODS)}")
     if dataset not in data.DATASETS:
         raise ValueError(f"--dataset: unknown dataset {dataset!r}; expected one of {', '.join(data.DATASETS)}")
+    world, rank = launched_world()
+    if world > 1 and not METHODS[method].class_parallel:
+        raise ValueError(f"--method {method} cannot run on {world} ranks (torchrun): "
+                         f"{METHODS[method].not_class_parallel_because}; run it as one process")
     ckpt_path = os.path.join(out, CHECKPOINT)
     if os.path.exists(ckpt_path) and not resume:
         raise FileExistsError(f"--out {out!r} already holds a run; pass --resume to continue it or pick another --out")
     if resume and not os.path.exists(ckpt_path):
         raise FileNotFoundError(f"--resume: no {CHECKPOINT} in {out!r} to resume from")
     ds = data.load_dataset(dataset, data_dir)
-    trainer = make_distiller(method, ds, ipc, preset, backend=backend, seed=seed, **(overrides or {}))
-    total = iterations if iterations is not None else trainer.hp["iterations"]
-    if total < 0:
-        raise ValueError(f"--iterations must be >= 0 (0 evaluates the initialization), got {total}")
-    os.makedirs(out, exist_ok=True)
-    log = _logger(out)
-    config = {"method": method, "dataset": dataset, "ipc": ipc, "preset": preset, "iterations": total,
-              "backend": backend, "seed": seed, "data_dir": data_dir, "hp": trainer.hp}
-    if resume:
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        saved = state.get("config", {})
-        for key in ("method", "dataset", "ipc", "preset", "seed", "backend", "hp"):
-            if saved.get(key) != config[key]:
-                raise ValueError(f"--resume: the run in {out!r} has {key}={saved.get(key)!r}, this call has {config[key]!r}")
-        trainer.load_state_dict(state["trainer"])
-        log.info(f"resumed {out} at iteration {trainer.iteration}/{total}")
-    else:
-        from .info import report
-        log.info(report())
-        log.info(f"distill {json.dumps(config)}")
-    _write_json(config, os.path.join(out, "config.json"))  # on resume: records the new iteration total
+    shard = Shard.of(ds.num_classes, world, rank) if world > 1 else None  # fewer classes than ranks: fails here
+    joined = shard is not None and not torch.distributed.is_initialized()
+    if shard is not None:
+        join(world, rank, dist_timeout)
+    try:
+        trainer = make_distiller(method, ds, ipc, preset, backend=backend, seed=seed, shard=shard,
+                                 **(overrides or {}))
+        total = iterations if iterations is not None else trainer.hp["iterations"]
+        if total < 0:
+            raise ValueError(f"--iterations must be >= 0 (0 evaluates the initialization), got {total}")
+        os.makedirs(out, exist_ok=True)
+        log = _logger(out) if rank == 0 else None
+        say = log.info if log else (lambda msg: None)
+        config = {"method": method, "dataset": dataset, "ipc": ipc, "preset": preset, "iterations": total,
+                  "backend": backend, "seed": seed, "data_dir": data_dir, "hp": trainer.hp}
+        if shard is not None:
+            config["world_size"] = world
+        ckpt = _Checkpoints(out, config, shard)
+        if resume:
+            saved, state = ckpt.load()
+            for key in ("method", "dataset", "ipc", "preset", "seed", "backend", "hp"):
+                if saved.get(key) != config[key]:
+                    raise ValueError(f"--resume: the run in {out!r} has {key}={saved.get(key)!r}, "
+                                     f"this call has {config[key]!r}")
+            trainer.load_state_dict(state)
+            say(f"resumed {out} at iteration {trainer.iteration}/{total}")
+        else:
+            from .info import report
+            say(report())
+            say(f"distill {json.dumps(config)}" + (f" on {world} ranks, classes {shard.blocks()}" if shard else ""))
+        if rank == 0:
+            _write_json(config, os.path.join(out, "config.json"))  # on resume: records the new iteration total
 
-    def checkpoint(t):
-        if t.iteration % checkpoint_every == 0 or t.iteration == total:
-            atomic_save({"config": config, "trainer": t.state_dict()}, ckpt_path)
-            log.info(f"iteration {t.iteration}/{total} loss {t.history[-1]['loss']:.6g} "
-                     f"({t.seconds:.1f} s) checkpoint written")
+        def checkpoint(t):
+            if t.iteration % checkpoint_every == 0 or t.iteration == total:
+                ckpt.save(t)
+                say(f"iteration {t.iteration}/{total} loss {t.history[-1]['loss']:.6g} "
+                    f"({t.seconds:.1f} s) checkpoint written")
 
-    trainer.run(total, callback=checkpoint, progress=progress)
-    return finish(out, trainer, preset, evaluate_after=evaluate_after, eval_nets=eval_nets, baseline=baseline,
+        trainer.run(total, callback=checkpoint, progress=progress and rank == 0)
+        result = trainer.gathered()
+    finally:
+        if joined:
+            leave()
+    if rank != 0:
+        return {"rank": rank}
+    return finish(out, result, preset, evaluate_after=evaluate_after, eval_nets=eval_nets, baseline=baseline,
                   progress=progress)
+
+
+class _Checkpoints:
+    """``checkpoint.pt`` of a single-process run; per-rank files in alternating slots plus rank 0's
+    manifest for a class-parallel one (see the module docstring)."""
+
+    def __init__(self, out: str, config: dict, shard: Shard | None):
+        self.out, self.config, self.shard, self.slot = out, config, shard, 1
+        self.path = os.path.join(out, CHECKPOINT)
+
+    def rank_path(self, rank: int, slot: int) -> str:
+        return os.path.join(self.out, f"checkpoint-rank{rank}.{slot}.pt")
+
+    def save(self, trainer) -> None:
+        s = self.shard
+        if s is None:
+            atomic_save({"config": self.config, "trainer": trainer.state_dict()}, self.path)
+            return
+        self.slot = 1 - self.slot  # never overwrite the set the manifest names
+        atomic_save({"config": self.config, "rank": s.rank, "world_size": s.world_size,
+                     "trainer": trainer.state_dict()}, self.rank_path(s.rank, self.slot))
+        # The gather completes only once every rank has called it, i.e. written its file.
+        full = trainer.gathered()
+        if s.rank == 0:
+            params = {k: v.clone() for k, v in full.synthetic_params().items()}
+            atomic_save({"config": self.config, "world_size": s.world_size, "classes": s.blocks(), "slot": self.slot,
+                         "iteration": trainer.iteration, "params": params}, self.path)
+
+    def load(self) -> tuple[dict, dict]:
+        """``(config, trainer state)`` of this process's part of the run in ``out``."""
+        manifest = torch.load(self.path, map_location="cpu", weights_only=False)
+        saved = manifest.get("world_size", 1)
+        world = self.shard.world_size if self.shard else 1
+        if saved != world:
+            how = "without torchrun" if saved == 1 else f"with torchrun, --nnodes × --nproc_per_node = {saved}"
+            raise ValueError(f"--resume: the run in {self.out!r} was distilled on {saved} rank(s), this launch has "
+                             f"{world}; resume it {how}: each rank's checkpoint holds its own classes' synthetic "
+                             f"rows, optimizer state and random streams, which cannot be re-split exactly")
+        if self.shard is None:
+            return manifest["config"], manifest["trainer"]
+        self.slot = manifest["slot"]
+        path = self.rank_path(self.shard.rank, self.slot)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"--resume: {path!r} is missing: every rank's checkpoint file must be in --out "
+                                    f"(on several nodes, a folder every node sees)")
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        if state["trainer"]["iteration"] != manifest["iteration"]:
+            raise ValueError(f"--resume: {path!r} is at iteration {state['trainer']['iteration']}, "
+                             f"{CHECKPOINT} at {manifest['iteration']}")
+        return manifest["config"], state["trainer"]
 
 
 def finish(out: str, trainer, preset: str, *, evaluate_after: bool = True, eval_nets: int | None = None,

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 from ..data import Dataset
+from ..distributed import Shard
 from .base import Distiller
 from .dc import DC, DSA
 from .dm import DM
@@ -19,8 +20,9 @@ METHODS: dict[str, type[Distiller]] = {"dc": DC, "dsa": DSA, "dm": DM, "idc": ID
 
 
 def make_distiller(method: str, dataset: Dataset, ipc: int, preset_name: str = "quick", *, backend: str = "auto",
-                   seed: int = 0, **overrides) -> Distiller:
-    """A trainer for ``method`` with preset ``preset_name``; ``overrides`` replace preset entries."""
+                   seed: int = 0, shard: Shard | None = None, **overrides) -> Distiller:
+    """A trainer for ``method`` with preset ``preset_name``; ``overrides`` replace preset entries;
+    ``shard``: the classes this process owns in a class-parallel run (see :mod:`ddkernels.distributed`)."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
     hp = preset(method, dataset.name, ipc, preset_name)
@@ -28,7 +30,7 @@ def make_distiller(method: str, dataset: Dataset, ipc: int, preset_name: str = "
     if unknown:
         raise ValueError(f"unknown hyperparameter(s) {unknown} for {method}; known: {sorted(hp)}")
     hp.update(overrides)
-    return METHODS[method](dataset, ipc, hp, backend=backend, seed=seed)
+    return METHODS[method](dataset, ipc, hp, backend=backend, seed=seed, shard=shard)
 
 
 __all__ = ["DC", "DM", "DSA", "Distiller", "IDC", "METHODS", "PRESET_NAMES", "get_loops", "gradient_match",

@@ -15,17 +15,20 @@ class DC(Distiller):
     over classes, then ``inner_loop`` epochs of training the network on the current synthetic set.
     DSA is DC with Siamese augmentation (one parameter set per class and step) in the matching and
     per-sample augmentation in the inner training.
+
+    Class-parallel: each rank matches its classes; the inner training of the shared network on the
+    whole synthetic set sums its gradients over ranks (see :meth:`Distiller.train_net`).
     """
 
     method = "dc"
+    class_parallel = True
 
     def init_synthetic(self) -> None:
         hp = self.hp
         if hp["init"] == "real":
-            idx = self.sampler.indices_all(self.ipc, self.gen).flatten()
-            syn = self.ds.normalize(self.ds.train_x[idx])
+            syn = self.ds.normalize(self.ds.train_x[self.init_indices(self.ipc).flatten()])
         elif hp["init"] == "noise":
-            syn = torch.randn((self.num_classes * self.ipc, *self.ds.train_x.shape[1:]), generator=self.gen)
+            syn = self.init_randn(self.ipc, tuple(self.ds.train_x.shape[1:]))
         else:
             raise ValueError(f"init must be 'real' or 'noise' for {self.method}, got {hp['init']!r}")
         self.syn = syn.clone().requires_grad_(True)
@@ -33,7 +36,11 @@ class DC(Distiller):
         self.aug = self.augment(hp["aug"])
 
     def class_slice(self, c: int) -> torch.Tensor:
-        return self.syn[c * self.ipc:(c + 1) * self.ipc]
+        return self.class_rows(self.syn, c)
+
+    def class_pairs(self) -> list[list[torch.Tensor]]:
+        """Per owned class: (real batch, synthetic images), Siamese-augmented together."""
+        return [self.siamese(self.aug, self.real_batch(c), self.class_slice(c), c=c) for c in self.classes]
 
     def step(self) -> float:
         hp = self.hp
@@ -43,9 +50,9 @@ class DC(Distiller):
         outer, inner = hp["outer_loop"], hp["inner_loop"]
         total = 0.0
         for ol in range(outer):
-            pairs = [self.siamese(self.aug, self.real_batch(c), self.class_slice(c)) for c in range(self.num_classes)]
+            pairs = self.class_pairs()
             dist = gradient_match(net, params, [p[0] for p in pairs], [p[1] for p in pairs],
-                                  range(self.num_classes), hp["metric"], self.backend)
+                                  self.classes, hp["metric"], self.backend)
             loss = dist.sum()
             self.image_step(loss)
             total += float(loss.detach())

@@ -51,20 +51,26 @@ def bound_plan(n: int, factor: int, bound: int) -> list[tuple[int, int, int]]:
 
 
 def mix_init(images: torch.Tensor, sampler: ClassSampler, ipc: int, factor: int,
-             generator: torch.Generator | None = None) -> torch.Tensor:
+             generator: torch.Generator | None = None, *, indices: torch.Tensor | None = None) -> torch.Tensor:
     """IDC's "mix" initialization: per class, ``ipc·factor²`` random real images, each resized
     (nearest) into one tile of a stored image, tiles row-major; the first ``h % factor`` tiles are a
     pixel larger. ``factor = 1`` is IDC's "random" init (real images).
 
+    ``indices`` (``(k, ipc·factor²)``, e.g. a subset of classes drawn from per-class streams) replaces
+    the draw of ``ipc·factor²`` images for every class of ``sampler`` with ``generator``.
+
     Returns:
-        ``(num_classes·ipc, C, H, W)``, class-major, in the images' range.
+        ``(k·ipc, C, H, W)`` (``k``: classes of ``sampler``, or rows of ``indices``), class-major,
+        in the images' range.
     """
     _, c, h, w = images.shape
     rows = [h // factor + (1 if i < h % factor else 0) for i in range(factor)]
     cols = [w // factor + (1 if i < w % factor else 0) for i in range(factor)]
-    k = sampler.num_classes
-    sampler.check(ipc * factor * factor, "ipc·factor²")
-    src = images[sampler.indices_all(ipc * factor * factor, generator).flatten()]
+    if indices is None:
+        sampler.check(ipc * factor * factor, "ipc·factor²")
+        indices = sampler.indices_all(ipc * factor * factor, generator)
+    k = indices.shape[0]
+    src = images[indices.flatten()]
     src = src.view(k * ipc, factor * factor, c, h, w)
     out = torch.empty(k * ipc, c, h, w, dtype=images.dtype)
     for t in range(factor * factor):
@@ -75,9 +81,16 @@ def mix_init(images: torch.Tensor, sampler: ClassSampler, ipc: int, factor: int,
 
 
 class IDC(Distiller):
+    """IDC (see the module docstring). Class-parallel: each rank matches and steps its classes'
+    stored images; the network trained on real data is shared: every rank draws its part of each
+    ``batch_net`` batch from its own classes (:meth:`Distiller.local_share`) and the gradients are
+    summed over ranks, so the network stays identical on every rank."""
+
     method = "idc"
     stored_space = "pixels [0, 1]"
     decodes = True
+    class_parallel = True
+    loss_over_classes = "mean"
 
     def init_synthetic(self) -> None:
         hp = self.hp
@@ -87,7 +100,9 @@ class IDC(Distiller):
         if hp["decode_type"] == "bound" and hp["batch_syn_max"] < 1:
             raise ValueError(f"decode_type 'bound' needs batch_syn_max >= 1, got {hp['batch_syn_max']}")
         self.plan = self.decode_plan()
-        init = mix_init(self.ds.train_x, self.sampler, self.ipc, self.factor, self.gen)
+        n = self.ipc * self.factor ** 2
+        self.sampler.check(n, "ipc·factor²")
+        init = mix_init(self.ds.train_x, self.sampler, self.ipc, self.factor, indices=self.init_indices(n))
         self.syn = init.clone().requires_grad_(True)
         self.opt = torch.optim.SGD([self.syn], lr=hp["lr_img"], momentum=hp["momentum_img"])
         self.match_aug = self.augment(hp["aug_match"], mode="idc")
@@ -129,34 +144,42 @@ class IDC(Distiller):
     def _decoded_by_class(self, classes: list[int]) -> list[torch.Tensor]:
         """Each class's decoded images, at most ``batch_syn_max`` (a random subset, as IDC's ``sample``)."""
         per = self.ipc
-        if len(classes) == self.num_classes:
-            groups = self.decode(self.syn)  # every class in one decode call per plan entry
+        if list(classes) == self.classes:
+            groups = self.decode(self.syn)  # every owned class in one decode call per plan entry
         else:
-            groups = [self.decode(self.syn[c * per:(c + 1) * per])[0] for c in classes]
+            groups = [self.decode(self.class_rows(self.syn, c))[0] for c in classes]
         cap = self.hp["batch_syn_max"]
-        return [g[torch.randperm(len(g), generator=self.gen)[:cap]] if len(g) > cap else g for g in groups]
+        return [g[torch.randperm(len(g), generator=self.class_gen(c))[:cap]] if len(g) > cap else g
+                for c, g in zip(classes, groups)]
 
     def _match(self, net, params, classes: list[int]) -> torch.Tensor:
         syns = self._decoded_by_class(classes)
         reals, augmented = [], []
         for c, s in zip(classes, syns):
-            r, s = self.siamese(self.match_aug, self.real_batch(c), self.ds.normalize(s))
+            r, s = self.siamese(self.match_aug, self.real_batch(c), self.ds.normalize(s), c=c)
             reals.append(r)
             augmented.append(s)
         return gradient_match(net, params, reals, augmented, classes, self.hp["metric"], self.backend)
 
     def _train_on_real(self, net, opt) -> None:
         hp = self.hp
-        n_train = len(self.ds.train_y)
+        # On a shard: this rank's part of each batch, from its classes; losses scaled by part/batch so
+        # the gradients summed over ranks are the whole batch's.
+        pool = self.local_pool() if self.shard is not None else None
+        n_local = self.local_share(hp["batch_net"])
         for _ in range(max(1, hp["n_data"] // hp["batch_net"])):
-            idx = torch.randint(n_train, (hp["batch_net"],), generator=self.gen)
-            x, y = self.ds.normalize(self.ds.train_x[idx]), self.ds.train_y[idx]
-            if self.net_aug is not None:
-                x = self.net_aug(x, generator=self.gen)
-            x, y, y_b, ratio = cutmix(x, y, prob=hp["cutmix_p"], generator=self.gen)
-            loss = cutmix_loss(net(x), y, y_b, ratio)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            if n_local:
+                if pool is None:
+                    idx = torch.randint(len(self.ds.train_y), (n_local,), generator=self.gen)
+                else:
+                    idx = pool[torch.randint(len(pool), (n_local,), generator=self.rank_gen)]
+                x, y = self.ds.normalize(self.ds.train_x[idx]), self.ds.train_y[idx]
+                if self.net_aug is not None:
+                    x = self.net_aug(x, generator=self.rank_gen)
+                x, y, y_b, ratio = cutmix(x, y, prob=hp["cutmix_p"], generator=self.rank_gen)
+                (cutmix_loss(net(x), y, y_b, ratio) * (n_local / hp["batch_net"])).backward()
+            self.sum_grads(net.parameters())
             opt.step()
 
     def step(self) -> float:
@@ -167,7 +190,8 @@ class IDC(Distiller):
         with torch.no_grad():
             self.syn.clamp_(0, 1)
         total, count = 0.0, 0
-        classes = list(range(self.num_classes))
+        self.net = net  # the last outer iteration's network, kept for inspection (shared on every rank)
+        classes = self.classes
         for _ in range(hp["inner_loop"]):
             if hp["class_steps"] == "sequential":
                 # IDC: one image step per class, in class order.
@@ -190,7 +214,7 @@ class IDC(Distiller):
         :func:`~ddkernels.multi_formation` on the whole stored set)."""
         with torch.no_grad():
             parts = self.decode_parts(self.syn.detach().clamp(0, 1))
-            labels = torch.cat([self.labels.view(self.num_classes, self.ipc)[:, lo:hi].reshape(-1).repeat(f * f)
+            labels = torch.cat([self.labels.view(-1, self.ipc)[:, lo:hi].reshape(-1).repeat(f * f)
                                 for f, lo, hi in self.plan])
             return self.ds.normalize(torch.cat([p.reshape(-1, *p.shape[3:]) for p in parts])), labels
 
