@@ -87,8 +87,8 @@ def _why_not(target: _Target, obj) -> str | None:
             return f"its __init__ takes {got}, {target.origin}'s {target.name} takes {target.params}"
         return None
     for meth, (params, _) in target.methods.items():
-        fn = obj.__dict__.get(meth)
-        if fn is None:
+        fn = getattr(obj, meth, None)
+        if not inspect.isfunction(fn):
             return f"the class has no method {meth}"
         got = _leading_params(fn, True)
         if got != params:
@@ -168,7 +168,8 @@ def patch(module: types.ModuleType, names: Iterable[str] | None = None) -> Patch
             for meth, (_, repl) in t.methods.items():
                 key = f"{n}.{meth}"
                 if key not in originals:
-                    originals[key] = (cls, cls.__dict__[meth])
+                    # None: the method was inherited; unpatch deletes ours instead of restoring
+                    originals[key] = (cls, cls.__dict__.get(meth))
                     setattr(cls, meth, repl)
         elif n not in originals:
             originals[n] = getattr(module, n)
@@ -185,8 +186,12 @@ def unpatch(module: types.ModuleType) -> list[str]:
     """Restore every original :func:`patch` replaced in ``module``; returns the restored names."""
     originals = module.__dict__.pop(_ORIGINALS, {})
     for key, orig in originals.items():
-        if isinstance(orig, tuple):  # a method: (class, function)
-            setattr(orig[0], key.split(".", 1)[1], orig[1])
+        if isinstance(orig, tuple):  # a method: (class, its own function or None when inherited)
+            cls, fn = orig
+            if fn is None:
+                delattr(cls, key.split(".", 1)[1])
+            else:
+                setattr(cls, key.split(".", 1)[1], fn)
         else:
             setattr(module, key, orig)
     if originals:
