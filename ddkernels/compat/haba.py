@@ -58,6 +58,15 @@ class StyleTranslator(nn.Module):
         return self.dec(y[0])
 
 
+def _slots(bank: HallucinatorBank, i: int, t: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(bank view, translator parameter) pairs of hallucinator ``i``: the one layout mapping that
+    both conversions copy along (the bank stacks each parameter along dim 0)."""
+    mid, out = bank.mid_channels, bank.out_channels
+    return [(bank.enc_weight[i * mid:(i + 1) * mid], t.enc.weight), (bank.enc_bias[i * mid:(i + 1) * mid], t.enc.bias),
+            (bank.scale[i:i + 1], t.scale), (bank.shift[i:i + 1], t.shift),
+            (bank.dec_weight[i * mid:(i + 1) * mid], t.dec.weight), (bank.dec_bias[i * out:(i + 1) * out], t.dec.bias)]
+
+
 def _dims(t: StyleTranslator) -> tuple[int, int, int, int, tuple[int, int]]:
     mid, cin, k, _ = t.enc.weight.shape
     return cin, mid, t.dec.weight.shape[1], k, tuple(t.scale.shape[-2:])
@@ -94,12 +103,8 @@ def bank_from_translators(translators: Sequence[nn.Module], *, normalize: bool =
                             device=ref.device, dtype=ref.dtype)
     with torch.no_grad():
         for i, t in enumerate(translators):
-            bank.enc_weight[i * mid:(i + 1) * mid].copy_(t.enc.weight)
-            bank.enc_bias[i * mid:(i + 1) * mid].copy_(t.enc.bias)
-            bank.scale[i].copy_(t.scale[0])
-            bank.shift[i].copy_(t.shift[0])
-            bank.dec_weight[i * mid:(i + 1) * mid].copy_(t.dec.weight)
-            bank.dec_bias[i * out:(i + 1) * out].copy_(t.dec.bias)
+            for dst, src in _slots(bank, i, t):
+                dst.copy_(src)
     return bank
 
 
@@ -113,18 +118,13 @@ def translators_from_bank(bank: HallucinatorBank, *, backend: str | None = None)
     fh, fw = bank.feature_size
     if fh != fw:
         raise ValueError(f"StyleTranslator is square; bank.feature_size is {bank.feature_size}")
-    hn, mid, out = bank.num_hallucinators, bank.mid_channels, bank.out_channels
-    ts = nn.ModuleList(StyleTranslator(bank.in_channels, mid, out, fh + bank.kernel_size - 1, bank.kernel_size,
-                                       backend=backend) for _ in range(hn))
+    ts = nn.ModuleList(StyleTranslator(bank.in_channels, bank.mid_channels, bank.out_channels, fh + bank.kernel_size - 1, bank.kernel_size,
+                                       backend=backend) for _ in range(bank.num_hallucinators))
     ts.to(device=bank.scale.device, dtype=bank.scale.dtype)
     with torch.no_grad():
         for i, t in enumerate(ts):
-            t.enc.weight.copy_(bank.enc_weight[i * mid:(i + 1) * mid])
-            t.enc.bias.copy_(bank.enc_bias[i * mid:(i + 1) * mid])
-            t.scale.copy_(bank.scale[i:i + 1])
-            t.shift.copy_(bank.shift[i:i + 1])
-            t.dec.weight.copy_(bank.dec_weight[i * mid:(i + 1) * mid])
-            t.dec.bias.copy_(bank.dec_bias[i * out:(i + 1) * out])
+            for src, dst in _slots(bank, i, t):
+                dst.copy_(src)
     return ts
 
 
