@@ -270,19 +270,22 @@ def compare(method: str, case: str, steps: dict[str, Callable[[], float]], itera
     return res
 
 
-def trainer_cases(ds: Dataset, quick: bool) -> list[tuple[str, int, int | None, dict]]:
+WIDTHS = {"preset": None, "128": 128}
+
+
+def trainer_cases(ds: Dataset, quick: bool, widths=tuple(WIDTHS)) -> list[tuple[str, int, int | None, dict]]:
     out = []
     for ipc in ((1,) if quick else (1, 10)):
-        for width in (None, 128):
+        for width in (WIDTHS[w] for w in widths):
             for method in METHODS:
                 hp = {} if width is None else {"width": width}
                 out.append((method, ipc, width, hp))
     return out
 
 
-def run_trainers(ds: Dataset, quick: bool, iterations: int, methods, progress) -> list[Result]:
+def run_trainers(ds: Dataset, quick: bool, iterations: int, methods, progress, widths=tuple(WIDTHS)) -> list[Result]:
     results = []
-    for method, ipc, width, hp in trainer_cases(ds, quick):
+    for method, ipc, width, hp in trainer_cases(ds, quick, widths):
         if methods is not None and method not in methods:
             continue
         steps, case = {}, ""
@@ -386,24 +389,28 @@ def main(argv=None) -> None:
     ap.add_argument("--quick", action="store_true", help="IPC 1 only, IDC with 1 inner loop, 1 timed iteration")
     ap.add_argument("--iterations", type=int, default=None, help="timed iterations per provider (default 1 quick, 3 full)")
     ap.add_argument("--methods", nargs="*", default=None, help=f"subset of {', '.join(METHODS)} (default all; none given: only the original-style loop)")
+    ap.add_argument("--widths", nargs="+", default=list(WIDTHS), choices=list(WIDTHS),
+                    help="network widths: the preset's and/or the papers' 128 (default both)")
     ap.add_argument("--no-original", action="store_true", help="skip the original-style DC loop")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--no-readme", action="store_true", help="do not rewrite the README's end-to-end table")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     args = ap.parse_args(argv)
-    run(args.quick, args.iterations, args.methods, not args.no_original, args.threads, not args.no_readme, args.out)
+    run(args.quick, args.iterations, args.methods, not args.no_original, args.threads, not args.no_readme, args.out,
+        args.widths)
 
 
 def run(quick: bool, iterations: int | None, methods=None, original: bool = True, threads: int | None = None,
-        readme: bool = True, out: str = os.path.join(HERE, "results")) -> str:
+        readme: bool = True, out: str = os.path.join(HERE, "results"), widths=tuple(WIDTHS)) -> str:
     if threads:
         torch.set_num_threads(threads)
     iterations = iterations or (1 if quick else 3)
     ds = load_dataset("fashion-mnist")
     t0 = time.perf_counter()
-    results = run_trainers(ds, quick, iterations, methods, print)
+    progress = functools.partial(print, flush=True)
+    results = run_trainers(ds, quick, iterations, methods, progress, widths)
     if original:
-        results += run_original_dc(ds, quick, iterations, print)
+        results += run_original_dc(ds, quick, iterations, progress)
     header = (f"Measured on {harness.hardware()}, torch {torch.__version__}, git {harness.git_sha()}, "
               f"{'--quick' if quick else 'full'} run ({iterations} timed iteration(s) per provider after a "
               f"profiled one, medians; {time.perf_counter() - t0:.0f} s in all). Fused = backend \"{FUSED}\". "
@@ -414,7 +421,8 @@ def run(quick: bool, iterations: int | None, methods=None, original: bool = True
     write_csv(out, results)
     with open(os.path.join(out, "latest-e2e-cpu.md"), "w") as f:
         f.write(table)
-    if readme and not quick and os.path.exists(README):
+    complete = not quick and methods is None and original and set(widths) == set(WIDTHS)
+    if readme and complete and os.path.exists(README):  # only a full run replaces the README table
         text = open(README).read()
         if BEGIN in text and END in text:
             text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: f"{BEGIN}\n{table}\n{END}", text,
