@@ -6,7 +6,7 @@ For each trainer in :data:`ddkernels.methods.METHODS` (new trainers join automat
 that needs more than ``make_distiller`` gives it gets an entry in :data:`SETUP`) on Fashion-MNIST
 with the ``quick`` preset, at the preset's network width and at the papers' width 128: both
 backends start from the same seed and run their outer iterations interleaved (so a busy machine
-slows both alike). Reported: median seconds per outer iteration, speedup, the largest relative
+slows both alike) after a warm-up iteration each. Reported: median seconds per outer iteration, speedup, the largest relative
 difference between the two runs' losses, and, from one profiled iteration each (torch.profiler), peak
 memory and the share of the iteration spent in the three ops — forward inside a
 ``record_function("e2e_op::<op>")`` range the benchmark wraps around every call, backward as the
@@ -254,12 +254,12 @@ class Result:
 
 def compare(method: str, case: str, steps: dict[str, Callable[[], float]], iterations: int,
             progress: Callable[[str], None]) -> Result:
-    """Per provider: one profiled iteration (also the warm-up), then ``iterations`` timed ones,
-    providers interleaved."""
+    """Per provider: one warm-up iteration (one-time costs: first kernel calls, allocator growth),
+    ``iterations`` timed ones, then one profiled one; providers interleaved. Every iteration's loss
+    is kept for the comparison."""
     res = Result(method, case)
     for p, step in steps.items():
-        loss, res.profiles[p] = profile_step(step)
-        res.losses[p], res.seconds[p] = [loss], []
+        res.losses[p], res.seconds[p] = [float(step())], []
     for i in range(iterations):
         for p, step in steps.items():
             t0 = time.perf_counter()
@@ -267,6 +267,9 @@ def compare(method: str, case: str, steps: dict[str, Callable[[], float]], itera
             res.seconds[p].append(time.perf_counter() - t0)
             progress(f"e2e | {method} | {case} | {p:<10} iteration {i + 1}: {res.seconds[p][-1]:.3f} s, "
                      f"loss {res.losses[p][-1]:.6g}")
+    for p, step in steps.items():
+        loss, res.profiles[p] = profile_step(step)
+        res.losses[p].append(loss)
     return res
 
 
@@ -412,8 +415,8 @@ def run(quick: bool, iterations: int | None, methods=None, original: bool = True
     if original:
         results += run_original_dc(ds, quick, iterations, progress)
     header = (f"Measured on {harness.hardware()}, torch {torch.__version__}, git {harness.git_sha()}, "
-              f"{'--quick' if quick else 'full'} run ({iterations} timed iteration(s) per provider after a "
-              f"profiled one, medians; {time.perf_counter() - t0:.0f} s in all). Fused = backend \"{FUSED}\". "
+              f"{'--quick' if quick else 'full'} run (per provider: a warm-up iteration, {iterations} timed "
+              f"(median), one profiled; {time.perf_counter() - t0:.0f} s in all). Fused = backend \"{FUSED}\". "
               f"Shares are of one profiled iteration (mf multi_formation, gd grad_distance, ss scale_shift; "
               f"forward + their backward nodes).\n\n")
     table = header + markdown(results)
