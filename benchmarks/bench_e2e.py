@@ -5,15 +5,16 @@ backends (``"auto"``), and a DC loop written like the original repository before
 For each trainer in :data:`ddkernels.methods.METHODS` (new trainers join automatically; a trainer
 that needs more than ``make_distiller`` gives it gets an entry in :data:`SETUP`) on Fashion-MNIST
 with the ``quick`` preset, at the preset's network width and at the papers' width 128: both
-backends start from the same seed and run their outer iterations interleaved (so a busy machine
-slows both alike) after a warm-up iteration each. Reported: median seconds per outer iteration, speedup, the largest relative
-difference between the two runs' losses, and, from one profiled iteration each (torch.profiler), peak
-memory and the share of the iteration spent in the three ops — forward inside a
-``record_function("e2e_op::<op>")`` range the benchmark wraps around every call, backward as the
-autograd nodes those calls created (matched by sequence number) — plus where the rest goes.
+backends start from the same seed and, after a warm-up iteration each, run their outer iterations
+interleaved (so a busy machine slows both alike). Reported: median seconds per outer iteration,
+speedup, the largest relative difference between the two runs' losses, and, from one profiled
+iteration each (torch.profiler), peak memory and the share of the iteration spent in the three ops
+(forward inside a ``record_function("e2e_op::<op>")`` range the benchmark wraps around every call,
+backward as the autograd nodes those calls created, matched by sequence number), the share of all
+backward work, and the aten ops with the most self time: where the rest goes.
 
-    OMP_NUM_THREADS=1 python -m benchmarks.bench_e2e --quick      # a few minutes; IDC with 1 inner loop
-    OMP_NUM_THREADS=1 python -m benchmarks.run --ops --e2e        # the full run (README table)
+    OMP_NUM_THREADS=1 python -m benchmarks.bench_e2e --quick --threads 1   # IPC 1, IDC with 1 inner loop
+    OMP_NUM_THREADS=1 python -m benchmarks.run --ops --e2e --threads 1     # full run = make bench-e2e
 
 Rows are appended to ``results/results.csv`` (op ``e2e``, mode ``iteration``) and, with every
 column, to ``results/e2e.csv``; the table goes to ``results/latest-e2e-cpu.md`` and, for a full
