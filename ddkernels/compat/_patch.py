@@ -33,7 +33,7 @@ class _Target:
 
     name: str
     origin: str                           # where the original lives, for messages
-    params: tuple[str, ...]               # leading parameter names of the original (after self)
+    params: tuple[str, ...]               # the original's positional parameters (after self), exactly
     replacement: object
     kind: str = "function"                # "function", "class" (matched on __init__) or "methods"
     methods: dict = field(default_factory=dict)   # kind "methods": method name -> (params, replacement)
@@ -64,7 +64,7 @@ def _leading_params(fn: Callable, skip_self: bool) -> tuple[str, ...] | None:
     except (TypeError, ValueError):
         return None
     ps = [p for p in ps if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    return tuple(p.name for p in ps[1:] if skip_self) if skip_self else tuple(p.name for p in ps)
+    return tuple(p.name for p in (ps[1:] if skip_self else ps))
 
 
 def _why_not(target: _Target, obj) -> str | None:
@@ -76,14 +76,14 @@ def _why_not(target: _Target, obj) -> str | None:
         if not inspect.isfunction(obj):
             return f"it is a {type(obj).__name__}, not a function {expect}"
         got = _leading_params(obj, False)
-        if got is None or got[:len(target.params)] != target.params:
+        if got != target.params:
             return f"its parameters are {got}, {target.origin}'s {expect} takes {target.params}"
         return None
     if not inspect.isclass(obj):
         return f"it is a {type(obj).__name__}, not the class {target.name} of {target.origin}"
     if target.kind == "class":
         got = _leading_params(obj.__init__, True)
-        if got is None or got[:len(target.params)] != target.params:
+        if got != target.params:
             return f"its __init__ takes {got}, {target.origin}'s {target.name} takes {target.params}"
         return None
     for meth, (params, _) in target.methods.items():
