@@ -27,7 +27,6 @@ import contextlib
 import csv
 import functools
 import os
-import re
 import statistics
 import sys
 import time
@@ -426,12 +425,8 @@ def run(quick: bool, iterations: int | None, methods=None, original: bool = True
     with open(os.path.join(out, "latest-e2e-cpu.md"), "w") as f:
         f.write(table)
     complete = not quick and methods is None and original and set(widths) == set(WIDTHS)
-    if readme and complete and os.path.exists(README):  # only a full run replaces the README table
-        text = open(README).read()
-        if BEGIN in text and END in text:
-            text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: f"{BEGIN}\n{table}\n{END}", text,
-                          flags=re.S)
-            open(README, "w").write(text)
+    if readme and complete:  # only a full run replaces the README table
+        harness.replace_block(README, BEGIN, END, table)
     print("\n" + table)
     return table
 

@@ -87,5 +87,6 @@ def run_ops(args) -> None:
         harness.replace_block(README, BEGIN, END, table)
     print("\n" + table)
 
+
 if __name__ == "__main__":
     main()

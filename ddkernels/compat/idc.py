@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from ..methods.idc import bound_plan
 from ..ops.grad_distance import grad_distance
 from ..ops.multi_formation import multi_formation, multi_formation_targets
 from ._backend import resolve
@@ -94,22 +95,13 @@ def decode_zoom_multi(img: torch.Tensor, target: torch.Tensor, factor_max: int, 
 def decode_zoom_bound(img: torch.Tensor, target: torch.Tensor, factor_max: int, bound: int = 128, size=None, *,
                       backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """IDC's ``decode_zoom_bound``: the largest factors first, on as many images as keep the decoded
-    count within ``bound`` (the images not yet decoded each reserve one slot), the rest at factor 1."""
+    count within ``bound`` (the images not yet decoded each reserve one slot), the rest at factor 1
+    (:func:`ddkernels.methods.idc.bound_plan`; where the original's count goes negative, with more
+    than ``bound`` images, this decodes them all at factor 1)."""
     _check_square(img)
-    left, start, decoded = len(img), 0, 0
-    room = bound - left
-    datas, targets = [], []
-    for f in range(factor_max, 0, -1):
-        n = min(room // (f * f), left) if f > 1 else left
-        if n > 0:  # the original decodes an empty slice here, which adds nothing
-            d, t = decode_zoom(img[start:start + n], target[start:start + n], f, size, backend=backend)
-            datas.append(d)
-            targets.append(t)
-        start, left, decoded = start + n, left - n, decoded + n * f * f
-        room = bound - decoded - left
-        if left == 0:
-            break
-    return torch.cat(datas), torch.cat(targets)
+    parts = [decode_zoom(img[a:b], target[a:b], f, size, backend=backend)
+             for f, a, b in bound_plan(len(img), factor_max, bound)]
+    return torch.cat([d for d, _ in parts]), torch.cat([t for _, t in parts])
 
 
 __all__ = ["decode_zoom", "decode_zoom_bound", "decode_zoom_multi", "dist"]
