@@ -231,7 +231,7 @@ class OriginalDCLoop:
         self.optimizer_img.zero_grad()
         loss.backward()
         self.optimizer_img.step()
-        return float(loss)
+        return float(loss.detach())
 
 
 # --- runs -----------------------------------------------------------------------------------------
