@@ -6,7 +6,7 @@ PINS    := requirements/pins.txt
 CPU_SRC := $(wildcard csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cu)
 FMNIST  := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: all venv build data demo test bench info clean
+.PHONY: all venv build data demo test bench bench-e2e info clean
 
 all: test
 
@@ -39,6 +39,10 @@ test: build data
 
 bench: build
 	$(PY) -m benchmarks.run
+
+# End-to-end trainer iterations, reference vs fused, one torch thread (benchmarks/bench_e2e.py).
+bench-e2e: build data
+	OMP_NUM_THREADS=1 $(PY) -m benchmarks.run --ops --e2e --threads 1
 
 info: build
 	$(PY) -m ddkernels.info

@@ -91,9 +91,13 @@ def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float:
     # counted once, as self memory of the op that made it) in time order and take the maximum.
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    events = sorted(prof.events(), key=lambda e: e.time_range.start)
+    return peak_from_events(prof.events())
+
+
+def peak_from_events(events) -> float:
+    """Peak MB above the start from a ``profile_memory=True`` profile's events, replayed in time order."""
     level = peak = 0
-    for e in events:
+    for e in sorted(events, key=lambda e: e.time_range.start):
         level += e.self_cpu_memory_usage
         peak = max(peak, level)
     return peak / 2**20

@@ -1,7 +1,10 @@
 """``make bench``: run every op's benchmark, append to results/results.csv, write results/latest.md
-and refresh the README's benchmark section.
+and refresh the README's benchmark section. ``--e2e`` adds the end-to-end benchmark
+(:mod:`benchmarks.bench_e2e`: one outer iteration of every trainer, reference vs fused, and the
+original-style DC loop before/after ``ddkernels.compat.patch``) with its own README table.
 
     python -m benchmarks.run [--quick] [--ops multi_formation ...] [--min-run-time 0.5] [--no-readme]
+    python -m benchmarks.run --ops --e2e --threads 1     # only the end-to-end benchmark
 """
 from __future__ import annotations
 
@@ -38,7 +41,8 @@ def main(argv=None) -> None:
         _reexec_with_allocator_env()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer shapes (a smoke run)")
-    ap.add_argument("--ops", nargs="*", default=OPS, choices=OPS)
+    ap.add_argument("--ops", nargs="*", default=OPS, choices=OPS, help="ops to benchmark (none given: no op benchmarks)")
+    ap.add_argument("--e2e", action="store_true", help="also run the end-to-end trainer benchmark (bench_e2e)")
     ap.add_argument("--min-run-time", type=float, default=0.5, help="seconds per measurement")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--no-readme", action="store_true", help="do not rewrite the README table")
@@ -47,14 +51,22 @@ def main(argv=None) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     import ddkernels.info
     print(ddkernels.info.report(), "\n")
+    os.makedirs(args.out, exist_ok=True)
+    if args.ops:
+        run_ops(args)
+    if args.e2e:
+        from . import bench_e2e
+        bench_e2e.run(args.quick, None, threads=args.threads, readme=not args.no_readme, out=args.out)
+
+
+def run_ops(args) -> None:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     bw = harness.measure_bandwidth(device)
     print(f"measured copy bandwidth on {harness.hardware()}: {bw:.1f} GB/s (read + write bytes)")
     allocator = ", ".join(f"{k}={os.environ.get(k, 'unset')}" for k in ALLOCATOR_ENV)
     print(f"allocator: {allocator}\n")
-    os.makedirs(args.out, exist_ok=True)
     sections = []
     for op in args.ops:
         mod = importlib.import_module(f"benchmarks.bench_{op}")

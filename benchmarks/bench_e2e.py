@@ -1,0 +1,435 @@
+"""End-to-end: one outer iteration of every trainer, ``backend="reference"`` against the fused
+backends (``"auto"``), and a DC loop written like the original repository before and after
+``ddkernels.compat.patch``.
+
+For each trainer in :data:`ddkernels.methods.METHODS` (new trainers join automatically; a trainer
+that needs more than ``make_distiller`` gives it gets an entry in :data:`SETUP`) on Fashion-MNIST
+with the ``quick`` preset, at the preset's network width and at the papers' width 128: both
+backends start from the same seed and, after a warm-up iteration each, run their outer iterations
+interleaved (so a busy machine slows both alike). Reported: median seconds per outer iteration,
+speedup, the largest relative difference between the two runs' losses, and, from one profiled
+iteration each (torch.profiler), peak memory and the share of the iteration spent in the three ops
+(forward inside a ``record_function("e2e_op::<op>")`` range the benchmark wraps around every call,
+backward as the autograd nodes those calls created, matched by sequence number), the share of all
+backward work, and the aten ops with the most self time: where the rest goes.
+
+    OMP_NUM_THREADS=1 python -m benchmarks.bench_e2e --quick --threads 1   # IPC 1, IDC with 1 inner loop
+    OMP_NUM_THREADS=1 python -m benchmarks.run --ops --e2e --threads 1     # full run = make bench-e2e
+
+Rows are appended to ``results/results.csv`` (op ``e2e``, mode ``iteration``) and, with every
+column, to ``results/e2e.csv``; the table goes to ``results/latest-e2e-cpu.md`` and, for a full
+run, between the README's ``e2e:begin``/``e2e:end`` markers.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import functools
+import os
+import statistics
+import sys
+import time
+import types
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch.profiler import ProfilerActivity, profile, record_function
+
+import ddkernels
+import ddkernels.compat
+from ddkernels.data import Dataset, load_dataset
+from ddkernels.methods import METHODS, make_distiller
+from ddkernels.models import ConvNet
+
+from . import harness
+
+OPS = ("multi_formation", "grad_distance", "scale_shift")
+# match_loss: the original-style loop's own range around utils.match_loss (patched or not).
+RANGES = OPS + ("match_loss",)
+SHORT = {"multi_formation": "mf", "grad_distance": "gd", "scale_shift": "ss", "match_loss": "match_loss"}
+FUSED = "auto"
+HERE = os.path.dirname(os.path.abspath(__file__))
+README = os.path.join(os.path.dirname(HERE), "README.md")
+BEGIN, END = "<!-- e2e:begin -->", "<!-- e2e:end -->"
+
+
+def _idc_setup(ds: Dataset, quick: bool) -> dict:
+    # One inner loop (matching + network training) stands for the preset's 10 in --quick runs.
+    return {"inner_loop": 1} if quick else {}
+
+
+#: method -> setup(dataset, quick) returning ``make_distiller`` overrides (raise to skip the method
+#: with the exception's message). Methods not listed get no overrides.
+SETUP: dict[str, Callable[[Dataset, bool], dict]] = {"idc": _idc_setup}
+
+
+# --- profiling ---------------------------------------------------------------------------------
+@contextlib.contextmanager
+def op_ranges():
+    """Wrap every binding of the three public ops in loaded ``ddkernels``/``benchmarks`` modules in a
+    ``record_function("e2e_op::<op>")`` range (trainers import the ops by name), then restore."""
+    originals = {name: getattr(ddkernels, name) for name in OPS}
+
+    def ranged(fn, tag):
+        @functools.wraps(fn)
+        def call(*args, **kwargs):
+            with record_function(tag):
+                return fn(*args, **kwargs)
+        return call
+
+    wrappers = {id(fn): ranged(fn, f"e2e_op::{name}") for name, fn in originals.items()}
+    swapped = []
+    for mod in list(sys.modules.values()):
+        if not isinstance(mod, types.ModuleType) or not mod.__name__.startswith(("ddkernels", "benchmarks")):
+            continue
+        for attr, val in list(vars(mod).items()):
+            if callable(val) and id(val) in wrappers:
+                setattr(mod, attr, wrappers[id(val)])
+                swapped.append((mod, attr, val))
+    try:
+        yield
+    finally:
+        for mod, attr, val in swapped:
+            setattr(mod, attr, val)
+
+
+@dataclass
+class Profile:
+    """One profiled outer iteration."""
+
+    total_s: float
+    op_s: dict[str, float]        # forward + backward seconds per op
+    backward_s: float             # all autograd backward nodes
+    peak_mb: float
+    top: list[tuple[str, float]]  # (aten op, share of the iteration) by self time, largest first
+
+    def share(self, op: str | None = None) -> float:
+        return (self.op_s[op] if op else sum(self.op_s.values())) / self.total_s
+
+
+def profile_step(step: Callable[[], float], top: int = 3) -> tuple[float, Profile]:
+    with op_ranges(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        with record_function("e2e::step"):
+            loss = float(step())
+    events = prof.events()
+    total = next(e for e in events if e.name == "e2e::step").cpu_time_total
+
+    def outermost_range(e):
+        # Ranges nest (match_loss around a patched grad_distance): count time once, in the outermost.
+        found, parent = None, e.cpu_parent
+        while parent is not None:
+            if parent.name.startswith("e2e_op::"):
+                found = parent
+            parent = parent.cpu_parent
+        return found
+
+    op_s, seqs = {op: 0.0 for op in RANGES}, {}
+    for e in events:
+        if e.name.startswith("e2e_op::"):
+            if outermost_range(e) is None:
+                op_s[e.name.split("::", 1)[1]] += e.cpu_time_total
+        elif e.sequence_nr >= 0 and not e.name.startswith("autograd::"):
+            r = outermost_range(e)
+            if r is not None:
+                seqs[e.sequence_nr] = r.name.split("::", 1)[1]
+    backward = 0.0
+    for e in events:
+        if e.name.startswith("autograd::engine::evaluate_function"):
+            backward += e.cpu_time_total
+            if e.sequence_nr in seqs:
+                op_s[seqs[e.sequence_nr]] += e.cpu_time_total
+    ranked = sorted(((k.key, k.self_cpu_time_total) for k in prof.key_averages()
+                     if k.key.startswith("aten::")), key=lambda kv: -kv[1])[:top]
+    prof_peak = harness.peak_from_events(events)
+    return loss, Profile(total / 1e6, {k: v / 1e6 for k, v in op_s.items()}, backward / 1e6, prof_peak,
+                         [(k.replace("aten::", ""), v / total) for k, v in ranked])
+
+
+# --- a DC loop written the way VICO-UoE/DatasetCondensation writes it ---------------------------
+# utils.py's distance_wb and match_loss transcribed (spec §2a), run as a module of their own so that
+# compat.patch meets them the way it meets a user's utils.
+ORIGINAL_DC_UTILS = '''
+import torch
+
+def distance_wb(gwr, gws):
+    shape = gwr.shape
+    if len(shape) == 4:  # conv: out x (in*h*w)
+        gwr = gwr.reshape(shape[0], shape[1] * shape[2] * shape[3])
+        gws = gws.reshape(shape[0], shape[1] * shape[2] * shape[3])
+    elif len(shape) == 3:  # layernorm: C x (h*w)
+        gwr = gwr.reshape(shape[0], shape[1] * shape[2])
+        gws = gws.reshape(shape[0], shape[1] * shape[2])
+    elif len(shape) == 2:  # linear: as is
+        pass
+    elif len(shape) == 1:  # bias, norm: a float32 zero
+        return torch.tensor(0, dtype=torch.float, device=gwr.device)
+    return torch.sum(1 - torch.sum(gwr * gws, dim=-1) / (torch.norm(gwr, dim=-1) * torch.norm(gws, dim=-1) + 0.000001))
+
+def match_loss(gw_syn, gw_real, args):
+    dis = torch.tensor(0.0).to(args.device)
+    if args.dis_metric == 'ours':
+        for ig in range(len(gw_real)):
+            dis += distance_wb(gw_real[ig], gw_syn[ig])
+    elif args.dis_metric in ('mse', 'cos'):
+        gw_real_vec = torch.cat([g.reshape((-1)) for g in gw_real], dim=0)
+        gw_syn_vec = torch.cat([g.reshape((-1)) for g in gw_syn], dim=0)
+        if args.dis_metric == 'mse':
+            dis = torch.sum((gw_syn_vec - gw_real_vec) ** 2)
+        else:
+            dis = 1 - torch.sum(gw_real_vec * gw_syn_vec, dim=-1) / (
+                torch.norm(gw_real_vec, dim=-1) * torch.norm(gw_syn_vec, dim=-1) + 0.000001)
+    else:
+        exit('unknown distance function: %s' % args.dis_metric)
+    return dis
+'''
+
+
+def original_dc_utils() -> types.ModuleType:
+    utils = types.ModuleType("dc_original_utils")
+    exec(compile(ORIGINAL_DC_UTILS, "<DatasetCondensation utils.py, transcribed>", "exec"), utils.__dict__)
+    return utils
+
+
+class OriginalDCLoop:
+    """DC's outer iteration as main.py writes it: a fresh network, then for every class the real and
+    synthetic gradients and ``utils.match_loss`` (a Python loop over classes and layers), summed, one
+    SGD step on the images. Seeded, so two instances run the same iterations."""
+
+    def __init__(self, utils: types.ModuleType, ds: Dataset, ipc: int, width: int, batch_real: int, seed: int):
+        self.utils, self.ds, self.ipc, self.width = utils, ds, ipc, width
+        self.gen = torch.Generator().manual_seed(seed)
+        self.args = types.SimpleNamespace(dis_metric="ours", device="cpu")
+        self.by_class = [torch.nonzero(ds.train_y == c).flatten() for c in range(ds.num_classes)]
+        self.batch_real = batch_real
+        init = torch.cat([self.real(c, ipc) for c in range(ds.num_classes)])
+        self.image_syn = init.clone().requires_grad_(True)
+        self.optimizer_img = torch.optim.SGD([self.image_syn], lr=0.1, momentum=0.5)
+
+    def real(self, c: int, n: int) -> torch.Tensor:
+        idx = self.by_class[c][torch.randperm(len(self.by_class[c]), generator=self.gen)[:n]]
+        return self.ds.normalize(self.ds.train_x[idx])
+
+    def step(self) -> float:
+        with torch.random.fork_rng():
+            torch.manual_seed(int(torch.randint(2 ** 62, (1,), generator=self.gen)))
+            net = ConvNet(self.ds.channels, self.ds.num_classes, width=self.width, im_size=self.ds.im_size)
+        net_parameters = list(net.parameters())
+        loss = torch.tensor(0.0)
+        for c in range(self.ds.num_classes):
+            img_real = self.real(c, self.batch_real)
+            lab_real = torch.ones((img_real.shape[0],), dtype=torch.long) * c
+            img_syn = self.image_syn[c * self.ipc:(c + 1) * self.ipc]
+            lab_syn = torch.ones((self.ipc,), dtype=torch.long) * c
+            gw_real = torch.autograd.grad(F.cross_entropy(net(img_real), lab_real), net_parameters)
+            gw_real = list((_.detach().clone() for _ in gw_real))
+            gw_syn = torch.autograd.grad(F.cross_entropy(net(img_syn), lab_syn), net_parameters, create_graph=True)
+            with record_function("e2e_op::match_loss"):  # the benchmark's probe, not the original's
+                loss += self.utils.match_loss(gw_syn, gw_real, self.args)
+        self.optimizer_img.zero_grad()
+        loss.backward()
+        self.optimizer_img.step()
+        return float(loss.detach())
+
+
+# --- runs -----------------------------------------------------------------------------------------
+@dataclass
+class Result:
+    method: str
+    case: str
+    seconds: dict[str, list[float]] = field(default_factory=dict)   # provider -> per-iteration seconds
+    losses: dict[str, list[float]] = field(default_factory=dict)
+    profiles: dict[str, Profile] = field(default_factory=dict)
+    skipped: str = ""
+
+    def median(self, p: str) -> float:
+        return statistics.median(self.seconds[p])
+
+    def loss_diff(self) -> float:
+        a, b = self.losses.values()
+        return max(abs(x - y) / max(abs(x), 1e-30) for x, y in zip(a, b))
+
+
+def compare(method: str, case: str, steps: dict[str, Callable[[], float]], iterations: int,
+            progress: Callable[[str], None]) -> Result:
+    """Per provider: one warm-up iteration (one-time costs: first kernel calls, allocator growth),
+    ``iterations`` timed ones, then one profiled one; providers interleaved. Every iteration's loss
+    is kept for the comparison."""
+    res = Result(method, case)
+    for p, step in steps.items():
+        res.losses[p], res.seconds[p] = [float(step())], []
+    for i in range(iterations):
+        for p, step in steps.items():
+            t0 = time.perf_counter()
+            res.losses[p].append(float(step()))
+            res.seconds[p].append(time.perf_counter() - t0)
+            progress(f"e2e | {method} | {case} | {p:<10} iteration {i + 1}: {res.seconds[p][-1]:.3f} s, "
+                     f"loss {res.losses[p][-1]:.6g}")
+    for p, step in steps.items():
+        loss, res.profiles[p] = profile_step(step)
+        res.losses[p].append(loss)
+    return res
+
+
+WIDTHS = {"preset": None, "128": 128}
+
+
+def trainer_cases(ds: Dataset, quick: bool, widths=tuple(WIDTHS)) -> list[tuple[str, int, int | None, dict]]:
+    out = []
+    for ipc in ((1,) if quick else (1, 10)):
+        for width in (WIDTHS[w] for w in widths):
+            for method in METHODS:
+                hp = {} if width is None else {"width": width}
+                out.append((method, ipc, width, hp))
+    return out
+
+
+def run_trainers(ds: Dataset, quick: bool, iterations: int, methods, progress, widths=tuple(WIDTHS)) -> list[Result]:
+    results = []
+    for method, ipc, width, hp in trainer_cases(ds, quick, widths):
+        if methods is not None and method not in methods:
+            continue
+        steps, case = {}, ""
+        try:
+            extra = SETUP.get(method, lambda d, q: {})(ds, quick)
+            for p in ("reference", FUSED):
+                d = make_distiller(method, ds, ipc, "quick", backend=p, seed=0, **{**extra, **hp})
+                steps[p] = d.step
+            tags = [f"width {d.hp['width']}" + (" (preset)" if width is None else " (paper)")]
+            tags += [f"{k}={v}" for k, v in extra.items()]
+            case = f"FMNIST IPC {ipc}, " + ", ".join(tags)
+            results.append(compare(method, case, steps, iterations, progress))
+        except Exception as e:  # a trainer this benchmark cannot set up yet: say so in the table
+            results.append(Result(method, case or f"FMNIST IPC {ipc}", skipped=f"{type(e).__name__}: {e}"))
+            progress(f"e2e | {method} | skipped: {results[-1].skipped}")
+    return results
+
+
+def run_original_dc(ds: Dataset, quick: bool, iterations: int, progress) -> list[Result]:
+    results = []
+    for ipc in ((1,) if quick else (1, 10)):
+        utils = original_dc_utils()
+        batch_real = 64 if quick else 256  # the quick preset's / the original's real images per class
+        before = OriginalDCLoop(utils, ds, ipc, 128, batch_real, seed=0)
+        after = OriginalDCLoop(utils, ds, ipc, 128, batch_real, seed=0)
+
+        def unpatched():
+            ddkernels.compat.unpatch(utils)
+            return before.step()
+
+        def patched():
+            ddkernels.compat.patch(utils)
+            return after.step()
+
+        res = compare("DC, original-style loop", f"FMNIST IPC {ipc}, width 128, {batch_real} real/class, 'ours'",
+                      {"reference": unpatched, "compat.patch": patched}, iterations, progress)
+        ddkernels.compat.unpatch(utils)
+        results.append(res)
+    return results
+
+
+# --- output ---------------------------------------------------------------------------------------
+def _shares(p: Profile) -> str:
+    parts = [f"{SHORT[op]} {100 * p.share(op):.1f}" for op in RANGES if p.op_s[op] > 0]
+    return f"{100 * p.share():.1f}%" + (f" ({', '.join(parts)})" if parts else "")
+
+
+def markdown(results: list[Result]) -> str:
+    head = ["trainer", "case", "reference s/it", "fused s/it", "speedup", "ops share reference → fused",
+            "backward share (fused)", "top self time (fused)", "peak MB ref / fused", "loss max rel diff"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in results:
+        if r.skipped:
+            lines.append(f"| {r.method} | {r.case} | skipped: {r.skipped} |" + " |" * (len(head) - 3))
+            continue
+        ref, fus = list(r.seconds)
+        pr, pf = r.profiles[ref], r.profiles[fus]
+        top = ", ".join(f"{k} {100 * v:.0f}%" for k, v in pf.top)
+        lines.append("| " + " | ".join([
+            r.method, r.case, f"{r.median(ref):.3f}", f"{r.median(fus):.3f}", f"{r.median(ref) / r.median(fus):.2f}×",
+            f"{_shares(pr)} → {_shares(pf)}", f"{100 * pf.backward_s / pf.total_s:.0f}%", top,
+            f"{pr.peak_mb:.0f} / {pf.peak_mb:.0f}", f"{r.loss_diff():.1e}"]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+E2E_FIELDS = ["date", "git_sha", "hardware", "torch", "method", "case", "provider", "median_s", "seconds",
+              "losses", "ops_share", "op_seconds", "backward_share", "peak_mem_mb", "skipped"]
+
+
+def write_csv(out: str, results: list[Result]) -> None:
+    rows, detail = [], []
+    meta = dict(date=time.strftime("%Y-%m-%dT%H:%M:%S"), git_sha=harness.git_sha(), hardware=harness.hardware(),
+                torch=torch.__version__)
+    for r in results:
+        if r.skipped:
+            detail.append({**meta, "method": r.method, "case": r.case, "skipped": r.skipped})
+            continue
+        for p, secs in r.seconds.items():
+            prof = r.profiles[p]
+            rows.append(dict(op="e2e", case=f"{r.method}: {r.case}", provider=p, mode="iteration",
+                             median_ms=1e3 * r.median(p), iqr_ms=1e3 * (max(secs) - min(secs)),
+                             peak_mem_mb=prof.peak_mb, bytes=0, gbps=0.0, roofline=0.0))
+            detail.append({**meta, "method": r.method, "case": r.case, "provider": p, "median_s": round(r.median(p), 4),
+                           "seconds": " ".join(f"{s:.4f}" for s in secs),
+                           "losses": " ".join(f"{x:.9g}" for x in r.losses[p]), "ops_share": round(prof.share(), 4),
+                           "op_seconds": " ".join(f"{op}={prof.op_s[op]:.4f}" for op in RANGES if prof.op_s[op]),
+                           "backward_share": round(prof.backward_s / prof.total_s, 4),
+                           "peak_mem_mb": round(prof.peak_mb, 1)})
+    harness.append_csv(os.path.join(out, "results.csv"), rows, 0.0)
+    path = os.path.join(out, "e2e.csv")
+    new = not os.path.exists(path)
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=E2E_FIELDS)
+        if new:
+            w.writeheader()
+        w.writerows(detail)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="IPC 1 only, IDC with 1 inner loop, 1 timed iteration")
+    ap.add_argument("--iterations", type=int, default=None, help="timed iterations per provider (default 1 quick, 3 full)")
+    ap.add_argument("--methods", nargs="*", default=None, help=f"subset of {', '.join(METHODS)} (default all; none given: only the original-style loop)")
+    ap.add_argument("--widths", nargs="+", default=list(WIDTHS), choices=list(WIDTHS),
+                    help="network widths: the preset's and/or the papers' 128 (default both)")
+    ap.add_argument("--no-original", action="store_true", help="skip the original-style DC loop")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--no-readme", action="store_true", help="do not rewrite the README's end-to-end table")
+    ap.add_argument("--out", default=os.path.join(HERE, "results"))
+    args = ap.parse_args(argv)
+    run(args.quick, args.iterations, args.methods, not args.no_original, args.threads, not args.no_readme, args.out,
+        args.widths)
+
+
+def run(quick: bool, iterations: int | None, methods=None, original: bool = True, threads: int | None = None,
+        readme: bool = True, out: str = os.path.join(HERE, "results"), widths=tuple(WIDTHS)) -> str:
+    if threads:
+        torch.set_num_threads(threads)
+    iterations = iterations or (1 if quick else 3)
+    ds = load_dataset("fashion-mnist")
+    t0 = time.perf_counter()
+    progress = functools.partial(print, flush=True)
+    results = run_trainers(ds, quick, iterations, methods, progress, widths)
+    if original:
+        results += run_original_dc(ds, quick, iterations, progress)
+    header = (f"Measured on {harness.hardware()}, torch {torch.__version__}, git {harness.git_sha()}, "
+              f"{'--quick' if quick else 'full'} run (per provider: a warm-up iteration, {iterations} timed "
+              f"(median), one profiled; {time.perf_counter() - t0:.0f} s in all). Fused = backend \"{FUSED}\". "
+              f"Shares are of one profiled iteration (mf multi_formation, gd grad_distance, ss scale_shift; "
+              f"forward + their backward nodes).\n\n")
+    table = header + markdown(results)
+    os.makedirs(out, exist_ok=True)
+    write_csv(out, results)
+    with open(os.path.join(out, "latest-e2e-cpu.md"), "w") as f:
+        f.write(table)
+    complete = not quick and methods is None and original and set(widths) == set(WIDTHS)
+    if readme and complete:  # only a full run replaces the README table
+        harness.replace_block(README, BEGIN, END, table)
+    print("\n" + table)
+    return table
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+"""Drop-in replacements for the original dataset-distillation codebases, on ddkernels' fused ops.
+
+Same names, signatures, argument conventions and results as the originals (spec §1a, §2a, §4a):
+
+* VICO-UoE/DatasetCondensation ``utils.py``: :func:`distance_wb`, :func:`match_loss`
+  (``args.dis_metric`` ∈ {ours, mse, cos}, ``args.device``) → :func:`ddkernels.grad_distance`.
+* snu-mllab/Efficient-Dataset-Condensation ``condense.py``: :func:`dist` (mse, l1, l1_mean, cos) →
+  ``grad_distance``; ``Synthesizer.decode_zoom`` / ``decode_zoom_multi`` / ``decode_zoom_bound`` as
+  functions returning ``(data, targets)`` → :func:`ddkernels.multi_formation`.
+* Huage001/DatasetFactorization ``utils.py``: :class:`StyleTranslator` (same ``state_dict``) →
+  :func:`ddkernels.scale_shift`; :func:`bank_from_translators`, :func:`translators_from_bank`,
+  :func:`bank_from_state_dict` convert to and from one :class:`ddkernels.nn.HallucinatorBank`.
+
+The one-line change for an existing training script::
+
+    import utils, ddkernels.compat
+    ddkernels.compat.patch(utils)      # replaces the names above inside `utils`
+
+Every function takes a keyword-only ``backend=``; :func:`set_backend` / :func:`use_backend` set it
+module-wide (default ``"auto"``: the fused kernels where they run, else the reference).
+"""
+from ._backend import get_backend, set_backend, use_backend
+from ._patch import PatchError, PatchReport, patch, patched, unpatch
+from .dc import distance_wb, match_loss
+from .haba import StyleTranslator, bank_from_state_dict, bank_from_translators, translators_from_bank
+from .idc import decode_zoom, decode_zoom_bound, decode_zoom_multi, dist
+
+__all__ = ["PatchError", "PatchReport", "StyleTranslator", "bank_from_state_dict", "bank_from_translators",
+           "decode_zoom", "decode_zoom_bound", "decode_zoom_multi", "dist", "distance_wb", "get_backend",
+           "match_loss", "patch", "patched", "set_backend", "translators_from_bank", "unpatch", "use_backend"]
