@@ -171,3 +171,13 @@ def test_resume_reaches_the_uninterrupted_result(tmp_path):
     assert set(sa["params"]) == {"codes", "up_weight", "up_bias", "out_weight", "out_bias"}
     assert sa["storage"]["stored_floats"] == 1170 and sa["images"].shape == (120, 1, 8, 8)
     assert os.path.isfile(tmp_path / "straight" / "decoded.png")
+
+
+def test_presets():
+    from ddkernels.methods import preset
+
+    q1, q10 = preset("kfs", "fashion-mnist", 1, "quick"), preset("kfs", "fashion-mnist", 10, "quick")
+    assert (q1["num_decoders"], q1["codes_per_class"], q1["iterations"]) == (4, None, 200)
+    assert (q10["num_decoders"], q10["codes_per_class"], q10["iterations"]) == (2, 20, 100)
+    p = preset("kfs", "cifar10", 10, "paper")
+    assert (p["iterations"], p["batch_real"], p["width"], p["div_weight"], p["eval_epochs"]) == (20000, 256, 128, 0.0, 1000)
