@@ -14,8 +14,8 @@ from tests.conftest import fused_backends
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 # Digits are 8×8: budget IPC 2 = 1280 floats holds 2 decoders of hidden 4 (210 floats) and 6 codes of
-# 4×4 per class (960 floats).
-TINY = dict(width=8, batch_real=8, num_decoders=2, hidden_channels=4)
+# 4×4 per class (960 floats); codes_per_class=None fills the budget (quick caps it at 2·IPC above IPC 1).
+TINY = dict(width=8, batch_real=8, num_decoders=2, hidden_channels=4, codes_per_class=None)
 BACKENDS = ["reference", *fused_backends("small_conv")]
 
 
@@ -115,7 +115,7 @@ def test_trainer_storage_and_training_set(digits):
         hits = (pooled - d.bank.codes[i].detach()).abs().flatten(1).amax(1) < 1e-6
         assert hits.any() and all(int(digits.train_y[j]) == i // 6 for j in hits.nonzero().flatten())
     with pytest.raises(ValueError, match="codes_per_class=7 does not fit the budget of ipc=2"):
-        make_distiller("kfs", digits, 2, "quick", codes_per_class=7, **TINY)
+        make_distiller("kfs", digits, 2, "quick", **dict(TINY, codes_per_class=7))
     with pytest.raises(ValueError, match="ipc=1: no code fits beside 8 decoders"):
         make_distiller("kfs", digits, 1, "quick", **dict(TINY, num_decoders=8))
 
