@@ -181,3 +181,10 @@ def test_presets():
     assert (q10["num_decoders"], q10["codes_per_class"], q10["iterations"]) == (2, 20, 100)
     p = preset("kfs", "cifar10", 10, "paper")
     assert (p["iterations"], p["batch_real"], p["width"], p["div_weight"], p["eval_epochs"]) == (20000, 256, 128, 0.0, 1000)
+
+
+def test_not_class_parallel(digits):
+    from ddkernels.distributed import Shard
+
+    with pytest.raises(ValueError, match="kfs cannot split classes over ranks: its decoders are shared"):
+        make_distiller("kfs", digits, 2, "quick", shard=Shard.of(10, 2, 0), **TINY)

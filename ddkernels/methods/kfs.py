@@ -32,6 +32,8 @@ class KFS(Distiller):
     stored_space = "latent codes (normalized, 1/scale resolution) and decoder weights"
     decodes = True
     per_class_params = ("codes",)
+    not_class_parallel_because = ("its decoders are shared by all classes and trained on every class's loss "
+                                  "(their gradients would need a sum over ranks, not implemented)")
 
     def init_synthetic(self) -> None:
         hp = self.hp
@@ -57,7 +59,7 @@ class KFS(Distiller):
                                           residual_init=hp["residual_init"], backend=self.backend, **geometry)
         if hp["init"] == "real":
             self.sampler.check(m, "codes_per_class")
-            idx = self.sampler.indices_all(m, self.gen).flatten()
+            idx = self.init_indices(m).flatten()
             with torch.no_grad():
                 self.bank.codes.copy_(F.avg_pool2d(self.ds.normalize(self.ds.train_x[idx]), hp["scale"]))
         elif hp["init"] != "noise":

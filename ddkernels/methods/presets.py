@@ -75,7 +75,7 @@ def preset(method: str, dataset: str, ipc: int, name: str) -> dict:
         hp = dict(iterations=20000, batch_real=256, width=128, aug=DSA_STRATEGY, init="real", num_decoders=4,
                   codes_per_class=None, code_channels=None, scale=2, hidden_channels=8, kernel_size=3, residual=True,
                   residual_init=0.1, lr_code=0.01, lr_dec=0.001, div_weight=0.0, div_temp=0.1, eval="dsa",
-                  eval_epochs=1000, eval_aug=None, eval_width=None)
+                  eval_epochs=1000, eval_aug=None, eval_width=None, zca=False)
         if quick:
             # DM's quick sizes. Above IPC 1: 2 decoders and 2·IPC codes per class (half the budget), so
             # the decoded set has 4·IPC images per class (IDC's factor-2 size) and its 300-epoch CPU
