@@ -1,4 +1,4 @@
-"""Distillation trainers: DC, DSA, DM and IDC, sharing one gradient-matching core.
+"""Distillation trainers: DC, DSA, DM, IDC and KFS (gradient and distribution matching cores).
 
     ds = ddkernels.data.load_dataset("fashion-mnist")
     trainer = make_distiller("idc", ds, ipc=1, preset="quick", backend="auto", seed=0)
@@ -11,12 +11,13 @@ from ..data import Dataset
 from ..distributed import Shard
 from .base import Distiller
 from .dc import DC, DSA
-from .dm import DM
+from .dm import DM, distribution_match
 from .idc import IDC, mix_init
+from .kfs import KFS
 from .matching import gradient_match, matched_params
 from .presets import PRESET_NAMES, get_loops, preset
 
-METHODS: dict[str, type[Distiller]] = {"dc": DC, "dsa": DSA, "dm": DM, "idc": IDC}
+METHODS: dict[str, type[Distiller]] = {"dc": DC, "dsa": DSA, "dm": DM, "idc": IDC, "kfs": KFS}
 
 
 def make_distiller(method: str, dataset: Dataset, ipc: int, preset_name: str = "quick", *, backend: str = "auto",
@@ -33,5 +34,5 @@ def make_distiller(method: str, dataset: Dataset, ipc: int, preset_name: str = "
     return METHODS[method](dataset, ipc, hp, backend=backend, seed=seed, shard=shard)
 
 
-__all__ = ["DC", "DM", "DSA", "Distiller", "IDC", "METHODS", "PRESET_NAMES", "get_loops", "gradient_match",
-           "make_distiller", "matched_params", "mix_init", "preset"]
+__all__ = ["DC", "DM", "DSA", "Distiller", "IDC", "KFS", "METHODS", "PRESET_NAMES", "distribution_match", "get_loops",
+           "gradient_match", "make_distiller", "matched_params", "mix_init", "preset"]
