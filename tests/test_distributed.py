@@ -23,6 +23,8 @@ EXACT = {
     "dm": ("dm", 1, dict(width=8, batch_real=8)),
     "dc": ("dc", 2, dict(width=8, batch_real=8, outer_loop=2, inner_loop=2, batch_train=256)),
     "idc": ("idc", 1, dict(width=8, batch_real=8, inner_loop=1, n_data=16)),
+    # KFS: codes per class, decoders shared (their gradients summed over ranks, then one Adam step).
+    "kfs": ("kfs", 2, dict(width=8, batch_real=8, num_decoders=2, hidden_channels=4, codes_per_class=None)),
 }
 # IDC with two inner steps: the network trained on rank-local real batches is shared; not comparable
 # with one process (other real batches), but identical on both ranks.
@@ -55,7 +57,8 @@ def _worker(rank, port, tmp, single_dir):
     for name, (method, ipc, kw) in {**EXACT, "shared": SHARED}.items():
         t = make_distiller(method, mine, ipc, "quick", seed=0, shard=shard, **kw)
         t.run(ITERS, progress=False)
-        out[name] = {"syn": t.gathered().syn.detach(), "history": t.history,
+        out[name] = {"params": {k: v.detach() for k, v in t.gathered().synthetic_params().items()},
+                     "labels": t.gathered().labels, "history": t.history,
                      "net": getattr(t, "net", None) and t.net.state_dict()}
     # Run directories through runs.distill as torchrun would (the group already exists: it reuses it).
     # The DM case above in a run directory, killed after iteration 1 and resumed.
@@ -95,15 +98,17 @@ def test_per_class_results_equal_one_process(two_ranks, digits, name):
     _, ranks = two_ranks
     method, ipc, kw = EXACT[name]
     one = make_distiller(method, digits, ipc, "quick", seed=0, shard=Shard.of(10), **kw)
-    before = one.syn.detach().clone()
+    before = {k: v.detach().clone() for k, v in one.synthetic_params().items()}
     one.run(ITERS, progress=False)
-    got = ranks[0][name]["syn"]
-    assert torch.equal(got, ranks[1][name]["syn"])  # every rank gathered the same set
-    assert got.shape == one.syn.shape and torch.isfinite(got).all()  # no rank read another's classes (NaN)
-    moved = (one.syn - before).abs().max()
-    assert moved > 1e-3
-    # Equal up to float rounding: the ranks run the same per-class math in smaller batches.
-    assert (got - one.syn).abs().max() <= 1e-4 * moved
+    assert torch.equal(ranks[0][name]["labels"], one.labels)
+    for key, want in one.synthetic_params().items():
+        got = ranks[0][name]["params"][key]
+        assert torch.equal(got, ranks[1][name]["params"][key])  # every rank gathered the same set
+        assert got.shape == want.shape and torch.isfinite(got).all()  # no rank read another's classes (NaN)
+        moved = (want - before[key]).abs().max()
+        assert moved > 1e-4, key
+        # Equal up to float rounding: the ranks run the same per-class math in smaller batches.
+        assert (got - want).abs().max() <= 1e-4 * moved, key
     for rank in ranks:
         assert torch.allclose(torch.tensor([h["loss"] for h in rank[name]["history"]]),
                               torch.tensor([h["loss"] for h in one.history]), rtol=1e-5)
@@ -113,7 +118,7 @@ def test_shared_network_identical_on_every_rank(two_ranks):
     _, ranks = two_ranks
     a, b = ranks[0]["shared"]["net"], ranks[1]["shared"]["net"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert torch.isfinite(ranks[0]["shared"]["syn"]).all()
+    assert torch.isfinite(ranks[0]["shared"]["params"]["syn"]).all()
 
 
 def test_run_directory_resume_and_world_size_checks(two_ranks, digits):
@@ -124,7 +129,7 @@ def test_run_directory_resume_and_world_size_checks(two_ranks, digits):
     images, labels = torch.load(run / "images_labels.pt", weights_only=True)
     assert sorted(set(labels.tolist())) == list(range(10)) and torch.isfinite(images).all()
     # Resumed with the same world size: the uninterrupted run's set and losses (the trainer-level DM case).
-    assert torch.equal(stored["params"]["syn"], ranks[0]["dm"]["syn"])
+    assert torch.equal(stored["params"]["syn"], ranks[0]["dm"]["params"]["syn"])
     manifest = torch.load(run / "checkpoint.pt", weights_only=False)
     assert manifest["world_size"] == 2 and manifest["classes"] == [(0, 1, 2, 3, 4), (5, 6, 7, 8, 9)]
     assert manifest["iteration"] == ITERS and torch.equal(manifest["params"]["syn"], stored["params"]["syn"])

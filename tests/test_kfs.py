@@ -183,8 +183,8 @@ def test_presets():
     assert (p["iterations"], p["batch_real"], p["width"], p["div_weight"], p["eval_epochs"]) == (20000, 256, 128, 0.0, 1000)
 
 
-def test_not_class_parallel(digits):
+def test_class_parallel_refuses_the_cross_class_term(digits):
     from ddkernels.distributed import Shard
 
-    with pytest.raises(ValueError, match="kfs cannot split classes over ranks: its decoders are shared"):
-        make_distiller("kfs", digits, 2, "quick", shard=Shard.of(10, 2, 0), **TINY)
+    with pytest.raises(ValueError, match="div_weight > 0 compares each image with every class"):
+        make_distiller("kfs", digits, 2, "quick", shard=Shard.of(10, 2, 0), **dict(TINY, div_weight=0.1))

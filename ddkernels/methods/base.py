@@ -93,7 +93,7 @@ class Distiller:
             self.gen, self._class_gens, self.rank_gen = shard.generators(seed)
             self.classes = list(shard.classes)
         self._slot = {c: i for i, c in enumerate(self.classes)}
-        self.labels = torch.tensor(self.classes, dtype=torch.int64).repeat_interleave(ipc)
+        self.labels = self.stored_labels()
         self.iteration, self.seconds, self.history = 0, 0.0, []
         self.init_synthetic()
         if shard is not None:
@@ -125,6 +125,11 @@ class Distiller:
 
     def load_extra_state(self, state: dict) -> None:
         pass
+
+    def stored_labels(self) -> torch.Tensor:
+        """The class of each stored row of the per-class tensors (``ipc`` rows per owned class); a
+        parameterization with another count per class overrides it."""
+        return torch.tensor(self.classes, dtype=torch.int64).repeat_interleave(self.ipc)
 
     def replace_params(self, params: dict[str, torch.Tensor]) -> None:
         """Set the stored tensors by name (used to build the gathered set); override when the names of
@@ -209,7 +214,7 @@ class Distiller:
         view.shard, view._class_gens = None, None
         view.classes = list(range(self.num_classes))
         view._slot = {c: c for c in view.classes}
-        view.labels = torch.arange(self.num_classes).repeat_interleave(self.ipc)
+        view.labels = view.stored_labels()
         return view
 
     # -- shared helpers -------------------------------------------------------------------------

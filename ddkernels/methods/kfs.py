@@ -19,6 +19,8 @@ unverified (spec §6a); what this trainer does:
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 
@@ -27,13 +29,22 @@ from .base import Distiller
 from .dm import distribution_match
 
 
+def _with_codes(bank: LatentDecoderBank, codes: torch.Tensor) -> LatentDecoderBank:
+    """A copy of ``bank`` holding ``codes`` (whole classes, class-major) instead of its own."""
+    new = copy.deepcopy(bank)
+    new.num_classes = len(codes) // bank.codes_per_class
+    new.codes = torch.nn.Parameter(codes.clone())
+    return new
+
+
 class KFS(Distiller):
     method = "kfs"
     stored_space = "latent codes (normalized, 1/scale resolution) and decoder weights"
     decodes = True
     per_class_params = ("codes",)
-    not_class_parallel_because = ("its decoders are shared by all classes and trained on every class's loss "
-                                  "(their gradients would need a sum over ranks, not implemented)")
+    # Codes split by class; the decoders are shared and their gradients summed over ranks in
+    # image_step (DM's loss is a sum over classes, so the sum is the single-process gradient).
+    class_parallel = True
 
     def init_synthetic(self) -> None:
         hp = self.hp
@@ -52,11 +63,19 @@ class KFS(Distiller):
         elif m > fit:
             raise ValueError(f"codes_per_class={m} does not fit the budget of ipc={self.ipc} ({budget} floats): "
                              f"at most {fit} codes per class beside {hp['num_decoders']} decoders")
+        if self.shard is not None and hp["div_weight"]:
+            raise ValueError("div_weight > 0 compares each image with every class's real mean, which a rank split "
+                             "by class does not hold; run it in one process or set div_weight=0")
         seed = int(torch.randint(2 ** 62, (1,), generator=self.gen))
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             self.bank = LatentDecoderBank(self.num_classes, m, image_size=(h, w), residual=hp["residual"],
                                           residual_init=hp["residual_init"], backend=self.backend, **geometry)
+        if len(self.classes) < self.num_classes:
+            # Built for every class above, so the decoders' initial draw does not depend on the split;
+            # the rank keeps its classes' codes.
+            rows = torch.cat([torch.arange(c * m, (c + 1) * m) for c in self.classes])
+            self.bank = _with_codes(self.bank, self.bank.codes.detach()[rows])
         if hp["init"] == "real":
             self.sampler.check(m, "codes_per_class")
             idx = self.init_indices(m).flatten()
@@ -64,7 +83,7 @@ class KFS(Distiller):
                 self.bank.codes.copy_(F.avg_pool2d(self.ds.normalize(self.ds.train_x[idx]), hp["scale"]))
         elif hp["init"] != "noise":
             raise ValueError(f"init must be 'real' or 'noise' for kfs, got {hp['init']!r}")
-        self.labels = self.bank.code_labels()  # one label per stored code (synthetic.png rows, synthetic.pt)
+        self.labels = self.stored_labels()  # one label per stored code (synthetic.png rows, synthetic.pt)
         decoders = [p for n, p in self.bank.named_parameters() if n != "codes"]
         self.opt = torch.optim.Adam([{"params": [self.bank.codes], "lr": hp["lr_code"]},
                                      {"params": decoders, "lr": hp["lr_dec"]}])
@@ -72,6 +91,19 @@ class KFS(Distiller):
 
     def synthetic_params(self) -> dict[str, torch.Tensor]:
         return dict(self.bank.named_parameters())
+
+    def stored_labels(self) -> torch.Tensor:
+        if not hasattr(self, "bank"):  # before init_synthetic: set again once the bank exists
+            return super().stored_labels()
+        return torch.tensor(self.classes, dtype=torch.int64)[self.bank.code_labels()]
+
+    def replace_params(self, params: dict[str, torch.Tensor]) -> None:
+        # A new bank for the gathered set (every class's codes), so the rank's own bank is untouched.
+        self.bank = _with_codes(self.bank, params["codes"])
+        with torch.no_grad():
+            for name, p in self.bank.named_parameters():
+                if name != "codes":
+                    p.copy_(params[name])
 
     def step(self) -> float:
         hp = self.hp
@@ -92,7 +124,7 @@ class KFS(Distiller):
 
     def training_set(self):
         with torch.no_grad():
-            return self.bank().detach(), self.bank.targets()
+            return self.bank().detach(), self.stored_labels().repeat_interleave(self.bank.num_decoders)
 
     def pixel_images(self):
         with torch.no_grad():
