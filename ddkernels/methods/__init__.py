@@ -1,4 +1,4 @@
-"""Distillation trainers: DC, DSA, DM and IDC, sharing one gradient-matching core.
+"""Distillation trainers: DC, DSA, DM and IDC (sharing one gradient-matching core), MTT and HaBa.
 
     ds = ddkernels.data.load_dataset("fashion-mnist")
     trainer = make_distiller("idc", ds, ipc=1, preset="quick", backend="auto", seed=0)
@@ -10,12 +10,14 @@ from __future__ import annotations
 from ..data import Dataset
 from .base import Distiller
 from .dc import DC, DSA
-from .dm import DM
+from .dm import DM, dm_loss
+from .haba import HaBa, supcon_loss
 from .idc import IDC, mix_init
 from .matching import gradient_match, matched_params
+from .mtt import MTT, trajectory_matching_loss
 from .presets import PRESET_NAMES, get_loops, preset
 
-METHODS: dict[str, type[Distiller]] = {"dc": DC, "dsa": DSA, "dm": DM, "idc": IDC}
+METHODS: dict[str, type[Distiller]] = {"dc": DC, "dsa": DSA, "dm": DM, "idc": IDC, "mtt": MTT, "haba": HaBa}
 
 
 def make_distiller(method: str, dataset: Dataset, ipc: int, preset_name: str = "quick", *, backend: str = "auto",
@@ -31,5 +33,6 @@ def make_distiller(method: str, dataset: Dataset, ipc: int, preset_name: str = "
     return METHODS[method](dataset, ipc, hp, backend=backend, seed=seed)
 
 
-__all__ = ["DC", "DM", "DSA", "Distiller", "IDC", "METHODS", "PRESET_NAMES", "get_loops", "gradient_match",
-           "make_distiller", "matched_params", "mix_init", "preset"]
+__all__ = ["DC", "DM", "DSA", "Distiller", "HaBa", "IDC", "METHODS", "MTT", "PRESET_NAMES", "dm_loss", "get_loops",
+           "gradient_match", "make_distiller", "matched_params", "mix_init", "preset", "supcon_loss",
+           "trajectory_matching_loss"]

@@ -96,6 +96,15 @@ class Distiller:
             torch.manual_seed(seed)
             return ConvNet(self.ds.channels, self.num_classes, width=width or self.hp["width"], im_size=self.ds.im_size)
 
+    def real_init(self, n: int) -> torch.Tensor:
+        """``n`` distinct random real images per class, normalized, class-major (``pix_init`` real)."""
+        idx = self.sampler.indices_all(n, self.gen).flatten()
+        return self.ds.normalize(self.ds.train_x[idx])
+
+    def eval_overrides(self) -> dict:
+        """Evaluation-protocol fields the synthetic set needs (MTT: its learned lr), saved with the run."""
+        return {}
+
     def real_batch(self, c: int, n: int | None = None, *, normalize: bool = True) -> torch.Tensor:
         """``n`` random real images of class ``c`` (default ``batch_real``)."""
         x = self.ds.train_x[self.sampler.indices(c, n or self.batch_real, self.gen)]

@@ -1,10 +1,49 @@
 """DC and DSA (Zhao et al.; Zhao & Bilen), VICO ``main.py`` (spec §2a)."""
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from .base import Distiller
 from .matching import gradient_match, matched_params
+
+
+def match_and_train(trainer: Distiller, class_batches: Callable[[], list[torch.Tensor]],
+                    train_set: Callable[[], tuple[torch.Tensor, torch.Tensor]]) -> float:
+    """DC's outer iteration for any parameterization of the synthetic set (DC/DSA; HaBa on DC).
+
+    A fresh network; ``outer_loop`` times: match every class (one batched distance call), one step
+    on the synthetic parameters (``trainer.image_step``) after summing over classes, then
+    ``inner_loop`` epochs of training the network on ``train_set()``.
+
+    Args:
+        trainer: supplies the hyperparameters, generator, real batches, augmentation and optimizer.
+        class_batches: per class, the current synthetic batch, differentiable in the stored parameters
+            (called again after every step).
+        train_set: the current synthetic ``(images, labels)`` the network trains on (detached there).
+
+    Returns:
+        the mean matching loss over the outer loop.
+    """
+    hp = trainer.hp
+    net = trainer.fresh_net()
+    params = matched_params(net, hp["layers"])
+    net_opt = torch.optim.SGD(net.parameters(), lr=hp["lr_net"])
+    outer, inner = hp["outer_loop"], hp["inner_loop"]
+    classes = range(trainer.num_classes)
+    total = 0.0
+    for ol in range(outer):
+        pairs = [trainer.siamese(trainer.aug, trainer.real_batch(c), s) for c, s in zip(classes, class_batches())]
+        dist = gradient_match(net, params, [p[0] for p in pairs], [p[1] for p in pairs], classes, hp["metric"],
+                              trainer.backend)
+        loss = dist.sum()
+        trainer.image_step(loss)
+        total += float(loss.detach())
+        if ol == outer - 1:
+            break
+        trainer.train_net(net, net_opt, *train_set(), inner, hp["batch_train"], trainer.aug)
+    return total / outer
 
 
 class DC(Distiller):
@@ -22,8 +61,7 @@ class DC(Distiller):
     def init_synthetic(self) -> None:
         hp = self.hp
         if hp["init"] == "real":
-            idx = self.sampler.indices_all(self.ipc, self.gen).flatten()
-            syn = self.ds.normalize(self.ds.train_x[idx])
+            syn = self.real_init(self.ipc)
         elif hp["init"] == "noise":
             syn = torch.randn((self.num_classes * self.ipc, *self.ds.train_x.shape[1:]), generator=self.gen)
         else:
@@ -36,23 +74,8 @@ class DC(Distiller):
         return self.syn[c * self.ipc:(c + 1) * self.ipc]
 
     def step(self) -> float:
-        hp = self.hp
-        net = self.fresh_net()
-        params = matched_params(net, hp["layers"])
-        net_opt = torch.optim.SGD(net.parameters(), lr=hp["lr_net"])
-        outer, inner = hp["outer_loop"], hp["inner_loop"]
-        total = 0.0
-        for ol in range(outer):
-            pairs = [self.siamese(self.aug, self.real_batch(c), self.class_slice(c)) for c in range(self.num_classes)]
-            dist = gradient_match(net, params, [p[0] for p in pairs], [p[1] for p in pairs],
-                                  range(self.num_classes), hp["metric"], self.backend)
-            loss = dist.sum()
-            self.image_step(loss)
-            total += float(loss.detach())
-            if ol == outer - 1:
-                break
-            self.train_net(net, net_opt, self.syn, self.labels, inner, hp["batch_train"], self.aug)
-        return total / outer
+        return match_and_train(self, lambda: [self.class_slice(c) for c in range(self.num_classes)],
+                               lambda: (self.syn, self.labels))
 
     def training_set(self):
         return self.syn.detach().clone(), self.labels.clone()
@@ -67,4 +90,4 @@ class DSA(DC):
     method = "dsa"
 
 
-__all__ = ["DC", "DSA"]
+__all__ = ["DC", "DSA", "match_and_train"]
