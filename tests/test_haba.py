@@ -20,13 +20,6 @@ def digits():
     return data.load_dataset("digits")
 
 
-@pytest.fixture(scope="module")
-def expert_dir(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("experts"))
-    train_experts("digits", out, num_experts=2, epochs=3, width=8, images_per_epoch=128, batch=128, progress=False)
-    return out
-
-
 def haba(digits, expert_dir, ipc=2, backend="auto", **kw):
     kw = {"width": 8, "max_start_epoch": 1, "expert_dir": expert_dir, "syn_steps": 2, "batch_real": 16, **kw}
     return make_distiller("haba", digits, ipc, "quick", backend=backend, seed=0, **kw)

@@ -13,19 +13,12 @@ from ddkernels.models import ConvNet
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-EXPERT_KW = dict(width=8, images_per_epoch=256, batch=128)
+EXPERT_KW = dict(width=8, images_per_epoch=128, batch=128)  # as conftest.expert_dir
 
 
 @pytest.fixture(scope="module")
 def digits():
     return data.load_dataset("digits")
-
-
-@pytest.fixture(scope="module")
-def expert_dir(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("experts"))
-    train_experts("digits", out, num_experts=2, epochs=3, progress=False, **EXPERT_KW)
-    return out
 
 
 def mtt(digits, expert_dir, **kw):

@@ -101,6 +101,14 @@ class Distiller:
         idx = self.sampler.indices_all(n, self.gen).flatten()
         return self.ds.normalize(self.ds.train_x[idx])
 
+    def initial_images(self, n: int) -> torch.Tensor:
+        """``n`` starting images per class as hp ``init`` asks: ``"real"`` or ``"noise"`` (N(0, 1))."""
+        if self.hp["init"] == "real":
+            return self.real_init(n)
+        if self.hp["init"] == "noise":
+            return torch.randn((self.num_classes * n, *self.ds.train_x.shape[1:]), generator=self.gen)
+        raise ValueError(f"init must be 'real' or 'noise' for {self.method}, got {self.hp['init']!r}")
+
     def eval_overrides(self) -> dict:
         """Evaluation-protocol fields the synthetic set needs (MTT: its learned lr), saved with the run."""
         return {}

@@ -40,12 +40,7 @@ class MTT(Distiller):
         hp = self.hp
         self._check_zca()
         self.init_student()
-        if hp["init"] == "real":
-            syn = self.real_init(self.ipc)
-        elif hp["init"] == "noise":
-            syn = torch.randn((self.num_classes * self.ipc, *self.ds.train_x.shape[1:]), generator=self.gen)
-        else:
-            raise ValueError(f"init must be 'real' or 'noise' for {self.method}, got {hp['init']!r}")
+        syn = self.initial_images(self.ipc)
         self.syn = syn.clone().requires_grad_(True)
         self.opt = torch.optim.SGD([{"params": [self.syn], "lr": hp["lr_img"], "momentum": hp["momentum_img"]},
                                     self.lr_group()])
