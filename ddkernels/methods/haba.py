@@ -105,6 +105,10 @@ class HaBa(MTT):
         with torch.random.fork_rng():
             torch.manual_seed(int(torch.randint(2 ** 62, (1,), generator=self.gen)))
             self.bank.reset_parameters()
+        if hp["hallucinator_init"] == "identity":
+            self._identity_init()
+        elif hp["hallucinator_init"] != "default":
+            raise ValueError(f"hallucinator_init must be 'default' or 'identity', got {hp['hallucinator_init']!r}")
         self.n = bases_per_class(hp, self.num_classes, self.ipc, (c, h, w),
                                  sum(p.numel() for p in self.bank.parameters()))
         self.sampler.check(self.n, "bases_per_class")
@@ -125,6 +129,27 @@ class HaBa(MTT):
         self.extractor = self.fresh_net()
         self.extractor_opt = torch.optim.SGD(self.extractor.parameters(), lr=hp["lr_extractor"],
                                              momentum=hp["momentum_extractor"])
+
+    @torch.no_grad()
+    def _identity_init(self) -> None:
+        """Every hallucinator starts as (nearly) the identity: centre-tap encoder/decoder kernels
+        (encoded channel ``j`` copies base channel ``j mod C``, output channel ``o`` averages the
+        encoded channels that copied it), plus N(0, 0.01²) kernel noise from the run's generator so
+        the hallucinators can diverge. The 1-pixel frame the valid conv drops decodes to 0 (the
+        dataset mean). Not HaBa's (PyTorch-default) init: with few iterations, random kernels make
+        every hallucination a blurred copy of its base that the budget cannot afford to repair."""
+        bank, c, mid, k = self.bank, self.bank.in_channels, self.bank.mid_channels, self.bank.kernel_size
+        if mid < c:
+            raise ValueError(f"hallucinator_init='identity' needs mid_channels >= image channels ({c}), got {mid}")
+        for w in (bank.enc_weight, bank.dec_weight):
+            w.copy_(0.01 * torch.randn(w.shape, generator=self.gen))
+        bank.enc_bias.zero_()
+        bank.dec_bias.zero_()
+        counts = torch.bincount(torch.arange(mid) % c, minlength=c)
+        for h in range(bank.num_hallucinators):
+            for j in range(mid):
+                bank.enc_weight[h * mid + j, j % c, k // 2, k // 2] += 1.0
+                bank.dec_weight[h * mid + j, j % c, k // 2, k // 2] += 1.0 / float(counts[j % c])
 
     # -- decoding --------------------------------------------------------------------------------
     def upsampled(self, bases: torch.Tensor) -> torch.Tensor:

@@ -95,7 +95,7 @@ def _haba(dataset: str, ipc: int, name: str) -> dict:
     # run_cifar10_ipc{1,10,50}_style5.sh and distill_fac.py defaults (spec §4b); the dm/dc keys are
     # DM's/DC's for --set base=dm|dc.
     hp = dict(_mtt(dataset, ipc, "paper"), iterations=15000, base="mtt", hallucinators=5, mid_channels=3,
-              kernel_size=3, normalize=False, budget="bases", bases_per_class=None, base_downsample=1,
+              kernel_size=3, normalize=False, hallucinator_init="default", budget="bases", bases_per_class=None, base_downsample=1,
               product=False, syn_steps=50 if ipc == 1 else 30, expert_epochs=2, max_start_epoch=2 if ipc == 1 else 20,
               lr_img=100.0, momentum_img=0.95, lr_style=100.0, momentum_style=0.95,
               lr_lr=1e-7 if ipc == 1 else 1e-5, momentum_lr=0.9, lr_teacher=0.001 if ipc == 10 else 0.01,
