@@ -143,3 +143,15 @@ def test_mtt_run_resume_matches_uninterrupted(digits, expert_dir, tmp_path):
     for k in a["params"]:
         assert torch.equal(a["params"][k], b["params"][k])
     assert a["eval_overrides"] == {"lr": float(a["params"]["syn_lr"])}
+
+
+def test_experts_cli(tmp_path, capsys):
+    from ddkernels.cli import main
+
+    out = str(tmp_path / "e")
+    args = ["experts", "--dataset", "digits", "--out", out, "--num-experts", "1", "--epochs", "1",
+            "--set", "width=4", "--set", "images_per_epoch=64"]
+    assert main(args) == 0
+    assert os.path.isfile(os.path.join(out, "expert_000.pt"))
+    assert main(args[:-2] + ["--set", "widht=4"]) == 2
+    assert "unknown expert setting(s) ['widht']" in capsys.readouterr().err
