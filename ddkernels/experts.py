@@ -38,12 +38,12 @@ PARTIAL = "partial.pt"
 DSA_STRATEGY = "color_crop_cutout_flip_scale_rotate"
 
 #: ``paper``: MTT ``buffer.py`` (100 experts × 50 epochs, width 128, the whole training set per epoch).
-#: ``quick``: sized for a 2-core CPU: width 32, 3 experts × 8 "epochs" of 10,240 random real images
+#: ``quick``: sized for a 2-core CPU: width 32, 2 experts × 8 "epochs" of 10,240 random real images
 #: (40 SGD steps); on Fashion-MNIST one such epoch is ~12 s on an idle core.
 EXPERT_PRESETS = {
     "paper": dict(num_experts=100, epochs=50, width=128, lr_teacher=0.01, momentum=0.0, weight_decay=0.0,
                   batch=256, images_per_epoch=None, aug=DSA_STRATEGY),
-    "quick": dict(num_experts=3, epochs=8, width=32, lr_teacher=0.01, momentum=0.0, weight_decay=0.0,
+    "quick": dict(num_experts=2, epochs=8, width=32, lr_teacher=0.01, momentum=0.0, weight_decay=0.0,
                   batch=256, images_per_epoch=10240, aug=DSA_STRATEGY),
 }
 
