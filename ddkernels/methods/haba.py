@@ -112,7 +112,7 @@ class HaBa(MTT):
         self.n = bases_per_class(hp, self.num_classes, self.ipc, (c, h, w),
                                  sum(p.numel() for p in self.bank.parameters()))
         self.sampler.check(self.n, "bases_per_class")
-        bases = self.real_init(self.n)
+        bases = self.initial_images(self.n)  # pix_init: real (default) or noise
         if s > 1:
             bases = F.avg_pool2d(bases, s)
         self.bases = bases.clone().requires_grad_(True)
@@ -136,8 +136,8 @@ class HaBa(MTT):
         (encoded channel ``j`` copies base channel ``j mod C``, output channel ``o`` averages the
         encoded channels that copied it), plus N(0, 0.01²) kernel noise from the run's generator so
         the hallucinators can diverge. The 1-pixel frame the valid conv drops decodes to 0 (the
-        dataset mean). Not HaBa's (PyTorch-default) init: with few iterations, random kernels make
-        every hallucination a blurred copy of its base that the budget cannot afford to repair."""
+        dataset mean). Not HaBa's init (PyTorch's conv default), which starts every hallucination as a
+        randomly filtered copy of its base: an option for short runs (the ``quick`` preset)."""
         bank, c, mid, k = self.bank, self.bank.in_channels, self.bank.mid_channels, self.bank.kernel_size
         if mid < c:
             raise ValueError(f"hallucinator_init='identity' needs mid_channels >= image channels ({c}), got {mid}")
