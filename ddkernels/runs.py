@@ -214,6 +214,8 @@ def evaluate_dir(out: str, *, preset: str | None = None, eval_nets: int | None =
     ds = data.load_dataset(config["dataset"], config.get("data_dir"))
     mpath = os.path.join(out, "metrics.json")
     metrics = json.load(open(mpath)) if os.path.isfile(mpath) else {}
+    for key in ("method", "dataset", "ipc", "preset"):  # a run whose first evaluation was killed has no metrics yet
+        metrics.setdefault(key, config[key])
     spath = os.path.join(out, "synthetic.pt")
     if os.path.isfile(spath):  # written before the first evaluation, so it survives a killed one
         metrics["eval_overrides"] = torch.load(spath, map_location="cpu", weights_only=False).get("eval_overrides", {})
