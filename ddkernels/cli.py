@@ -1,7 +1,8 @@
-"""``ddkernels`` / ``python -m ddkernels``: distill, evaluate, info, bench.
+"""``ddkernels`` / ``python -m ddkernels``: distill, evaluate, experts, info, bench.
 
     ddkernels distill --method idc --dataset fashion-mnist --ipc 1 --preset quick --out runs/idc1
     ddkernels evaluate runs/idc1
+    ddkernels experts --dataset fashion-mnist --preset quick --out runs/experts-fmnist
     ddkernels info
     ddkernels bench
 
@@ -59,6 +60,17 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--eval-nets", type=int)
     e.add_argument("--no-baseline", action="store_true")
     e.add_argument("--threads", type=int)
+    x = sub.add_parser("experts", help="train expert trajectories for MTT/HaBa (resumable)")
+    x.add_argument("--dataset", choices=data.DATASETS, required=True)
+    x.add_argument("--out", required=True, help="run directory (an existing one is resumed)")
+    x.add_argument("--preset", choices=PRESET_NAMES, default="quick", help="settings (default quick)")
+    x.add_argument("--num-experts", type=int, help="experts to train (overrides the preset)")
+    x.add_argument("--epochs", type=int, help="epochs per expert (overrides the preset)")
+    x.add_argument("--seed", type=int, default=0)
+    x.add_argument("--data-dir", help="folder with the dataset's files (see ddkernels.data)")
+    x.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one setting (JSON value), e.g. --set width=64")
+    x.add_argument("--threads", type=int)
     sub.add_parser("info", help="versions, build and available backends")
     sub.add_parser("bench", help="run the kernel benchmarks (benchmarks/ in a source checkout)")
     return ap
@@ -110,8 +122,13 @@ def _distill_options(args) -> dict:
     for key in ("method", "dataset", "ipc", "out"):
         if opts.get(key) is None:
             raise ValueError(f"distill needs --{key} (on the command line or in --config)")
-    overrides = dict(opts.get("overrides", {}))
-    for item in file_sets + list(args.set):
+    opts["overrides"] = _parse_set(file_sets + list(args.set), dict(opts.get("overrides", {})))
+    return opts
+
+
+def _parse_set(items, overrides: dict) -> dict:
+    """``--set KEY=VALUE`` items (JSON values; anything else is a string) into ``overrides``."""
+    for item in items:
         key, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
@@ -119,8 +136,7 @@ def _distill_options(args) -> dict:
             overrides[key] = json.loads(value)
         except json.JSONDecodeError:
             overrides[key] = value
-    opts["overrides"] = overrides
-    return opts
+    return overrides
 
 
 def main(argv=None) -> int:
@@ -146,6 +162,13 @@ def main(argv=None) -> int:
 
             _summary(evaluate_dir(args.run_dir, preset=args.preset, eval_nets=args.eval_nets,
                                   baseline=not args.no_baseline))
+        elif args.command == "experts":
+            from .experts import train_experts
+
+            files = train_experts(args.dataset, args.out, preset=args.preset, num_experts=args.num_experts,
+                                  epochs=args.epochs, seed=args.seed, data_dir=args.data_dir,
+                                  **_parse_set(args.set, {}))
+            print(f"{len(files)} experts in {args.out}")
         elif args.command == "info":
             from .info import main as info_main
 

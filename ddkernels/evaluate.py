@@ -50,6 +50,9 @@ class Protocol:
     n_nets: int = 5
     test_limit: int | None = None  # evaluate on the first N test images (a fixed, shuffled subset)
     test_checkpoints: int = 1  # test every epochs//k epochs (IDC test.py: k = 4) and at the end; 1: end only
+    # Rows come in consecutive groups of `choose` alternatives of one training example; each epoch
+    # trains on one random row per group (HaBa's official evaluation: a random hallucinator per base).
+    choose: int = 1
 
 
 PROTOCOLS = {
@@ -119,7 +122,12 @@ def train_network(images: torch.Tensor, labels: torch.Tensor, dataset: Dataset, 
     for ep in tqdm(epochs, desc="eval net", leave=False, disable=not progress, mininterval=1.0):
         if protocol.schedule == "half" and ep == e // 2 + 1:
             opt = make_opt(protocol.lr * 0.1)  # VICO re-creates the optimizer: momentum resets
-        perm = torch.randperm(n, generator=gen)
+        if protocol.choose > 1:
+            groups = n // protocol.choose
+            rows = torch.arange(groups) * protocol.choose + torch.randint(protocol.choose, (groups,), generator=gen)
+            perm = rows[torch.randperm(groups, generator=gen)]
+        else:
+            perm = torch.randperm(n, generator=gen)
         for idx in perm.split(protocol.batch):
             x, y = aug(images[idx], generator=gen), labels[idx]
             if protocol.dc_aug:
@@ -163,6 +171,8 @@ def evaluate(images: torch.Tensor, labels: torch.Tensor, dataset: Dataset, proto
                          f"got {tuple(images.shape)}")
     if labels.shape != (len(images),):
         raise ValueError(f"labels must be ({len(images)},), got {tuple(labels.shape)}")
+    if len(images) % protocol.choose:
+        raise ValueError(f"protocol.choose={protocol.choose} must divide the number of images, got {len(images)}")
     test_x, test_y = dataset.test_x, dataset.test_y
     if protocol.test_limit is not None and protocol.test_limit < len(test_y):
         pick = torch.randperm(len(test_y), generator=torch.Generator().manual_seed(1234))[: protocol.test_limit]

@@ -14,7 +14,9 @@ A run directory holds:
   ``params`` maps each stored tensor's name to it (factorized methods store several; ``stored`` is
   ``params["syn"]`` for plain-image methods), ``space`` says how to read them (IDC: [0, 1] pixels;
   DC/DSA/DM: normalized), ``storage`` counts stored floats against the IPC budget, and
-  ``images``/``image_labels`` are the decoded training set;
+  ``images``/``image_labels`` are the decoded training set, ``eval_overrides`` the evaluation-protocol
+  fields the set needs (MTT/HaBa: the learned lr; HaBa: ``choose``, one random hallucination per base
+  and epoch);
 * ``images_labels.pt``   - the training set they stand for, as the tuple ``(images, labels)``:
   float32 ``(N, C, H, W)`` normalized with the dataset's mean/std, int64 ``(N,)`` (the layout
   DC-BENCH-style loaders read: ``images, labels = torch.load(path)``);
@@ -95,10 +97,11 @@ def random_real(dataset: data.Dataset, ipc: int, seed: int) -> tuple[torch.Tenso
     return dataset.normalize(dataset.train_x[idx]), dataset.train_y[idx]
 
 
-def eval_protocol(hp: dict, preset: str, n_nets: int | None = None):
-    """The evaluation protocol a trainer's preset asks for."""
+def eval_protocol(hp: dict, preset: str, n_nets: int | None = None, **overrides):
+    """The evaluation protocol a trainer's preset asks for (``overrides``: the trainer's
+    :meth:`~ddkernels.methods.Distiller.eval_overrides`, e.g. MTT's learned lr)."""
     return get_protocol(hp["eval"], preset, epochs=hp.get("eval_epochs"), aug=hp.get("eval_aug"),
-                        dc_aug=hp.get("eval_dc_aug"), width=hp.get("eval_width"), n_nets=n_nets)
+                        dc_aug=hp.get("eval_dc_aug"), width=hp.get("eval_width"), n_nets=n_nets, **overrides)
 
 
 def distill(method: str, dataset: str, ipc: int, out: str, *, preset: str = "quick", iterations: int | None = None,
@@ -242,10 +245,11 @@ def finish(out: str, trainer, preset: str, *, evaluate_after: bool = True, eval_
     factor = getattr(trainer, "factor", 1)
     params = {k: v.detach().clone() for k, v in trainer.synthetic_params().items()}
     storage = trainer.storage()
+    eval_overrides = trainer.eval_overrides()
     atomic_save({"method": trainer.method, "dataset": ds.name, "ipc": trainer.ipc, "params": params,
                  "stored": params.get("syn"), "labels": trainer.labels.clone(), "factor": factor,
                  "space": trainer.stored_space, "mean": ds.mean, "std": ds.std, "storage": storage,
-                 "images": images.float(), "image_labels": labels,
+                 "images": images.float(), "image_labels": labels, "eval_overrides": eval_overrides,
                  "zca": ds.zca.state_dict() if ds.zca is not None else None}, os.path.join(out, "synthetic.pt"))
     if ds.zca is not None:
         atomic_save(ds.zca.state_dict(), os.path.join(out, ZCA_FILE))
@@ -258,20 +262,24 @@ def finish(out: str, trainer, preset: str, *, evaluate_after: bool = True, eval_
              f"({trainer.ipc} images/class), ratio {storage['ratio']}")
     metrics = {"method": trainer.method, "dataset": ds.name, "ipc": trainer.ipc, "preset": preset,
                "backend": trainer.backend, "iterations": trainer.iteration, "seconds": round(trainer.seconds, 2),
-               "train_images": len(labels), "storage": storage, "versions": versions()}
+               "train_images": len(labels), "storage": storage, "eval_overrides": eval_overrides,
+               "versions": versions()}
     if evaluate_after:
         metrics.update(evaluate_run(out, trainer.hp, preset, images, labels, ds, ipc=trainer.ipc, seed=trainer.seed,
-                                    eval_nets=eval_nets, baseline=baseline, progress=progress))
+                                    eval_nets=eval_nets, baseline=baseline, progress=progress,
+                                    overrides=eval_overrides))
     _write_json(metrics, os.path.join(out, "metrics.json"))
     log.info(f"metrics {json.dumps({k: v for k, v in metrics.items() if k != 'versions'})}")
     return metrics
 
 
 def evaluate_run(out, hp, preset, images, labels, ds, *, ipc, seed, eval_nets=None, baseline=True,
-                 progress=True) -> dict:
-    """Evaluate ``(images, labels)`` and, with ``baseline``, ``ipc`` random real images per class."""
+                 progress=True, overrides: dict | None = None) -> dict:
+    """Evaluate ``(images, labels)`` and, with ``baseline``, ``ipc`` random real images per class.
+    ``overrides`` (the trainer's ``eval_overrides()``) change the protocol for the synthetic set only;
+    the baseline keeps the preset's protocol."""
     log = _logger(out)
-    proto = eval_protocol(hp, preset, eval_nets)
+    proto = eval_protocol(hp, preset, eval_nets, **(overrides or {}))
     t0 = time.perf_counter()
     res = evaluate(images, labels, ds, proto, seed=seed, desc="eval synthetic", progress=progress)
     result = {"accuracy": _final(res), "eval_protocol": res["protocol"],
@@ -281,7 +289,8 @@ def evaluate_run(out, hp, preset, images, labels, ds, *, ipc, seed, eval_nets=No
     log.info(f"synthetic set: {res['mean']:.2f} ± {res['std']:.2f} % over {res['n']} networks" + _best_text(res))
     if baseline:
         rx, ry = random_real(ds, ipc, seed)
-        base = evaluate(rx, ry, ds, proto, seed=seed, desc="eval random real", progress=progress)
+        base = evaluate(rx, ry, ds, eval_protocol(hp, preset, eval_nets), seed=seed, desc="eval random real",
+                        progress=progress)
         result["random_real"] = dict(_final(base), ipc=ipc)
         if "best" in base:
             result["random_real"]["best"] = _best(base)
@@ -325,9 +334,14 @@ def evaluate_dir(out: str, *, preset: str | None = None, eval_nets: int | None =
     mpath = os.path.join(out, "metrics.json")
     metrics = json.load(open(mpath)) if os.path.isfile(mpath) else {}
     metrics.pop("accuracy_best", None)  # a protocol that tests once leaves none: drop a stale one
+    for key in ("method", "dataset", "ipc", "preset"):  # a run whose first evaluation was killed has no metrics yet
+        metrics.setdefault(key, config[key])
+    spath = os.path.join(out, "synthetic.pt")
+    if os.path.isfile(spath):  # written before the first evaluation, so it survives a killed one
+        metrics["eval_overrides"] = torch.load(spath, map_location="cpu", weights_only=False).get("eval_overrides", {})
     metrics.update(evaluate_run(out, config["hp"], preset or config["preset"], images, labels, ds, ipc=config["ipc"],
-                                seed=config["seed"],
-                                eval_nets=eval_nets, baseline=baseline, progress=progress))
+                                seed=config["seed"], eval_nets=eval_nets, baseline=baseline, progress=progress,
+                                overrides=metrics.get("eval_overrides")))
     _write_json(metrics, mpath)
     return metrics
 

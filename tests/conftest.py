@@ -40,3 +40,13 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def expert_dir(tmp_path_factory):
+    """A directory of two tiny expert trajectories on digits (width 8, 3 short epochs) for the MTT/HaBa tests."""
+    from ddkernels.experts import train_experts
+
+    out = str(tmp_path_factory.mktemp("experts"))
+    train_experts("digits", out, num_experts=2, epochs=3, width=8, images_per_epoch=128, batch=128, progress=False)
+    return out

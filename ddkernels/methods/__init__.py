@@ -1,4 +1,4 @@
-"""Distillation trainers: DC, DSA, DM, IDC and KFS (gradient and distribution matching cores).
+"""Distillation trainers: DC, DSA, DM and IDC (sharing one gradient-matching core), KFS, MTT and HaBa.
 
     ds = ddkernels.data.load_dataset("fashion-mnist")
     trainer = make_distiller("idc", ds, ipc=1, preset="quick", backend="auto", seed=0)
@@ -11,13 +11,16 @@ from ..data import Dataset
 from ..distributed import Shard
 from .base import Distiller
 from .dc import DC, DSA
-from .dm import DM, distribution_match
+from .dm import DM, distribution_match, dm_loss
+from .haba import HaBa, supcon_loss
 from .idc import IDC, mix_init
 from .kfs import KFS
 from .matching import gradient_match, matched_params
+from .mtt import MTT, trajectory_matching_loss
 from .presets import PRESET_NAMES, get_loops, preset
 
-METHODS: dict[str, type[Distiller]] = {"dc": DC, "dsa": DSA, "dm": DM, "idc": IDC, "kfs": KFS}
+METHODS: dict[str, type[Distiller]] = {"dc": DC, "dsa": DSA, "dm": DM, "idc": IDC, "kfs": KFS, "mtt": MTT,
+                                        "haba": HaBa}
 
 
 def make_distiller(method: str, dataset: Dataset, ipc: int, preset_name: str = "quick", *, backend: str = "auto",
@@ -34,5 +37,6 @@ def make_distiller(method: str, dataset: Dataset, ipc: int, preset_name: str = "
     return METHODS[method](dataset, ipc, hp, backend=backend, seed=seed, shard=shard)
 
 
-__all__ = ["DC", "DM", "DSA", "Distiller", "IDC", "KFS", "METHODS", "PRESET_NAMES", "distribution_match", "get_loops",
-           "gradient_match", "make_distiller", "matched_params", "mix_init", "preset"]
+__all__ = ["DC", "DM", "DSA", "Distiller", "HaBa", "IDC", "KFS", "METHODS", "MTT", "PRESET_NAMES",
+           "distribution_match", "dm_loss", "get_loops", "gradient_match", "make_distiller", "matched_params",
+           "mix_init", "preset", "supcon_loss", "trajectory_matching_loss"]

@@ -225,6 +225,22 @@ class Distiller:
             torch.manual_seed(seed)
             return ConvNet(self.ds.channels, self.num_classes, width=width or self.hp["width"], im_size=self.ds.im_size)
 
+    def real_init(self, n: int) -> torch.Tensor:
+        """``n`` distinct random real images per owned class, normalized, class-major (``pix_init`` real)."""
+        return self.ds.normalize(self.ds.train_x[self.init_indices(n).flatten()])
+
+    def initial_images(self, n: int) -> torch.Tensor:
+        """``n`` starting images per class as hp ``init`` asks: ``"real"`` or ``"noise"`` (N(0, 1))."""
+        if self.hp["init"] == "real":
+            return self.real_init(n)
+        if self.hp["init"] == "noise":
+            return self.init_randn(n, tuple(self.ds.train_x.shape[1:]))
+        raise ValueError(f"init must be 'real' or 'noise' for {self.method}, got {self.hp['init']!r}")
+
+    def eval_overrides(self) -> dict:
+        """Evaluation-protocol fields the synthetic set needs (MTT: its learned lr), saved with the run."""
+        return {}
+
     def real_batch(self, c: int, n: int | None = None, *, normalize: bool = True) -> torch.Tensor:
         """``n`` random real images of class ``c`` (default ``batch_real``), from class ``c``'s stream."""
         x = self.ds.train_x[self.sampler.indices(c, n or self.batch_real, self.class_gen(c))]

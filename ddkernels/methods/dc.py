@@ -1,10 +1,49 @@
 """DC and DSA (Zhao et al.; Zhao & Bilen), VICO ``main.py`` (spec §2a)."""
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from .base import Distiller
 from .matching import gradient_match, matched_params
+
+
+def match_and_train(trainer: Distiller, class_batches: Callable[[], list[torch.Tensor]],
+                    train_set: Callable[[], tuple[torch.Tensor, torch.Tensor]]) -> float:
+    """DC's outer iteration for any parameterization of the synthetic set (DC/DSA; HaBa on DC).
+
+    A fresh network; ``outer_loop`` times: match every class (one batched distance call), one step
+    on the synthetic parameters (``trainer.image_step``) after summing over classes, then
+    ``inner_loop`` epochs of training the network on ``train_set()``.
+
+    Args:
+        trainer: supplies the hyperparameters, generator, real batches, augmentation and optimizer.
+        class_batches: per owned class (``trainer.classes``), the current synthetic batch, differentiable in the stored parameters
+            (called again after every step).
+        train_set: the current synthetic ``(images, labels)`` the network trains on (detached there).
+
+    Returns:
+        the mean matching loss over the outer loop.
+    """
+    hp = trainer.hp
+    net = trainer.fresh_net()
+    params = matched_params(net, hp["layers"])
+    net_opt = torch.optim.SGD(net.parameters(), lr=hp["lr_net"])
+    outer, inner = hp["outer_loop"], hp["inner_loop"]
+    classes = trainer.classes
+    total = 0.0
+    for ol in range(outer):
+        pairs = [trainer.siamese(trainer.aug, trainer.real_batch(c), s, c=c) for c, s in zip(classes, class_batches())]
+        dist = gradient_match(net, params, [p[0] for p in pairs], [p[1] for p in pairs], classes, hp["metric"],
+                              trainer.backend)
+        loss = dist.sum()
+        trainer.image_step(loss)
+        total += float(loss.detach())
+        if ol == outer - 1:
+            break
+        trainer.train_net(net, net_opt, *train_set(), inner, hp["batch_train"], trainer.aug)
+    return total / outer
 
 
 class DC(Distiller):
@@ -25,12 +64,7 @@ class DC(Distiller):
 
     def init_synthetic(self) -> None:
         hp = self.hp
-        if hp["init"] == "real":
-            syn = self.ds.normalize(self.ds.train_x[self.init_indices(self.ipc).flatten()])
-        elif hp["init"] == "noise":
-            syn = self.init_randn(self.ipc, tuple(self.ds.train_x.shape[1:]))
-        else:
-            raise ValueError(f"init must be 'real' or 'noise' for {self.method}, got {hp['init']!r}")
+        syn = self.initial_images(self.ipc)
         self.syn = syn.clone().requires_grad_(True)
         self.opt = torch.optim.SGD([self.syn], lr=hp["lr_img"], momentum=hp["momentum_img"])
         self.aug = self.augment(hp["aug"])
@@ -38,28 +72,9 @@ class DC(Distiller):
     def class_slice(self, c: int) -> torch.Tensor:
         return self.class_rows(self.syn, c)
 
-    def class_pairs(self) -> list[list[torch.Tensor]]:
-        """Per owned class: (real batch, synthetic images), Siamese-augmented together."""
-        return [self.siamese(self.aug, self.real_batch(c), self.class_slice(c), c=c) for c in self.classes]
-
     def step(self) -> float:
-        hp = self.hp
-        net = self.fresh_net()
-        params = matched_params(net, hp["layers"])
-        net_opt = torch.optim.SGD(net.parameters(), lr=hp["lr_net"])
-        outer, inner = hp["outer_loop"], hp["inner_loop"]
-        total = 0.0
-        for ol in range(outer):
-            pairs = self.class_pairs()
-            dist = gradient_match(net, params, [p[0] for p in pairs], [p[1] for p in pairs],
-                                  self.classes, hp["metric"], self.backend)
-            loss = dist.sum()
-            self.image_step(loss)
-            total += float(loss.detach())
-            if ol == outer - 1:
-                break
-            self.train_net(net, net_opt, self.syn, self.labels, inner, hp["batch_train"], self.aug)
-        return total / outer
+        return match_and_train(self, lambda: [self.class_slice(c) for c in self.classes],
+                               lambda: (self.syn, self.labels))
 
     def training_set(self):
         return self.syn.detach().clone(), self.labels.clone()
@@ -74,4 +89,4 @@ class DSA(DC):
     method = "dsa"
 
 
-__all__ = ["DC", "DSA"]
+__all__ = ["DC", "DSA", "match_and_train"]

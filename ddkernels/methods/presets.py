@@ -1,4 +1,4 @@
-"""Hyperparameters: ``paper`` (the original code's values, spec §1b and §2b) and ``quick`` (sized
+"""Hyperparameters: ``paper`` (the original code's values, spec §1b, §2b, §3 and §4b) and ``quick`` (sized
 for a 2-core CPU: narrower network, fewer real images and iterations; see each entry's comment).
 
 ``preset(method, dataset, ipc, name)`` returns a dict; every key can be overridden. Keys every
@@ -84,7 +84,62 @@ def preset(method: str, dataset: str, ipc: int, name: str) -> dict:
             if ipc > 1:
                 hp.update(num_decoders=2, codes_per_class=2 * ipc)
         return hp
-    raise ValueError(f"unknown method {method!r}; expected one of dc, dsa, dm, idc, kfs")
+    if method == "mtt":
+        return _mtt(dataset, ipc, name)
+    if method == "haba":
+        return _haba(dataset, ipc, name)
+    raise ValueError(f"unknown method {method!r}; expected one of dc, dsa, dm, idc, kfs, mtt, haba")
 
 
-__all__ = ["DSA_STRATEGY", "PRESET_NAMES", "get_loops", "preset"]
+def default_expert_dir(dataset: str, name: str) -> str:
+    """Where ``ddkernels experts --dataset D --preset P`` is told to write by the README."""
+    return f"runs/experts-{dataset}-{name}"
+
+
+def _mtt(dataset: str, ipc: int, name: str) -> dict:
+    # MTT distill.py defaults (spec §3); max_start_epoch 20 as in its README commands.
+    hp = dict(iterations=5000, lr_img=1000.0, momentum_img=0.5, lr_lr=1e-5, momentum_lr=0.5, lr_teacher=0.01,
+              syn_steps=20, expert_epochs=3, max_start_epoch=20, batch_syn=None, init="real", aug=DSA_STRATEGY,
+              zca=False, expert_dir=default_expert_dir(dataset, name), width=128, batch_real=256,
+              eval="dsa", eval_epochs=1000, eval_aug=None, eval_width=None)
+    if name == "quick":
+        # The quick experts (width 32, 8 short epochs of 40 SGD steps: ddkernels.experts): start
+        # within their first 4 epochs, match 2; 10 student steps.
+        hp.update(iterations=100, lr_img=100.0, syn_steps=10, expert_epochs=2, max_start_epoch=4, width=32,
+                  eval_epochs=300, eval_width=32)
+    return hp
+
+
+def _haba(dataset: str, ipc: int, name: str) -> dict:
+    outer, inner = get_loops(ipc)
+    # run_cifar10_ipc{1,10,50}_style5.sh and distill_fac.py defaults (spec §4b); the dm/dc keys are
+    # DM's/DC's for --set base=dm|dc.
+    hp = dict(_mtt(dataset, ipc, "paper"), iterations=15000, base="mtt", hallucinators=5, mid_channels=3,
+              kernel_size=3, normalize=False, hallucinator_init="default", budget="bases", bases_per_class=None, base_downsample=1,
+              product=False, syn_steps=50 if ipc == 1 else 30, expert_epochs=2, max_start_epoch=2 if ipc == 1 else 20,
+              lr_img=100.0, momentum_img=0.95, lr_style=100.0, momentum_style=0.95,
+              lr_lr=1e-7 if ipc == 1 else 1e-5, momentum_lr=0.9, lr_teacher=0.001 if ipc == 10 else 0.01,
+              min_syn_lr=0.001, lambda_club=0.1, lambda_con=0.1, lambda_cls=1.0, lambda_likeli=0.1,
+              temperature=0.07, batch_con=None, lr_extractor=0.001, momentum_extractor=0.9,
+              lr_net=0.01, outer_loop=outer, inner_loop=inner, batch_train=256, metric="ours", layers="weights")
+    hp["expert_dir"] = default_expert_dir(dataset, name)
+    if name == "quick":
+        hp.update(_QUICK_HABA, outer_loop=min(outer, 5), inner_loop=min(inner, 10))  # as DC's quick
+        hp.update(_QUICK_HABA_IPC1 if ipc == 1 else {})
+    return hp
+
+
+# Sized for a 2-core CPU with the quick experts; storage counted in full (bases + hallucinators +
+# learned lr within the IPC budget: budget "total"); near-identity hallucinators (HaBa's random conv
+# kernels start every hallucination as a filtered copy of its base, with 60 iterations to repair it);
+# lr_style 1: with the official 100 the hallucinator kernels and biases grew to ~100 within 40
+# iterations on Fashion-MNIST IPC 1 and the student stopped learning (loss stuck at 1.0). Bases are stored at half resolution so a
+# 1-channel IPC-1 budget holds bases for every class and hallucinators (see haba.py, "Budget").
+_QUICK_HABA = dict(iterations=60, hallucinator_init="identity", lr_style=1.0, budget="total", base_downsample=2, hallucinators=5, mid_channels=1, width=32,
+                   syn_steps=10, expert_epochs=2, max_start_epoch=4, lr_teacher=0.01, lr_lr=1e-5, batch_syn=20,
+                   batch_con=20, batch_real=64, eval_epochs=300, eval_width=32)
+# IPC 1 (7,840 floats on Fashion-MNIST): 2 hallucinators (2,744 floats) and 2 half-size bases per class.
+_QUICK_HABA_IPC1 = dict(hallucinators=2)
+
+
+__all__ = ["DSA_STRATEGY", "PRESET_NAMES", "default_expert_dir", "get_loops", "preset"]
