@@ -32,6 +32,7 @@ from . import data
 from .augment import DiffAugment, strategy_for
 from .evaluate import test_accuracy
 from .models import ConvNet
+from .zca import zca_reg
 
 CONFIG = "config.json"
 PARTIAL = "partial.pt"
@@ -42,9 +43,9 @@ DSA_STRATEGY = "color_crop_cutout_flip_scale_rotate"
 #: (40 SGD steps); on Fashion-MNIST one such epoch is ~12 s on an idle core.
 EXPERT_PRESETS = {
     "paper": dict(num_experts=100, epochs=50, width=128, lr_teacher=0.01, momentum=0.0, weight_decay=0.0,
-                  batch=256, images_per_epoch=None, aug=DSA_STRATEGY),
+                  batch=256, images_per_epoch=None, aug=DSA_STRATEGY, zca=False),
     "quick": dict(num_experts=2, epochs=8, width=32, lr_teacher=0.01, momentum=0.0, weight_decay=0.0,
-                  batch=256, images_per_epoch=10240, aug=DSA_STRATEGY),
+                  batch=256, images_per_epoch=10240, aug=DSA_STRATEGY, zca=False),
 }
 
 
@@ -100,6 +101,9 @@ def train_experts(dataset: str, out: str, *, preset: str = "quick", num_experts:
         if isinstance(hp[key], bool) or not isinstance(hp[key], int) or hp[key] < 1:
             raise ValueError(f"--{key.replace('_', '-')} must be a positive int, got {hp[key]!r}")
     ds = data.load_dataset(dataset, data_dir)
+    reg = zca_reg(hp["zca"])
+    if reg is not None:  # MTT's --zca: experts and the distillation must see the same whitened images
+        ds = ds.whitened(reg, progress=progress)
     config = {"dataset": dataset, "data_dir": data_dir, "seed": seed, "preset": preset,
               **{k: v for k, v in hp.items() if k != "num_experts"}}
     os.makedirs(out, exist_ok=True)
@@ -167,6 +171,7 @@ def _train_one(ds: data.Dataset, out: str, i: int, hp: dict, seed: int, test_x, 
     acc = test_accuracy(net, test_x, test_y)
     _atomic_save({"trajectory": trajectory, "names": names, "shapes": shapes, "width": hp["width"],
                   "dataset": ds.name, "epochs": hp["epochs"], "lr_teacher": hp["lr_teacher"],
+                  "zca": zca_reg(hp["zca"]),
                   "test_accuracy": acc}, _expert_path(out, i))
     if os.path.exists(ppath):
         os.remove(ppath)
@@ -179,7 +184,8 @@ class ExpertBuffer:
     them) and ``ValueError`` when they do not fit the network (dataset, width) or are too short.
     """
 
-    def __init__(self, expert_dir: str | None, *, dataset: str, width: int, min_epochs: int):
+    def __init__(self, expert_dir: str | None, *, dataset: str, width: int, min_epochs: int,
+                 zca: float | None = None):
         if not expert_dir:
             raise FileNotFoundError(
                 f"MTT/HaBa need expert trajectories: set hp expert_dir (--set expert_dir=DIR) to a directory "
@@ -194,6 +200,9 @@ class ExpertBuffer:
             if e["dataset"] != dataset or e["width"] != width:
                 raise ValueError(f"expert {path!r} is a width-{e['width']} ConvNet on {e['dataset']!r}; this run "
                                  f"needs width {width} on {dataset!r} (set hp width or pick another expert_dir)")
+            if e.get("zca") != zca:
+                raise ValueError(f"expert {path!r} was trained with zca={e.get('zca')!r}, this run has zca={zca!r} "
+                                 f"(regularization; None = off): train experts with the same --set zca=…")
             if len(e["trajectory"]) - 1 < min_epochs:
                 raise ValueError(f"expert {path!r} has {len(e['trajectory']) - 1} epochs; this run needs "
                                  f"max_start_epoch + expert_epochs = {min_epochs}")

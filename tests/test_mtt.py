@@ -78,8 +78,21 @@ def test_expert_errors(digits, expert_dir, tmp_path):
         mtt(digits, expert_dir, width=16)
     with pytest.raises(ValueError, match="has 3 epochs; this run needs"):
         mtt(digits, expert_dir, max_start_epoch=3)
-    with pytest.raises(ValueError, match="zca=True"):
+    with pytest.raises(ValueError, match="trained with zca=None, this run has zca=0.1"):
         mtt(digits, expert_dir, zca=True)
+
+
+def test_mtt_with_zca_uses_whitened_experts(digits, tmp_path):
+    from ddkernels.experts import train_experts
+
+    out = str(tmp_path / "zca-experts")
+    train_experts("digits", out, num_experts=1, epochs=3, width=8, images_per_epoch=64, batch=64, zca=True,
+                  progress=False)
+    assert torch.load(os.path.join(out, "expert_000.pt"), weights_only=False)["zca"] == 0.1
+    d = mtt(digits, out, zca=True)
+    assert d.ds.zca is not None  # real and synthetic images live in the experts' whitened space
+    d.run(1, progress=False)
+    assert torch.isfinite(d.syn).all()
 
 
 def _direct_unroll(d, start, lr, steps, gen):

@@ -94,7 +94,6 @@ class HaBa(MTT):
             raise ValueError(f"base must be one of {BASES}, got {hp['base']!r}")
         if hp["budget"] not in BUDGETS:
             raise ValueError(f"budget must be one of {BUDGETS}, got {hp['budget']!r}")
-        self._check_zca()
         c, h, w = self.ds.train_x.shape[1:]
         s = hp["base_downsample"]
         if isinstance(s, bool) or not isinstance(s, int) or s < 1 or h % s or w % s:

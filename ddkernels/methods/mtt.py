@@ -18,6 +18,7 @@ from torch.func import functional_call
 
 from ..experts import ExpertBuffer, unflatten
 from ..models import ConvNet
+from ..zca import zca_reg
 from .base import Distiller
 
 
@@ -38,7 +39,6 @@ class MTT(Distiller):
 
     def init_synthetic(self) -> None:
         hp = self.hp
-        self._check_zca()
         self.init_student()
         syn = self.initial_images(self.ipc)
         self.syn = syn.clone().requires_grad_(True)
@@ -46,11 +46,6 @@ class MTT(Distiller):
                                     self.lr_group()])
 
     # -- pieces HaBa shares ------------------------------------------------------------------------
-    def _check_zca(self) -> None:
-        if self.hp.get("zca"):
-            raise ValueError("zca=True: ZCA whitening is not available in this version of the data loader; "
-                             "run with zca=false (images normalized with the dataset mean/std)")
-
     def init_student(self) -> None:
         """Experts, the student template, the learnable lr and the augmentation."""
         hp = self.hp
@@ -58,7 +53,8 @@ class MTT(Distiller):
             if isinstance(hp[key], bool) or not isinstance(hp[key], int) or hp[key] < 1:
                 raise ValueError(f"{key} must be a positive int, got {hp[key]!r}")
         self.experts = ExpertBuffer(hp["expert_dir"], dataset=self.ds.name, width=hp["width"],
-                                    min_epochs=hp["max_start_epoch"] + hp["expert_epochs"])
+                                    min_epochs=hp["max_start_epoch"] + hp["expert_epochs"],
+                                    zca=zca_reg(hp.get("zca", False)))
         self.student = ConvNet(self.ds.channels, self.num_classes, width=hp["width"], im_size=self.ds.im_size)
         names = [k for k, _ in self.student.named_parameters()]
         if names != self.experts.names:
