@@ -19,16 +19,22 @@ WORLD, ITERS = 2, 2
 # DM has no shared parameter; DC's inner training uses one batch per epoch (batch_train ≥ the set) and no
 # augmentation, so the sum of the ranks' gradients is the whole set's; IDC with one inner step per outer
 # iteration matches against a fresh (shared-stream) network before it trains on real data.
+HABA = dict(base="dm", width=8, batch_real=8, hallucinators=2)
 EXACT = {
     "dm": ("dm", 1, dict(width=8, batch_real=8)),
     "dc": ("dc", 2, dict(width=8, batch_real=8, outer_loop=2, inner_loop=2, batch_train=256)),
     "idc": ("idc", 1, dict(width=8, batch_real=8, inner_loop=1, n_data=16)),
     # KFS: codes per class, decoders shared (their gradients summed over ranks, then one Adam step).
     "kfs": ("kfs", 2, dict(width=8, batch_real=8, num_decoders=2, hidden_channels=4, codes_per_class=None)),
+    # HaBa on DM without the contrastive constraint: bases per class, hallucinators shared (summed gradients).
+    "haba": ("haba", 2, dict(HABA, lambda_club=0.0, lambda_cls=0.0, lambda_likeli=0.0, lambda_con=0.0)),
 }
 # IDC with two inner steps: the network trained on rank-local real batches is shared; not comparable
 # with one process (other real batches), but identical on both ranks.
 SHARED = ("idc", 1, dict(width=8, batch_real=8, inner_loop=2, n_data=32, batch_net=16))
+# HaBa on DC with the contrastive constraint: rank-local contrastive chunks, so not comparable with one
+# process; hallucinators and the extractor must stay identical on both ranks.
+SHARED_HABA = ("haba", 2, dict(HABA, base="dc", outer_loop=2, inner_loop=1, batch_con=4))
 RUN = dict(overrides={"width": 8, "batch_real": 8}, evaluate_after=False, progress=False, dist_timeout=60)
 
 
@@ -54,9 +60,11 @@ def _worker(rank, port, tmp, single_dir):
     shard = Shard.of(ds.num_classes, WORLD, rank)
     mine = poisoned(ds, shard.classes)
     out = {}
-    for name, (method, ipc, kw) in {**EXACT, "shared": SHARED}.items():
+    for name, (method, ipc, kw) in {**EXACT, "shared": SHARED, "shared_haba": SHARED_HABA}.items():
         t = make_distiller(method, mine, ipc, "quick", seed=0, shard=shard, **kw)
         t.run(ITERS, progress=False)
+        if method == "haba":
+            out[name + "_extractor"] = t.extractor.state_dict()
         out[name] = {"params": {k: v.detach() for k, v in t.gathered().synthetic_params().items()},
                      "labels": t.gathered().labels, "history": t.history,
                      "net": getattr(t, "net", None) and t.net.state_dict()}
@@ -119,6 +127,13 @@ def test_shared_network_identical_on_every_rank(two_ranks):
     a, b = ranks[0]["shared"]["net"], ranks[1]["shared"]["net"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert torch.isfinite(ranks[0]["shared"]["params"]["syn"]).all()
+    # HaBa on DC with the contrastive constraint: the hallucinators and the adversary's extractor.
+    a, b = ranks[0]["shared_haba_extractor"], ranks[1]["shared_haba_extractor"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    pa, pb = ranks[0]["shared_haba"]["params"], ranks[1]["shared_haba"]["params"]
+    assert all(torch.equal(pa[k], pb[k]) for k in pa)
+    labels = ranks[0]["shared_haba"]["labels"]
+    assert len(pa["bases"]) == len(labels) and sorted(set(labels.tolist())) == list(range(10))
 
 
 def test_run_directory_resume_and_world_size_checks(two_ranks, digits):

@@ -26,6 +26,8 @@ all ``Hn·|B|`` images every epoch.
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 
@@ -87,6 +89,32 @@ class HaBa(MTT):
     method = "haba"
     decodes = True
     per_class_params = ("bases",)
+    not_class_parallel_because = (
+        "on MTT every class's images enter one student trajectory (each student step mixes classes); "
+        "HaBa on DM or DC (--set base=dm|dc) splits its bases by class")
+
+    @property
+    def class_parallel(self) -> bool:
+        # On DM/DC: bases split by class; hallucinators and extractor shared, their gradients summed.
+        return self.hp["base"] != "mtt"
+
+    def stored_labels(self) -> torch.Tensor:
+        if not hasattr(self, "n"):  # before init_synthetic: set again once the bases exist
+            return super().stored_labels()
+        return torch.tensor(self.classes, dtype=torch.int64).repeat_interleave(self.n)
+
+    def replace_params(self, params: dict[str, torch.Tensor]) -> None:
+        # The gathered view gets every class's bases and its own bank with the shared values.
+        self.bases = params["bases"]
+        self.bank = copy.deepcopy(self.bank)
+        with torch.no_grad():
+            for k, v in self.bank.named_parameters():
+                v.copy_(params[f"hallucinator.{k}"])
+        if "syn_lr" in params:
+            self.syn_lr = params["syn_lr"]
+
+    def _world(self) -> int:
+        return self.shard.world_size if self.shard is not None else 1
 
     def init_synthetic(self) -> None:
         hp = self.hp
@@ -115,7 +143,7 @@ class HaBa(MTT):
         if s > 1:
             bases = F.avg_pool2d(bases, s)
         self.bases = bases.clone().requires_grad_(True)
-        self.labels = torch.arange(self.num_classes).repeat_interleave(self.n)
+        self.labels = self.stored_labels()
         groups = [{"params": [self.bases], "lr": hp["lr_img"], "momentum": hp["momentum_img"]},
                   {"params": list(self.bank.parameters()), "lr": hp["lr_style"], "momentum": hp["momentum_style"]}]
         if hp["base"] == "mtt":
@@ -182,13 +210,15 @@ class HaBa(MTT):
         through the extractor: ``(logits, e⁰, e¹, labels)``. ``into_synthetic=False`` builds the views
         without a graph into bases and hallucinators: the official code discards the gradients the
         extractor's loss sends there (the next ``zero_grad``), so this is the same and cheaper."""
+        # On a shard the chunk comes from the rank's own bases (rank stream; the one generator in a
+        # plain run): the contrastive batch over all ranks is world × batch_con.
         m = self.hp["batch_con"] or len(self.bases)
-        idx = torch.randperm(len(self.bases), generator=self.gen)[:m]
-        s0, s1 = torch.randperm(self.bank.num_hallucinators, generator=self.gen)[:2].tolist()
+        idx = torch.randperm(len(self.bases), generator=self.rank_gen)[:m]
+        s0, s1 = torch.randperm(self.bank.num_hallucinators, generator=self.rank_gen)[:2].tolist()
         with torch.set_grad_enabled(into_synthetic):
             x = torch.cat([self.hallucinate(idx, s0), self.hallucinate(idx, s1)])
         if self.aug is not None:
-            x = self.aug(x, generator=self.gen)
+            x = self.aug(x, generator=self.rank_gen)
         e = self.extractor.embed(x)
         e0, e1 = e.chunk(2)
         return self.extractor.classifier(e), e0, e1, self.labels[idx]
@@ -201,7 +231,8 @@ class HaBa(MTT):
         """The hallucinators' side: push two hallucinations of one base apart in the extractor's space
         (gradients reach only the stored parameters: :meth:`image_step` differentiates those)."""
         _, e0, e1, _ = self._two_styles(True)
-        return self.hp["lambda_club"] * ((F.cosine_similarity(e0, e1) + 1) / 2).mean()
+        # / world: the ranks' summed hallucinator gradients are those of the mean over all ranks' chunks.
+        return self.hp["lambda_club"] * ((F.cosine_similarity(e0, e1) + 1) / 2).mean() / self._world()
 
     def extractor_step(self) -> float:
         """The adversary's side: one SGD step on the extractor only."""
@@ -212,7 +243,8 @@ class HaBa(MTT):
                 + hp["lambda_likeli"] * ((1 - F.cosine_similarity(e0, e1)) / 2).mean()
                 + hp["lambda_con"] * supcon_loss(feats, y, hp["temperature"], hp["temperature"]))
         self.extractor_opt.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss / self._world()).backward()
+        self.sum_grads(self.extractor.parameters())  # the shared extractor: the mean over ranks' chunks
         self.extractor_opt.step()
         return float(loss.detach())
 
