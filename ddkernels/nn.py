@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from .hallucinator import HallucinatorBank
+from .memory import AddressableMemory
 from .ops.grad_distance import grad_distance
 from .ops.multi_formation import multi_formation, multi_formation_targets
 
@@ -55,4 +56,4 @@ class GradMatchLoss(nn.Module):
         return f"metric={self.metric!r}, batched={self.batched}, backend={self.backend!r}"
 
 
-__all__ = ["GradMatchLoss", "HallucinatorBank", "MultiFormation"]
+__all__ = ["AddressableMemory", "GradMatchLoss", "HallucinatorBank", "MultiFormation"]

@@ -1,4 +1,5 @@
-"""Distillation trainers: DC, DSA, DM and IDC, sharing one gradient-matching core.
+"""Distillation trainers: DC, DSA, DM and IDC, sharing one gradient-matching core, and RTP (BPTT
+through an unrolled inner loop into addressable memories).
 
     ds = ddkernels.data.load_dataset("fashion-mnist")
     trainer = make_distiller("idc", ds, ipc=1, preset="quick", backend="auto", seed=0)
@@ -14,8 +15,9 @@ from .dm import DM
 from .idc import IDC, mix_init
 from .matching import gradient_match, matched_params
 from .presets import PRESET_NAMES, get_loops, preset
+from .rtp import RTP
 
-METHODS: dict[str, type[Distiller]] = {"dc": DC, "dsa": DSA, "dm": DM, "idc": IDC}
+METHODS: dict[str, type[Distiller]] = {"dc": DC, "dsa": DSA, "dm": DM, "idc": IDC, "rtp": RTP}
 
 
 def make_distiller(method: str, dataset: Dataset, ipc: int, preset_name: str = "quick", *, backend: str = "auto",
@@ -31,5 +33,5 @@ def make_distiller(method: str, dataset: Dataset, ipc: int, preset_name: str = "
     return METHODS[method](dataset, ipc, hp, backend=backend, seed=seed)
 
 
-__all__ = ["DC", "DM", "DSA", "Distiller", "IDC", "METHODS", "PRESET_NAMES", "get_loops", "gradient_match",
+__all__ = ["DC", "DM", "DSA", "Distiller", "IDC", "METHODS", "PRESET_NAMES", "RTP", "get_loops", "gradient_match",
            "make_distiller", "matched_params", "mix_init", "preset"]

@@ -1,4 +1,4 @@
-"""Hyperparameters: ``paper`` (the original code's values, spec §1b and §2b) and ``quick`` (sized
+"""Hyperparameters: ``paper`` (the original code's values, spec §1b, §2b and §5b) and ``quick`` (sized
 for a 2-core CPU: narrower network, fewer real images and iterations; see each entry's comment).
 
 ``preset(method, dataset, ipc, name)`` returns a dict; every key can be overridden.
@@ -64,7 +64,17 @@ def preset(method: str, dataset: str, ipc: int, name: str) -> dict:
             hp.update(iterations=20, inner_loop=10, batch_real=32, n_data=128, width=32, class_steps="batched",
                       lr_img=hp["lr_img"] * 300, eval_epochs=300, eval_width=32)
         return hp
-    raise ValueError(f"unknown method {method!r}; expected one of dc, dsa, dm, idc")
+    if method == "rtp":
+        # Spec §5b: K = 16 bases at half resolution, r from the budget, T = 150 inner steps of SGD(0.01,
+        # momentum 0.9) on 32 rows per class, 64 real images per class in the meta loss, outer SGD(0.1,
+        # momentum 0.5) after clipping the gradient norm to 2, 500k outer iterations (the config's n_iters).
+        hp = dict(iterations=500000, num_bases=16, downsample=2, rows_per_class=None, init="xavier", inner_steps=150,
+                  inner_lr=0.01, inner_momentum=0.9, batch_syn=32, batch_real=64, lr_syn=0.1, momentum_syn=0.5,
+                  clip=2.0, width=128, eval="rtp", eval_epochs=300, eval_aug=None, eval_width=None)
+        if quick:
+            hp.update(iterations=100, inner_steps=20, batch_syn=10, batch_real=20, width=32, eval_epochs=300)
+        return hp
+    raise ValueError(f"unknown method {method!r}; expected one of dc, dsa, dm, idc, rtp")
 
 
 __all__ = ["DSA_STRATEGY", "PRESET_NAMES", "get_loops", "preset"]
