@@ -143,6 +143,12 @@ def bptt_meta_gradient(f: Callable, theta0: torch.Tensor, memory: AddressableMem
 
 
 class RTP(Distiller):
+    """RTP trainer (see the module doc): stored parameters ``bases`` and ``addressing`` (class-major),
+    decoded training set of ``C·r`` images with hard labels; hyperparameters in
+    :func:`ddkernels.methods.preset` (``num_bases``, ``downsample``, ``rows_per_class``, ``init``,
+    ``inner_steps``, ``inner_lr``, ``inner_momentum``, ``batch_syn``, ``batch_real``, ``lr_syn``,
+    ``momentum_syn``, ``clip``, ``width``)."""
+
     method = "rtp"
     stored_space = "normalized (bases × addressing; decode with ddkernels.nn.AddressableMemory)"
     #: ``synthetic.png`` already shows every addressing row decoded (one image per stored row)
