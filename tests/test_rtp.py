@@ -49,8 +49,10 @@ def test_budget_and_storage():
     assert rows_for_budget(1, 10, (3, 32, 32), 16, 2) == 115
     mem = AddressableMemory.from_budget(1, 10, 16, (3, 32, 32), 2)
     assert mem.rows_per_class == 115 and mem.num_images == 1150 and mem.num_stored() == 30688
-    # Fashion-MNIST, budget IPC 1 (7,840 floats): 30 bases of 14×14 leave 6 rows per class.
+    # Fashion-MNIST quick presets: 30 bases of 14×14 leave 6 rows per class of the 7,840-float budget.
     assert rows_for_budget(1, 10, (1, 28, 28), 30, 2) == 6
+    q = preset("rtp", "fashion-mnist", 10, "quick")  # IPC 10: 80 full-resolution bases, 19 rows per class
+    assert rows_for_budget(10, 10, (1, 28, 28), q["num_bases"], q["downsample"]) == 19
     with pytest.raises(ValueError, match="num_bases=41 bases"):
         rows_for_budget(1, 10, (1, 28, 28), 41, 2)
     with pytest.raises(ValueError, match="downsample=3 must divide"):
