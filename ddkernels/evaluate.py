@@ -1,6 +1,6 @@
 """Evaluation protocol: train fresh ConvNets on a (synthetic) training set, report test accuracy.
 
-Two protocols from the papers (spec §0.5 and §1b), each with a ``paper`` budget and a ``quick``
+Three protocols from the papers (spec §0.5, §1b and §5b), each with a ``paper`` budget and a ``quick``
 budget for a CPU:
 
 * ``"dsa"`` (DC/DSA/DM, VICO ``evaluate_synset``): SGD(0.01, momentum 0.9, wd 5e-4), batch 256,
@@ -10,6 +10,8 @@ budget for a CPU:
 * ``"idc"`` (IDC ``train.py``/``test.py``): SGD(0.01, 0.9, 5e-4), batch 64, MultiStepLR(2/3, 5/6 of
   E, γ 0.2), per-sample DiffAug (flip, colour, one of crop/scale/rotate) and CutMix p 0.5; tested
   every E//4 epochs, reporting the last and the best of these tests.
+* ``"rtp"`` (RTP ``tools/evaluator.py``, spec §5b): SGD(0.01, 0.9, no weight decay), batch 640, E
+  epochs at a constant lr, no augmentation; tested once, at the end.
 
 Accuracies are reported as mean ± std (population std, as numpy's default in the originals) over
 ``n_nets`` networks, each initialised from its own seed: ``mean``/``std``/``accuracies`` are the
@@ -38,7 +40,7 @@ class Protocol:
     name: str
     epochs: int
     batch: int
-    schedule: str  # "half" (VICO) or "multistep" (IDC)
+    schedule: str  # "half" (VICO), "multistep" (IDC) or "constant" (RTP)
     aug: str  # DSA strategy; "" for none
     aug_mode: str = "single"
     dc_aug: str = ""  # VICO's non-DSA per-image augmentation (ddkernels.augment.dc_augment); only without aug
@@ -64,11 +66,14 @@ PROTOCOLS = {
                                aug_mode="idc", cutmix_p=0.5, n_nets=3, test_checkpoints=4),
     ("idc", "quick"): Protocol("idc", epochs=300, batch=64, schedule="multistep", aug="color_crop_flip_scale_rotate",
                                aug_mode="idc", cutmix_p=0.5, width=64, n_nets=3, test_limit=2000, test_checkpoints=4),
+    ("rtp", "paper"): Protocol("rtp", epochs=300, batch=640, schedule="constant", aug="", weight_decay=0.0, n_nets=10),
+    ("rtp", "quick"): Protocol("rtp", epochs=300, batch=640, schedule="constant", aug="", weight_decay=0.0, width=64,
+                               n_nets=3, test_limit=2000),
 }
 
 
 def get_protocol(name: str, preset: str, **overrides) -> Protocol:
-    """A protocol by name (``"dsa"`` or ``"idc"``) and budget (``"paper"`` or ``"quick"``)."""
+    """A protocol by name (``"dsa"``, ``"idc"`` or ``"rtp"``) and budget (``"paper"`` or ``"quick"``)."""
     if (name, preset) not in PROTOCOLS:
         raise ValueError(f"unknown evaluation protocol {name!r}/{preset!r}; expected one of {sorted(PROTOCOLS)}")
     proto = dataclasses.replace(PROTOCOLS[(name, preset)], **{k: v for k, v in overrides.items() if v is not None})

@@ -6,6 +6,7 @@ from torch import nn
 
 from .hallucinator import HallucinatorBank
 from .latent import LatentDecoderBank
+from .memory import AddressableMemory
 from .ops.grad_distance import grad_distance
 from .ops.multi_formation import multi_formation, multi_formation_targets
 
@@ -56,4 +57,4 @@ class GradMatchLoss(nn.Module):
         return f"metric={self.metric!r}, batched={self.batched}, backend={self.backend!r}"
 
 
-__all__ = ["GradMatchLoss", "HallucinatorBank", "LatentDecoderBank", "MultiFormation"]
+__all__ = ["AddressableMemory", "GradMatchLoss", "HallucinatorBank", "LatentDecoderBank", "MultiFormation"]

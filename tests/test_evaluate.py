@@ -18,7 +18,7 @@ def digits():
     return data.load_dataset("digits")
 
 
-@pytest.mark.parametrize("name", ["dsa", "idc"])
+@pytest.mark.parametrize("name", ["dsa", "idc", "rtp"])
 def test_evaluate_learns_digits(digits, name):
     idx = data.ClassSampler(digits.train_y, 10).indices_all(10, torch.Generator().manual_seed(0)).flatten()
     proto = get_protocol(name, "quick", epochs=20, width=16, n_nets=2, batch=50)
@@ -33,6 +33,8 @@ def test_evaluate_learns_digits(digits, name):
 def test_protocol_constants_and_errors(digits):
     assert PROTOCOLS[("dsa", "paper")].epochs == 1000 and PROTOCOLS[("dsa", "paper")].batch == 256
     assert PROTOCOLS[("idc", "paper")].cutmix_p == 0.5 and PROTOCOLS[("idc", "paper")].schedule == "multistep"
+    rtp = PROTOCOLS[("rtp", "paper")]
+    assert (rtp.batch, rtp.schedule, rtp.aug, rtp.weight_decay, rtp.n_nets) == (640, "constant", "", 0.0, 10)
     with pytest.raises(ValueError, match="unknown evaluation protocol"):
         get_protocol("kip", "paper")
     with pytest.raises(ValueError, match="images must be"):

@@ -1,4 +1,5 @@
-"""Distillation trainers: DC, DSA, DM and IDC (sharing one gradient-matching core), KFS, MTT and HaBa.
+"""Distillation trainers: DC, DSA, DM and IDC (sharing one gradient-matching core), KFS, MTT, HaBa and
+RTP (BPTT through an unrolled inner loop into addressable memories).
 
     ds = ddkernels.data.load_dataset("fashion-mnist")
     trainer = make_distiller("idc", ds, ipc=1, preset="quick", backend="auto", seed=0)
@@ -18,9 +19,10 @@ from .kfs import KFS
 from .matching import gradient_match, matched_params
 from .mtt import MTT, trajectory_matching_loss
 from .presets import PRESET_NAMES, get_loops, preset
+from .rtp import RTP
 
 METHODS: dict[str, type[Distiller]] = {"dc": DC, "dsa": DSA, "dm": DM, "idc": IDC, "kfs": KFS, "mtt": MTT,
-                                        "haba": HaBa}
+                                        "haba": HaBa, "rtp": RTP}
 
 
 def make_distiller(method: str, dataset: Dataset, ipc: int, preset_name: str = "quick", *, backend: str = "auto",
@@ -37,6 +39,6 @@ def make_distiller(method: str, dataset: Dataset, ipc: int, preset_name: str = "
     return METHODS[method](dataset, ipc, hp, backend=backend, seed=seed, shard=shard)
 
 
-__all__ = ["DC", "DM", "DSA", "Distiller", "HaBa", "IDC", "KFS", "METHODS", "MTT", "PRESET_NAMES",
+__all__ = ["DC", "DM", "DSA", "Distiller", "HaBa", "IDC", "KFS", "METHODS", "MTT", "PRESET_NAMES", "RTP",
            "distribution_match", "dm_loss", "get_loops", "gradient_match", "make_distiller", "matched_params",
            "mix_init", "preset", "supcon_loss", "trajectory_matching_loss"]
