@@ -195,3 +195,9 @@ def test_rank_that_never_joins_times_out(monkeypatch):
     assert time.monotonic() - t0 < 30 and not torch.distributed.is_initialized()
     with pytest.raises(ValueError, match="--dist-timeout must be > 0"):
         distributed.join(2, 0, timeout_s=0)
+
+
+@pytest.mark.parametrize("method", ["rtp", "mtt"])
+def test_methods_that_do_not_split_by_class_say_why(method):
+    with pytest.raises(ValueError, match=f"{method} cannot split classes over ranks: .*(unrolled|trajectory)"):
+        make_distiller(method, data.load_dataset("digits"), 1, shard=Shard.of(10, 2, 0))

@@ -36,6 +36,8 @@ class MTT(Distiller):
     """
 
     method = "mtt"
+    not_class_parallel_because = ("every class's images enter one student trajectory (each student step trains "
+                                  "on a batch mixing classes; it would need a split over expert trajectories)")
 
     def init_synthetic(self) -> None:
         hp = self.hp

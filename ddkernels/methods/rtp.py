@@ -150,6 +150,9 @@ class RTP(Distiller):
     ``momentum_syn``, ``clip``, ``width``)."""
 
     method = "rtp"
+    not_class_parallel_because = ("its bases are shared by every class and its meta-gradient flows through one "
+                                  "unrolled training of a network on batches of all classes (it would need a split "
+                                  "of the inner loop's batches)")
     stored_space = "normalized (bases × addressing; decode with ddkernels.nn.AddressableMemory)"
     #: ``synthetic.png`` already shows every addressing row decoded (one image per stored row)
     decodes = False
