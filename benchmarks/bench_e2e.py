@@ -29,6 +29,7 @@ import functools
 import os
 import statistics
 import sys
+import tempfile
 import time
 import types
 from dataclasses import dataclass, field
@@ -56,14 +57,28 @@ README = os.path.join(os.path.dirname(HERE), "README.md")
 BEGIN, END = "<!-- e2e:begin -->", "<!-- e2e:end -->"
 
 
-def _idc_setup(ds: Dataset, quick: bool) -> dict:
+def _idc_setup(ds: Dataset, quick: bool, method: str, hp: dict) -> dict:
     # One inner loop (matching + network training) stands for the preset's 10 in --quick runs.
     return {"inner_loop": 1} if quick else {}
 
 
-#: method -> setup(dataset, quick) returning ``make_distiller`` overrides (raise to skip the method
-#: with the exception's message). Methods not listed get no overrides.
-SETUP: dict[str, Callable[[Dataset, bool], dict]] = {"idc": _idc_setup}
+def _expert_setup(ds: Dataset, quick: bool, method: str, hp: dict) -> dict:
+    """Throwaway experts (one, epochs of 256 images) at the run's width in a cache folder: an outer
+    iteration's cost does not depend on how good the experts are."""
+    from ddkernels.experts import train_experts
+    from ddkernels.methods import preset
+
+    full = {**preset(method, ds.name, 1, "quick"), **hp}
+    out = os.path.join(tempfile.gettempdir(), f"ddkernels-e2e-experts-{ds.name}-w{full['width']}")
+    train_experts(ds.name, out, num_experts=1, epochs=full["max_start_epoch"] + full["expert_epochs"],
+                  width=full["width"], images_per_epoch=256, progress=False)
+    return {"expert_dir": out}
+
+
+#: method -> setup(dataset, quick, method, hp) returning ``make_distiller`` overrides (raise to skip
+#: the method with the exception's message). Methods not listed get no overrides.
+SETUP: dict[str, Callable[[Dataset, bool, str, dict], dict]] = {"idc": _idc_setup, "mtt": _expert_setup,
+                                                              "haba": _expert_setup}
 
 
 # --- profiling ---------------------------------------------------------------------------------
@@ -293,12 +308,12 @@ def run_trainers(ds: Dataset, quick: bool, iterations: int, methods, progress, w
             continue
         steps, case = {}, ""
         try:
-            extra = SETUP.get(method, lambda d, q: {})(ds, quick)
+            extra = SETUP.get(method, lambda *a: {})(ds, quick, method, hp)
             for p in ("reference", FUSED):
                 d = make_distiller(method, ds, ipc, "quick", backend=p, seed=0, **{**extra, **hp})
                 steps[p] = d.step
             tags = [f"width {d.hp['width']}" + (" (preset)" if width is None else " (paper)")]
-            tags += [f"{k}={v}" for k, v in extra.items()]
+            tags += [f"{k}={v}" for k, v in extra.items() if k != "expert_dir"]
             case = f"FMNIST IPC {ipc}, " + ", ".join(tags)
             results.append(compare(method, case, steps, iterations, progress))
         except Exception as e:  # a trainer this benchmark cannot set up yet: say so in the table
