@@ -48,5 +48,12 @@ def expert_dir(tmp_path_factory):
     from ddkernels.experts import train_experts
 
     out = str(tmp_path_factory.mktemp("experts"))
-    train_experts("digits", out, num_experts=2, epochs=3, width=8, images_per_epoch=128, batch=128, progress=False)
+    # One thread, as the tests that retrain these experts (session fixtures start before single_thread,
+    # and a different thread count changes the float rounding of the trajectories).
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train_experts("digits", out, num_experts=2, epochs=3, width=8, images_per_epoch=128, batch=128, progress=False)
+    finally:
+        torch.set_num_threads(n)
     return out
