@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import data
+from ._files import atomic_save as _atomic_save, write_json
 from .augment import DiffAugment, strategy_for
 from .evaluate import test_accuracy
 from .models import ConvNet
@@ -64,12 +65,6 @@ def unflatten(flat: torch.Tensor, names: list[str], shapes: list[tuple[int, ...]
 
 def _expert_path(out: str, i: int) -> str:
     return os.path.join(out, f"expert_{i:03d}.pt")
-
-
-def _atomic_save(obj, path: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def train_experts(dataset: str, out: str, *, preset: str = "quick", num_experts: int | None = None,
@@ -116,10 +111,7 @@ def train_experts(dataset: str, out: str, *, preset: str = "quick", num_experts:
             raise ValueError(f"--out {out!r} holds experts trained with other settings "
                              f"({', '.join(f'{k}: {a!r} there, {b!r} here' for k, (a, b) in diff.items())}); "
                              f"pick another --out")
-    tmp = f"{cpath}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump({**config, "num_experts": hp["num_experts"]}, f, indent=2)
-    os.replace(tmp, cpath)
+    write_json({**config, "num_experts": hp["num_experts"]}, cpath)
     test_x, test_y = ds.normalize(ds.test_x), ds.test_y
     bar = tqdm(range(hp["num_experts"]), desc="experts", disable=not progress)
     for i in bar:

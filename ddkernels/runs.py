@@ -41,6 +41,7 @@ import time
 import torch
 
 from . import __version__, data
+from ._files import atomic_save, write_json
 from .distributed import DEFAULT_TIMEOUT_S, Shard, join, launched_world, leave
 from .evaluate import evaluate, get_protocol
 from .imageio import class_grid, write_png
@@ -49,21 +50,6 @@ from .zca import ZCA
 
 CHECKPOINT = "checkpoint.pt"
 ZCA_FILE = "zca.pt"
-
-
-def atomic_save(obj, path: str) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename: a killed run never leaves a
-    truncated file behind."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _write_json(obj, path: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
 
 
 def _logger(out: str) -> logging.Logger:
@@ -167,7 +153,7 @@ def distill(method: str, dataset: str, ipc: int, out: str, *, preset: str = "qui
             say(report())
             say(f"distill {json.dumps(config)}" + (f" on {world} ranks, classes {shard.blocks()}" if shard else ""))
         if rank == 0:
-            _write_json(config, os.path.join(out, "config.json"))  # on resume: records the new iteration total
+            write_json(config, os.path.join(out, "config.json"))  # on resume: records the new iteration total
 
         def checkpoint(t):
             if t.iteration % checkpoint_every == 0 or t.iteration == total:
@@ -268,7 +254,7 @@ def finish(out: str, trainer, preset: str, *, evaluate_after: bool = True, eval_
         metrics.update(evaluate_run(out, trainer.hp, preset, images, labels, ds, ipc=trainer.ipc, seed=trainer.seed,
                                     eval_nets=eval_nets, baseline=baseline, progress=progress,
                                     overrides=eval_overrides))
-    _write_json(metrics, os.path.join(out, "metrics.json"))
+    write_json(metrics, os.path.join(out, "metrics.json"))
     log.info(f"metrics {json.dumps({k: v for k, v in metrics.items() if k != 'versions'})}")
     return metrics
 
@@ -342,7 +328,7 @@ def evaluate_dir(out: str, *, preset: str | None = None, eval_nets: int | None =
     metrics.update(evaluate_run(out, config["hp"], preset or config["preset"], images, labels, ds, ipc=config["ipc"],
                                 seed=config["seed"], eval_nets=eval_nets, baseline=baseline, progress=progress,
                                 overrides=metrics.get("eval_overrides")))
-    _write_json(metrics, mpath)
+    write_json(metrics, mpath)
     return metrics
 
 
