@@ -93,9 +93,9 @@ class Distiller:
             self.gen, self._class_gens, self.rank_gen = shard.generators(seed)
             self.classes = list(shard.classes)
         self._slot = {c: i for i, c in enumerate(self.classes)}
-        self.labels = self.stored_labels()
         self.iteration, self.seconds, self.history = 0, 0.0, []
         self.init_synthetic()
+        self.labels = self.stored_labels()  # after init_synthetic: a parameterization may store other counts
         if shard is not None:
             # Shared stored tensors must start equal on every rank, whatever their initialization drew.
             shard.broadcast_([t.data for k, t in self.synthetic_params().items() if k not in self.per_class_params])

@@ -99,8 +99,6 @@ class HaBa(MTT):
         return self.hp["base"] != "mtt"
 
     def stored_labels(self) -> torch.Tensor:
-        if not hasattr(self, "n"):  # before init_synthetic: set again once the bases exist
-            return super().stored_labels()
         return torch.tensor(self.classes, dtype=torch.int64).repeat_interleave(self.n)
 
     def replace_params(self, params: dict[str, torch.Tensor]) -> None:
@@ -143,7 +141,6 @@ class HaBa(MTT):
         if s > 1:
             bases = F.avg_pool2d(bases, s)
         self.bases = bases.clone().requires_grad_(True)
-        self.labels = self.stored_labels()
         groups = [{"params": [self.bases], "lr": hp["lr_img"], "momentum": hp["momentum_img"]},
                   {"params": list(self.bank.parameters()), "lr": hp["lr_style"], "momentum": hp["momentum_style"]}]
         if hp["base"] == "mtt":

@@ -83,7 +83,6 @@ class KFS(Distiller):
                 self.bank.codes.copy_(F.avg_pool2d(self.ds.normalize(self.ds.train_x[idx]), hp["scale"]))
         elif hp["init"] != "noise":
             raise ValueError(f"init must be 'real' or 'noise' for kfs, got {hp['init']!r}")
-        self.labels = self.stored_labels()  # one label per stored code (synthetic.png rows, synthetic.pt)
         decoders = [p for n, p in self.bank.named_parameters() if n != "codes"]
         self.opt = torch.optim.Adam([{"params": [self.bank.codes], "lr": hp["lr_code"]},
                                      {"params": decoders, "lr": hp["lr_dec"]}])
@@ -93,8 +92,7 @@ class KFS(Distiller):
         return dict(self.bank.named_parameters())
 
     def stored_labels(self) -> torch.Tensor:
-        if not hasattr(self, "bank"):  # before init_synthetic: set again once the bank exists
-            return super().stored_labels()
+        # One label per stored code (synthetic.png rows, synthetic.pt).
         return torch.tensor(self.classes, dtype=torch.int64)[self.bank.code_labels()]
 
     def replace_params(self, params: dict[str, torch.Tensor]) -> None:

@@ -174,12 +174,14 @@ class RTP(Distiller):
             self.memory.init_from_images(self.ds.normalize(self.ds.train_x[idx]))
         elif hp["init"] != "xavier":
             raise ValueError(f"init must be 'xavier' (RTP) or 'real' (rank-K fit of real images), got {hp['init']!r}")
-        self.labels = self.memory.labels()
         self.opt = torch.optim.SGD([self.memory.bases, self.memory.addressing], lr=hp["lr_syn"],
                                    momentum=hp["momentum_syn"])
 
     def synthetic_params(self) -> dict[str, torch.Tensor]:
         return {"bases": self.memory.bases, "addressing": self.memory.addressing}
+
+    def stored_labels(self) -> torch.Tensor:
+        return self.memory.labels()  # one label per addressing row
 
     @property
     def upsample_first(self) -> bool:
