@@ -1,8 +1,13 @@
 """grad_distance on ConvNet-3's gradient lists (DC/DSA/IDC): Fashion-MNIST 1×28×28 and CIFAR
 3×32×32, K = 10 and 100 classes, metrics "ours" (DC default) and "mse" (IDC CIFAR default).
 
-Only g_syn needs a gradient (g_real is detached in every trainer), so the minimal traffic is:
-forward reads both sides; backward reads both and writes d/d g_syn; full = both.
+Only g_syn needs a gradient (g_real is detached in every trainer), and the upstream gradient is a
+vector of ones, as every trainer's ``loss = distances.sum(); loss.backward()`` sends it. Minimal
+traffic: forward reads both sides (2N); a separate backward reads both and writes d/d g_syn (3N);
+full needs only 3N, since a kernel that writes d/d g_syn while the rows are in cache (the cpu
+kernel does, at upstream gradient 1) never reads them again. The torch.compile and eager providers
+run the same full pass with the same upstream gradient. Pass ``--upstream randn`` to time an
+arbitrary per-class upstream gradient instead (the cpu kernel then scales its buffers: 5N).
 """
 from __future__ import annotations
 
@@ -34,7 +39,7 @@ def cases(quick: bool = False, device: str = "cpu") -> list[Case]:
             syn = [torch.randn(k, *s, device=device) for s in shapes]
             n = sum(t.numel() for t in syn)
             elem = syn[0].element_size()
-            io = {"forward": 2 * n * elem, "backward": 3 * n * elem, "full": 5 * n * elem}
+            io = {"forward": 2 * n * elem, "backward": 3 * n * elem, "full": 3 * n * elem}
             for metric in ("ours", "mse"):
                 def leaves():
                     return [t.detach().clone().requires_grad_() for t in syn]
@@ -57,5 +62,5 @@ def cases(quick: bool = False, device: str = "cpu") -> list[Case]:
                         s, r, m, batched=True, backend=b), sk),
                 ]
                 out.append(Case("grad_distance", f"{label}, K={k}, {metric}", providers, io,
-                                params=dict(C=c, K=k, metric=metric, elements=n)))
+                                params=dict(C=c, K=k, metric=metric, elements=n), upstream="ones"))
     return out

@@ -42,6 +42,7 @@ class Case:
     providers: list[Provider]
     bytes: dict[str, int]              # minimal HBM/DRAM traffic per mode
     params: dict = field(default_factory=dict)
+    upstream: str = "randn"            # the backward's upstream gradient: "randn" or "ones" (a summed loss)
 
 
 def _sync(device: torch.device) -> None:
@@ -103,11 +104,11 @@ def peak_from_events(events) -> float:
     return peak / 2**20
 
 
-def _mode_callable(p: Provider, mode: str):
+def _mode_callable(p: Provider, mode: str, upstream: str = "randn"):
     if mode == "forward":
         return p.fn
     y = p.fn()
-    g = torch.randn_like(y)
+    g = torch.ones_like(y) if upstream == "ones" else torch.randn_like(y)
     if mode == "backward":
         return lambda: torch.autograd.grad(y, p.inputs, g, retain_graph=True)
     return lambda: torch.autograd.grad(p.fn(), p.inputs, g)
@@ -121,7 +122,7 @@ def run_case(case: Case, bandwidth_gbs: float, min_run_time: float = 0.5,
         for _ in range(p.warmup):
             torch.autograd.grad(p.fn(), p.inputs, torch.ones_like(p.fn()))
         for mode in modes:
-            fn = _mode_callable(p, mode)
+            fn = _mode_callable(p, mode, case.upstream)
             _sync(device)
             m = Timer("fn(); sync()", globals={"fn": fn, "sync": lambda: _sync(device)}).blocked_autorange(
                 min_run_time=min_run_time)

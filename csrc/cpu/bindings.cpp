@@ -21,6 +21,9 @@ TORCH_LIBRARY(ddkernels, m) {
       "Tensor row_w, Tensor col_idx, Tensor col_w) -> Tensor");
   m.def("grad_distance_fwd(Tensor[] syn, Tensor[] real, str metric) -> (Tensor, Tensor)");
   m.def(
+      "grad_distance_fwd_grad(Tensor[] syn, Tensor[] real, str metric, bool need_syn, bool need_real) "
+      "-> (Tensor, Tensor, Tensor[], Tensor[])");
+  m.def(
       "grad_distance_bwd(Tensor grad, Tensor[] syn, Tensor[] real, Tensor stats, str metric, "
       "bool need_syn, bool need_real) -> (Tensor[], Tensor[])");
   m.def(
@@ -39,6 +42,7 @@ TORCH_LIBRARY_IMPL(ddkernels, CPU, m) {
   m.impl("multi_formation_fwd", &ddkernels::multi_formation_fwd_cpu);
   m.impl("multi_formation_bwd", &ddkernels::multi_formation_bwd_cpu);
   m.impl("grad_distance_fwd", &ddkernels::grad_distance_fwd_cpu);
+  m.impl("grad_distance_fwd_grad", &ddkernels::grad_distance_fwd_grad_cpu);
   m.impl("grad_distance_bwd", &ddkernels::grad_distance_bwd_cpu);
   m.impl("scale_shift_fwd", &ddkernels::scale_shift_fwd_cpu);
   m.impl("scale_shift_bwd", &ddkernels::scale_shift_bwd_cpu);

@@ -15,12 +15,15 @@
 #include <ATen/core/Tensor.h>
 
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <string>
 #include <vector>
 
 #include "check.h"
 #include "ops.h"
+#include "simd.h"
+
 
 namespace ddkernels {
 namespace {
@@ -88,6 +91,12 @@ Layout make_layout(at::TensorList syn, at::TensorList real, Metric metric) {
   return L;
 }
 
+int64_t written_bytes(at::TensorList syn, bool need_syn, bool need_real) {
+  int64_t bytes = 0;
+  for (const at::Tensor& t : syn) bytes += t.numel() * int64_t(t.element_size());
+  return bytes * (int64_t(need_syn) + int64_t(need_real));
+}
+
 // Rows per parallel task so that one task reads roughly 16K elements.
 int64_t grain(const Layout& L) {
   int64_t elems = 0;
@@ -96,17 +105,10 @@ int64_t grain(const Layout& L) {
   return std::max<int64_t>(1, 16384 / avg);
 }
 
-// Reductions use GCC/Clang vector extensions: the auto-vectorizer handles these multi-accumulator
-// loops badly (it vectorizes across rows and drowns in shuffles). One 32-byte vector per sum gives a
-// fixed summation order (lanes, then the tail), so results are bitwise repeatable.
-template <typename T>
-struct Vec {
-  typedef T type __attribute__((vector_size(32)));
-  static constexpr int lanes = 32 / sizeof(T);
-};
-
-#define DDK_VLOAD(v, p) std::memcpy(&(v), (p), sizeof(v))
-
+// Reductions use GCC/Clang vector extensions (simd.h): the auto-vectorizer handles these
+// multi-accumulator loops badly (it vectorizes across rows and drowns in shuffles). One 32-byte
+// vector per sum gives a fixed summation order (lanes, then the tail), so results are bitwise
+// repeatable.
 template <typename T, typename V>
 T hsum(const V& v) {
   T lane[Vec<T>::lanes];
@@ -165,39 +167,111 @@ void cos_coeffs(T dot, T ss, T rr, T g, T& as, T& ar, T& b) {
   ar = nr > 0 ? c * ns / nr : T(0);
 }
 
+
+// out = a·x + b·y. The next row usually follows this one in memory: it is prefetched while this
+// one is written.
+template <typename T>
+void axpby(T* __restrict__ out, T a, const T* __restrict__ x, T b, const T* __restrict__ y,
+           int64_t n, bool stream) {
+  using V = typename Vec<T>::type;
+  write_each(
+      out, n, stream,
+      [&](int64_t i) {
+        prefetch(x + i + n);
+        prefetch(y + i + n);
+      },
+      [&](int64_t i) {
+        V u, v;
+        DDK_VLOAD(u, x + i);
+        DDK_VLOAD(v, y + i);
+        return V(a * u + b * v);
+      },
+      [&](int64_t i) { return a * x[i] + b * y[i]; });
+}
+
+// One row's gradients for upstream gradient g: d/ds into os and d/dr into orr (either may be null).
+// `o` holds the row's statistics for "ours" and the class totals for "global_cos".
+template <typename T>
+void row_grads(Metric metric, const Seg& sg, const T* __restrict__ s, const T* __restrict__ r,
+               int64_t n, const T* o, T g, T* __restrict__ os, T* __restrict__ orr, bool stream) {
+  if (metric == Metric::Ours || metric == Metric::GlobalCos) {
+    T as = 0, ar = 0, b = 0;  // an inactive row keeps all-zero coefficients: zero gradient
+    if (sg.active) cos_coeffs(o[0], o[1], o[2], g, as, ar, b);
+    if (os) axpby(os, as, s, b, r, n, stream);
+    if (orr) axpby(orr, ar, r, b, s, n, stream);
+    return;
+  }
+  // d/ds of the row term; d/dr is its negation.
+  const T c = metric == Metric::Mse ? 2 * g : g * T(sg.scale);
+  if (metric == Metric::Mse) {
+    if (os) axpby(os, c, s, -c, r, n, stream);
+    if (orr) axpby(orr, c, r, -c, s, n, stream);
+    return;
+  }
+  T* __restrict__ first = os ? os : orr;
+  const T sign_first = os ? T(1) : T(-1);
+  for (int64_t i = 0; i < n; ++i) {
+    const T e = s[i] - r[i];
+    first[i] = sign_first * c * (T(e > 0) - T(e < 0));
+  }
+  if (os && orr)
+    for (int64_t i = 0; i < n; ++i) orr[i] = -os[i];
+}
+
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> grad_distance_fwd_cpu(at::TensorList syn, at::TensorList real,
-                                                         c10::string_view metric_name) {
-  const Metric metric = parse_metric(std::string(metric_name));
+namespace {
+
+// The forward pass; with need_syn / need_real it also writes each row's gradients at upstream
+// gradient 1 while the row is still in L1, so a later backward has nothing left to read (global_cos
+// needs every row's statistics first and is refused here).
+std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> forward_impl(
+    at::TensorList syn, at::TensorList real, Metric metric, bool need_syn, bool need_real) {
   const Layout L = make_layout(syn, real, metric);
   DDK_CHECK_FLOAT(syn[0]);
+  TORCH_CHECK(!(need_syn || need_real) || metric != Metric::GlobalCos,
+              "grad_distance_fwd_grad: metric 'global_cos' needs the class totals before any gradient");
   at::Tensor dist = syn[0].new_empty({L.K});
   at::Tensor stats = syn[0].new_zeros({L.K, L.R, 3});  // per row: (dot, |s|², |r|²) or (sum, 0, 0)
-  if (L.K == 0) return {dist, stats};
+  std::vector<at::Tensor> gs, gr;
+  for (size_t i = 0; i < syn.size(); ++i) {
+    if (need_syn) gs.push_back(syn[i].new_empty(syn[i].sizes()));
+    if (need_real) gr.push_back(real[i].new_empty(real[i].sizes()));
+  }
+  if (L.K == 0) return {dist, stats, gs, gr};
 
   AT_DISPATCH_FLOATING_TYPES(syn[0].scalar_type(), "grad_distance_fwd_cpu", [&] {
     std::vector<const scalar_t*> S(syn.size()), Rp(syn.size());
-    for (size_t i = 0; i < syn.size(); ++i)
+    std::vector<scalar_t*> GS(syn.size(), nullptr), GR(syn.size(), nullptr);
+    for (size_t i = 0; i < syn.size(); ++i) {
       S[i] = syn[i].data_ptr<scalar_t>(), Rp[i] = real[i].data_ptr<scalar_t>();
+      if (need_syn) GS[i] = gs[i].data_ptr<scalar_t>();
+      if (need_real) GR[i] = gr[i].data_ptr<scalar_t>();
+    }
     scalar_t* st = stats.data_ptr<scalar_t>();
+    const bool stream = written_bytes(syn, need_syn, need_real) >= kStreamBytes;
     at::parallel_for(0, L.K * L.R, grain(L), [&](int64_t begin, int64_t end) {
       for (int64_t idx = begin; idx < end; ++idx) {
         const int64_t k = idx / L.R, q = idx % L.R;
         const Seg& g = L.segs[L.row_seg[q]];
-        if (!g.active) continue;
         const int64_t off = k * g.per_class + L.row_in_seg[q] * g.rowlen;
         const scalar_t* s = S[g.tensor] + off;
         const scalar_t* r = Rp[g.tensor] + off;
         scalar_t* o = st + idx * 3;
-        switch (metric) {
-          case Metric::Ours:
-          case Metric::GlobalCos: row_dots(s, r, g.rowlen, o); break;
-          case Metric::Mse: o[0] = row_diff<scalar_t, true>(s, r, g.rowlen); break;
-          case Metric::L1:
-          case Metric::L1Mean: o[0] = scalar_t(g.scale) * row_diff<scalar_t, false>(s, r, g.rowlen); break;
+        if (g.active) {
+          switch (metric) {
+            case Metric::Ours:
+            case Metric::GlobalCos: row_dots(s, r, g.rowlen, o); break;
+            case Metric::Mse: o[0] = row_diff<scalar_t, true>(s, r, g.rowlen); break;
+            case Metric::L1:
+            case Metric::L1Mean: o[0] = scalar_t(g.scale) * row_diff<scalar_t, false>(s, r, g.rowlen); break;
+          }
         }
+        if (need_syn || need_real)
+          row_grads(metric, g, s, r, g.rowlen, o, scalar_t(1), need_syn ? GS[g.tensor] + off : nullptr,
+                    need_real ? GR[g.tensor] + off : nullptr, stream);
       }
+      if (stream) stream_fence();
     });
     scalar_t* D = dist.data_ptr<scalar_t>();
     for (int64_t k = 0; k < L.K; ++k) {
@@ -217,7 +291,21 @@ std::tuple<at::Tensor, at::Tensor> grad_distance_fwd_cpu(at::TensorList syn, at:
                                          : acc;
     }
   });
-  return {dist, stats};
+  return {dist, stats, gs, gr};
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> grad_distance_fwd_cpu(at::TensorList syn, at::TensorList real,
+                                                         c10::string_view metric_name) {
+  auto out = forward_impl(syn, real, parse_metric(std::string(metric_name)), false, false);
+  return {std::get<0>(out), std::get<1>(out)};
+}
+
+std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>>
+grad_distance_fwd_grad_cpu(at::TensorList syn, at::TensorList real, c10::string_view metric_name,
+                           bool need_syn, bool need_real) {
+  return forward_impl(syn, real, parse_metric(std::string(metric_name)), need_syn, need_real);
 }
 
 std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> grad_distance_bwd_cpu(
@@ -259,6 +347,7 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> grad_distance_bwd_c
       if (need_syn) GS[i] = gs[i].data_ptr<T>();
       if (need_real) GR[i] = gr[i].data_ptr<T>();
     }
+    const bool stream = written_bytes(syn, need_syn, need_real) >= kStreamBytes;
     at::parallel_for(0, L.K * L.R, grain(L), [&](int64_t begin, int64_t end) {
       for (int64_t idx = begin; idx < end; ++idx) {
         const int64_t k = idx / L.R, q = idx % L.R, n = L.segs[L.row_seg[q]].rowlen;
@@ -268,32 +357,10 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> grad_distance_bwd_c
         const T* __restrict__ r = Rp[sg.tensor] + off;
         T* __restrict__ os = need_syn ? GS[sg.tensor] + off : nullptr;
         T* __restrict__ orr = need_real ? GR[sg.tensor] + off : nullptr;
-        const T g = G[k];
-        if (metric == Metric::Ours || metric == Metric::GlobalCos) {
-          T as = 0, ar = 0, b = 0;  // an inactive row keeps all-zero coefficients: zero gradient
-          const T* o = metric == Metric::Ours ? st + idx * 3 : tot.data() + 3 * k;
-          if (sg.active) cos_coeffs(o[0], o[1], o[2], g, as, ar, b);
-          if (os)
-            for (int64_t i = 0; i < n; ++i) os[i] = as * s[i] + b * r[i];
-          if (orr)
-            for (int64_t i = 0; i < n; ++i) orr[i] = ar * r[i] + b * s[i];
-        } else {
-          // d/ds of the row term; d/dr is its negation.
-          const T c = metric == Metric::Mse ? 2 * g : g * T(sg.scale);
-          T* __restrict__ first = os ? os : orr;
-          const T sign_first = os ? T(1) : T(-1);
-          if (metric == Metric::Mse) {
-            for (int64_t i = 0; i < n; ++i) first[i] = sign_first * c * (s[i] - r[i]);
-          } else {
-            for (int64_t i = 0; i < n; ++i) {
-              const T e = s[i] - r[i];
-              first[i] = sign_first * c * (T(e > 0) - T(e < 0));
-            }
-          }
-          if (os && orr)
-            for (int64_t i = 0; i < n; ++i) orr[i] = -os[i];
-        }
+        const T* o = metric == Metric::GlobalCos ? tot.data() + 3 * k : st + idx * 3;
+        row_grads(metric, sg, s, r, n, o, G[k], os, orr, stream);
       }
+      if (stream) stream_fence();
     });
   });
   return {gs, gr};

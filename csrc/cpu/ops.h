@@ -19,6 +19,10 @@ at::Tensor multi_formation_bwd_cpu(const at::Tensor& grad_out, int64_t factor, i
 // grad_distance.cpp: tensors in the batched layout (K, *param_shape); see the file's header.
 std::tuple<at::Tensor, at::Tensor> grad_distance_fwd_cpu(at::TensorList syn, at::TensorList real,
                                                          c10::string_view metric);
+// The forward plus the gradients at upstream gradient 1 (not for "global_cos").
+std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>>
+grad_distance_fwd_grad_cpu(at::TensorList syn, at::TensorList real, c10::string_view metric,
+                           bool need_syn, bool need_real);
 std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> grad_distance_bwd_cpu(
     const at::Tensor& grad, at::TensorList syn, at::TensorList real, const at::Tensor& stats,
     c10::string_view metric, bool need_syn, bool need_real);

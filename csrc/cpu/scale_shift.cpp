@@ -22,10 +22,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "check.h"
 #include "ops.h"
+#include "simd.h"
 
 namespace ddkernels {
 namespace {
@@ -61,41 +63,124 @@ inline void plane_stats(const scalar_t* __restrict__ x, int64_t L, double eps, s
 }
 
 // The streaming loops take their arrays as __restrict__ parameters: GCC honours restrict on
-// parameters (not on local pointers), so these vectorize without runtime alias checks, which it
-// gives up on beyond a handful of streams.
+// parameters (not on local pointers). Each prefetches `next` (the plane or row processed after this
+// one, or null) while it runs and writes through write_each (simd.h), streaming when `stream`.
 template <typename T>
 void affine(int64_t L, const T* __restrict__ s, const T* __restrict__ t, const T* __restrict__ x,
-            T* __restrict__ y) {
-  for (int64_t i = 0; i < L; ++i) y[i] = s[i] * x[i] + t[i];
+            T* __restrict__ y, const T* next, bool stream) {
+  using V = typename Vec<T>::type;
+  write_each(
+      y, L, stream, [&](int64_t i) { if (next) prefetch(next + i); },
+      [&](int64_t i) {
+        V sv, tv, xv;
+        DDK_VLOAD(sv, s + i);
+        DDK_VLOAD(tv, t + i);
+        DDK_VLOAD(xv, x + i);
+        return V(sv * xv + tv);
+      },
+      [&](int64_t i) { return s[i] * x[i] + t[i]; });
 }
 
 // (x - mean) * rstd first, not folded into the affine map: folding cancels catastrophically when
 // |mean| >> std (and breaks y == shift exactly on constant planes).
 template <typename T>
 void affine_norm(int64_t L, const T* __restrict__ s, const T* __restrict__ t,
-                 const T* __restrict__ x, T m, T r, T* __restrict__ y) {
-  for (int64_t i = 0; i < L; ++i) y[i] = s[i] * ((x[i] - m) * r) + t[i];
+                 const T* __restrict__ x, T m, T r, T* __restrict__ y, const T* next, bool stream) {
+  using V = typename Vec<T>::type;
+  write_each(
+      y, L, stream, [&](int64_t i) { if (next) prefetch(next + i); },
+      [&](int64_t i) {
+        V sv, tv, xv;
+        DDK_VLOAD(sv, s + i);
+        DDK_VLOAD(tv, t + i);
+        DDK_VLOAD(xv, x + i);
+        return V(sv * ((xv - m) * r) + tv);
+      },
+      [&](int64_t i) { return s[i] * ((x[i] - m) * r) + t[i]; });
 }
 
 // dx = s * dy and the per-pixel partial sums of dy * x and dy, from one read of dy and x.
 template <typename T>
 void bwd_sweep(int64_t L, const T* __restrict__ s, const T* __restrict__ g,
                const T* __restrict__ x, T* __restrict__ gx, T* __restrict__ ps,
-               T* __restrict__ pt) {
-  for (int64_t i = 0; i < L; ++i) {
-    gx[i] = s[i] * g[i];
-    ps[i] += g[i] * x[i];
-    pt[i] += g[i];
-  }
+               T* __restrict__ pt, const T* next_g, const T* next_x, bool stream) {
+  using V = typename Vec<T>::type;
+  write_each(
+      gx, L, stream,
+      [&](int64_t i) {
+        if (next_g) prefetch(next_g + i), prefetch(next_x + i);
+      },
+      [&](int64_t i) {
+        V sv, gv, xv, pv, tv;
+        DDK_VLOAD(sv, s + i);
+        DDK_VLOAD(gv, g + i);
+        DDK_VLOAD(xv, x + i);
+        DDK_VLOAD(pv, ps + i);
+        DDK_VLOAD(tv, pt + i);
+        pv += gv * xv;
+        tv += gv;
+        DDK_VSTORE(ps + i, pv);
+        DDK_VSTORE(pt + i, tv);
+        return V(sv * gv);
+      },
+      [&](int64_t i) {
+        ps[i] += g[i] * x[i];
+        pt[i] += g[i];
+        return s[i] * g[i];
+      });
 }
 
+// One pass over a normalized plane's inputs: xhat = (x - m)·r and d = s·dy into L1 buffers, the
+// per-pixel partial sums of dy·xhat and dy, and Σd, Σd·xhat in LANES partial sums (the same order
+// as lane_sum), combined in double. Written with vector types: GCC does not vectorize this many
+// streams with two reductions on its own.
 template <typename T>
-void accumulate(int64_t L, const T* __restrict__ g, const T* __restrict__ xn, T* __restrict__ ps,
-                T* __restrict__ pt) {
-  for (int64_t i = 0; i < L; ++i) {
-    ps[i] += g[i] * xn[i];
-    pt[i] += g[i];
+void norm_bwd_pass(int64_t L, const T* __restrict__ s, const T* __restrict__ g,
+                   const T* __restrict__ x, T m, T r, T* __restrict__ xh, T* __restrict__ d,
+                   T* __restrict__ ps, T* __restrict__ pt, double& sum_d, double& sum_dx,
+                   const T* next_g, const T* next_x) {
+  // 32-byte vectors (wider ones spill on AVX2); H of them cover the LANES partial sums.
+  typedef T V __attribute__((vector_size(32)));
+  constexpr int64_t W = 32 / sizeof(T), H = LANES / W;
+  static_assert(LANES % W == 0, "LANES must be a whole number of vectors");
+  V a[H] = {}, b[H] = {};
+  int64_t i = 0;
+  for (; i + LANES <= L; i += LANES) {
+    if (next_g) prefetch(next_g + i), prefetch(next_x + i);
+    for (int64_t h = 0; h < H; ++h) {
+      const int64_t j = i + h * W;
+      V xv, sv, gv, pv, tv;
+      std::memcpy(&xv, x + j, sizeof(V));
+      std::memcpy(&sv, s + j, sizeof(V));
+      std::memcpy(&gv, g + j, sizeof(V));
+      std::memcpy(&pv, ps + j, sizeof(V));
+      std::memcpy(&tv, pt + j, sizeof(V));
+      const V xn = (xv - m) * r, dv = sv * gv;
+      pv += gv * xn;
+      tv += gv;
+      a[h] += dv;
+      b[h] += dv * xn;
+      std::memcpy(xh + j, &xn, sizeof(V));
+      std::memcpy(d + j, &dv, sizeof(V));
+      std::memcpy(ps + j, &pv, sizeof(V));
+      std::memcpy(pt + j, &tv, sizeof(V));
+    }
   }
+  T al[LANES], bl[LANES];
+  std::memcpy(al, a, sizeof(a));
+  std::memcpy(bl, b, sizeof(b));
+  for (; i < L; ++i) {
+    const T xn = (x[i] - m) * r, dv = s[i] * g[i];
+    xh[i] = xn;
+    d[i] = dv;
+    ps[i] += g[i] * xn;
+    pt[i] += g[i];
+    al[i % LANES] += dv;
+    bl[i % LANES] += dv * xn;
+  }
+  double ta = 0, tb = 0;
+  for (int64_t l = 0; l < LANES; ++l) ta += al[l], tb += bl[l];
+  sum_d = ta, sum_dx = tb;
 }
 
 template <typename T, typename A>
@@ -166,12 +251,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> scale_shift_fwd_cpu(const at::Ten
     scalar_t* M = normalize ? mean.data_ptr<scalar_t>() : nullptr;
     scalar_t* R = normalize ? rstd.data_ptr<scalar_t>() : nullptr;
 
+    const bool stream = y.numel() * int64_t(sizeof(scalar_t)) >= kStreamBytes;
     // A HaBa plane is 900 elements: batch several per task so scheduling stays negligible.
     at::parallel_for(0, N * C, std::max<int64_t>(1, 16384 / std::max<int64_t>(L, 1)),
                      [&](int64_t begin, int64_t end) {
       for (int64_t p = begin; p < end; ++p) {
         const int64_t n = p / C, c = p % C;
         const scalar_t* __restrict__ xp = X + p * L;
+        const scalar_t* next = p + 1 < end ? xp + L : nullptr;
         scalar_t* __restrict__ yp = Y + p * L;
         const scalar_t* __restrict__ s = SC + (idx[n] * C + c) * S;
         const scalar_t* __restrict__ t = SH + (idx[n] * C + c) * S;
@@ -180,7 +267,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> scale_shift_fwd_cpu(const at::Ten
             const scalar_t s0 = s[0], t0 = t[0];
             for (int64_t i = 0; i < L; ++i) yp[i] = s0 * xp[i] + t0;
           } else {
-            affine(L, s, t, xp, yp);
+            affine(L, s, t, xp, yp, next, stream);
           }
           continue;
         }
@@ -190,9 +277,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> scale_shift_fwd_cpu(const at::Ten
           const scalar_t s0 = s[0], t0 = t[0];
           for (int64_t i = 0; i < L; ++i) yp[i] = s0 * ((xp[i] - m) * r) + t0;
         } else {
-          affine_norm(L, s, t, xp, m, r, yp);
+          affine_norm(L, s, t, xp, m, r, yp, next, stream);
         }
       }
+      if (stream) stream_fence();
     });
   });
   return {y, mean, rstd};
@@ -256,6 +344,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> scale_shift_bwd_cpu(
     scalar_t* __restrict__ GS = grad_scale.data_ptr<scalar_t>();
     scalar_t* __restrict__ GT = grad_shift.data_ptr<scalar_t>();
 
+    const bool stream = grad_x.numel() * int64_t(sizeof(scalar_t)) >= kStreamBytes;
     if (!normalize && S != 1) {
       // HaBa's default: per-pixel parameters, no plane-wide sums. Every (c, pixel) column is
       // independent, so a task is (hallucinator, block of the flattened C·L row) and each sample
@@ -274,8 +363,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> scale_shift_bwd_cpu(
           std::fill(acc.begin(), acc.end(), acc_t(0));
           std::fill(part.begin(), part.end(), scalar_t(0));
           for (int64_t q = off[k], in_chunk = 0; q < off[k + 1]; ++q) {
-            const int64_t row = ord[q] * CL + lo;
-            bwd_sweep(w, SC + k * CL + lo, G + row, X + row, GX + row, ps, pt);
+            const int64_t row = ord[q] * CL + lo, next = q + 1 < off[k + 1] ? ord[q + 1] * CL + lo : -1;
+            bwd_sweep(w, SC + k * CL + lo, G + row, X + row, GX + row, ps, pt,
+                      next < 0 ? nullptr : G + next, next < 0 ? nullptr : X + next, stream);
             if (++in_chunk == CHUNK) {
               flush(w, ps, pt, tot_s, tot_t);
               in_chunk = 0;
@@ -287,6 +377,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> scale_shift_bwd_cpu(
             GT[k * CL + lo + i] = scalar_t(tot_t[i]);
           }
         }
+        if (stream) stream_fence();
       });
       return;
     }
@@ -312,11 +403,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> scale_shift_bwd_cpu(
           scalar_t* __restrict__ gx = GX + p * L;
           const scalar_t* __restrict__ xn = xp;  // n(x): x itself or its normalized plane
           scalar_t m = 0, r = 1;
+          const int64_t pn = q + 1 < off[k + 1] ? ord[q + 1] * C + c : -1;
+          const scalar_t* next_g = pn < 0 ? nullptr : G + pn * L;
+          const scalar_t* next_x = pn < 0 ? nullptr : X + pn * L;
           if (normalize) {
             m = M[p];
             r = R[p];
-            for (int64_t i = 0; i < L; ++i) xhat[i] = (xp[i] - m) * r;
             xn = xhat.data();
+            if (S == 1)
+              for (int64_t i = 0; i < L; ++i) xhat[i] = (xp[i] - m) * r;
           }
           if (S == 1) {
             const acc_t sg = lane_sum<scalar_t>(L, [&](int64_t i) { return g[i]; });
@@ -335,17 +430,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> scale_shift_bwd_cpu(
             continue;
           }
           // Per-pixel parameters reach here only with normalize (the plain case returned above).
-          accumulate(L, g, xn, ps, pt);
+          // Same formula; d is stored first so that d - mean(d) cancels exactly where it must.
+          scalar_t* __restrict__ d = dbuf.data();
+          double sum_d, sum_dx;
+          norm_bwd_pass(L, s, g, xp, m, r, xhat.data(), d, ps, pt, sum_d, sum_dx, next_g, next_x);
           if (++in_chunk == CHUNK) {
             flush(L, ps, pt, tot_s, tot_t);
             in_chunk = 0;
           }
-          // Same formula; d is stored first so that d - mean(d) cancels exactly where it must.
-          scalar_t* __restrict__ d = dbuf.data();
-          for (int64_t i = 0; i < L; ++i) d[i] = s[i] * g[i];
-          const scalar_t md = scalar_t(lane_sum<scalar_t>(L, [&](int64_t i) { return d[i]; }) / L);
-          const scalar_t mdx = scalar_t(lane_sum<scalar_t>(L, [&](int64_t i) { return d[i] * xn[i]; }) / L);
-          for (int64_t i = 0; i < L; ++i) gx[i] = r * ((d[i] - md) - xn[i] * mdx);
+          const scalar_t md = scalar_t(sum_d / L), mdx = scalar_t(sum_dx / L);
+          using V = typename Vec<scalar_t>::type;
+          write_each(
+              gx, L, stream, [](int64_t) {},
+              [&](int64_t i) {
+                V dv, xv;
+                DDK_VLOAD(dv, d + i);
+                DDK_VLOAD(xv, xn + i);
+                return V(r * ((dv - md) - xv * mdx));
+              },
+              [&](int64_t i) { return r * ((d[i] - md) - xn[i] * mdx); });
         }
         if (S == 1) {
           GS[kc] = scalar_t(gs1);
@@ -358,6 +461,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> scale_shift_bwd_cpu(
           }
         }
       }
+      if (stream) stream_fence();
     });
   });
   return {grad_x, grad_scale, grad_shift};

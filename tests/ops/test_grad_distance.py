@@ -303,6 +303,51 @@ def test_opcheck(metric):
 
 
 @cpp
+@pytest.mark.parametrize("metric", ["ours", "mse"])
+def test_opcheck_forward_with_gradients(metric):
+    syn, real = _inputs([(3, 2, 2, 2), (3,), (4, 3), (2, 2, 3)], 2, torch.float64)
+    for need in ((True, True), (True, False), (False, True)):
+        torch.library.opcheck(torch.ops.ddkernels.grad_distance_fwd_grad.default, (syn, real, metric, *need))
+
+
+@cpp
+@pytest.mark.parametrize("need", ["syn", "both"])
+@pytest.mark.parametrize("upstream", ["ones", "weighted"])
+@pytest.mark.parametrize("metric", METRICS)
+def test_gradients_written_in_forward(metric, upstream, need):
+    """The cpu forward writes the gradients when an input needs one and the backward hands them
+    over (scaled unless the upstream gradient is exactly 1). They equal the separate backward
+    kernel's, and a graph replayed with retain_graph recomputes instead of reusing the buffers
+    it handed over (which the caller may have modified)."""
+    syn, real = _inputs(ODD + [(6, 2, 3, 3)], 3, torch.float64)
+    s = [t.clone().requires_grad_() for t in syn]
+    r = [t.clone().requires_grad_(need == "both") for t in real]
+    leaves = s + (r if need == "both" else [])
+    g = torch.ones(3, dtype=torch.float64) if upstream == "ones" else torch.tensor([0.5, -2.0, 3.0], dtype=torch.float64)
+    d = ddkernels.grad_distance(s, r, metric, batched=True, backend="cpu")
+    first = torch.autograd.grad(d, leaves, g, retain_graph=True)
+    for t in first:
+        t.add_(1.0)  # the caller owns what it was handed
+    second = torch.autograd.grad(d, leaves, g)  # the separate backward kernel
+    d_ref = ddkernels.grad_distance(s, r, metric, batched=True, backend="reference")
+    expected = torch.autograd.grad(d_ref, leaves, g, allow_unused=True)
+    for i, (a, b, e) in enumerate(zip(first, second, expected)):
+        e = torch.zeros_like(a) if e is None else e
+        assert_close(a - 1.0, e, name=f"{metric} gradient {i} written in forward")
+        assert_close(b, e, name=f"{metric} gradient {i} from the backward kernel")
+
+
+@cpp
+def test_no_gradient_buffers_without_grad():
+    syn, real = _inputs(ODD, 2, torch.float32)
+    with torch.no_grad():
+        d = ddkernels.grad_distance(syn, real, "ours", batched=True, backend="cpu")
+    assert d.grad_fn is None
+    d = ddkernels.grad_distance(syn, real, "ours", batched=True, backend="cpu")  # no input needs a gradient
+    assert d.grad_fn is None
+
+
+@cpp
 def test_cpp_boundary_names_the_argument():
     s, r = [torch.randn(2, 4, 3)], [torch.randn(2, 4, 3)]
     op = torch.ops.ddkernels.grad_distance_fwd

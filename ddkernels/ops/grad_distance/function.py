@@ -22,6 +22,10 @@ def _cpu_forward(syn, real, metric):
     return torch.ops.ddkernels.grad_distance_fwd(syn, real, metric)
 
 
+def _cpu_forward_grad(syn, real, metric, need_syn, need_real):
+    return torch.ops.ddkernels.grad_distance_fwd_grad(syn, real, metric, need_syn, need_real)
+
+
 def _cpu_backward(grad, syn, real, stats, metric, need_syn, need_real):
     return torch.ops.ddkernels.grad_distance_bwd(grad, syn, real, stats, metric, need_syn, need_real)
 
@@ -33,6 +37,13 @@ def _register_fakes() -> None:
     def _(syn, real, metric):
         k = syn[0].shape[0]
         return syn[0].new_empty(k), syn[0].new_empty(k, total_rows(t.shape[1:] for t in syn), 3)
+
+    @torch.library.register_fake("ddkernels::grad_distance_fwd_grad")
+    def _(syn, real, metric, need_syn, need_real):
+        k = syn[0].shape[0]
+        return (syn[0].new_empty(k), syn[0].new_empty(k, total_rows(t.shape[1:] for t in syn), 3),
+                [torch.empty_like(t) for t in syn] if need_syn else [],
+                [torch.empty_like(t) for t in real] if need_real else [])
 
     @torch.library.register_fake("ddkernels::grad_distance_bwd")
     def _(grad, syn, real, stats, metric, need_syn, need_real):
@@ -57,9 +68,22 @@ def _triton_backward(grad, syn, real, stats, metric, need_syn, need_real):
 _KERNELS = {"cpu": (_cpu_forward, _cpu_backward), "triton": (_triton_forward, _triton_backward)}
 
 
+# Backends whose forward can also write the gradients, and the metrics they can do it for (global_cos
+# needs every row's statistics before its first gradient).
+_FUSED_GRAD = {"cpu": _cpu_forward_grad}
+_FUSED_GRAD_METRICS = ("ours", "mse", "l1", "l1_mean")
+
+
 class GradDistanceFunction(torch.autograd.Function):
     """All classes and layers in one kernel call each way. Inputs are ``n`` batched syn tensors
     followed by ``n`` batched real tensors, all ``(K, *param_shape)`` and contiguous.
+
+    When an input needs a gradient, the cpu forward writes it (at upstream gradient 1) while each row
+    is still in cache, so the backward reads nothing: it hands the buffers over, scaled per class
+    unless the upstream gradient is exactly 1, as every trainer's ``sum().backward()`` gives (the
+    trick Liger-Kernel's fused cross-entropy uses). That is 3 passes over the data instead of 5, at
+    the price of holding the gradient from forward to backward. The buffers are handed over once; a
+    graph replayed with ``retain_graph=True`` recomputes from the saved inputs.
 
     The backward is first order (``once_differentiable``): in gradient matching the second-order
     part runs inside the network's own autograd graph that produced ``g_syn``.
@@ -67,7 +91,16 @@ class GradDistanceFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, metric: str, backend: str, n: int, *tensors: torch.Tensor) -> torch.Tensor:
-        dist, stats = _KERNELS[backend][0](list(tensors[:n]), list(tensors[n:]), metric)
+        need = ctx.needs_input_grad[3:]
+        need_syn, need_real = any(need[:n]), any(need[n:])
+        syn, real = list(tensors[:n]), list(tensors[n:])
+        ctx.pre = None
+        if ((need_syn or need_real) and backend in _FUSED_GRAD and metric in _FUSED_GRAD_METRICS
+                and not torch.compiler.is_compiling()):
+            dist, stats, gs, gr = _FUSED_GRAD[backend](syn, real, metric, need_syn, need_real)
+            ctx.pre = (gs, gr)
+        else:
+            dist, stats = _KERNELS[backend][0](syn, real, metric)
         ctx.save_for_backward(stats, *tensors)
         ctx.metric, ctx.backend, ctx.n = metric, backend, n
         return dist
@@ -75,12 +108,19 @@ class GradDistanceFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: torch.Tensor):
-        stats, *tensors = ctx.saved_tensors
         n = ctx.n
         need = ctx.needs_input_grad[3:]
         need_syn, need_real = any(need[:n]), any(need[n:])
-        gs, gr = _KERNELS[ctx.backend][1](grad.contiguous(), tensors[:n], tensors[n:], stats, ctx.metric,
-                                          need_syn, need_real)
+        if ctx.pre is not None:
+            gs, gr = ctx.pre
+            ctx.pre = None
+            if not bool((grad == 1).all()):
+                for t in (*gs, *gr):
+                    t.mul_(grad.view(-1, *[1] * (t.dim() - 1)))
+        else:
+            stats, *tensors = ctx.saved_tensors
+            gs, gr = _KERNELS[ctx.backend][1](grad.contiguous(), tensors[:n], tensors[n:], stats, ctx.metric,
+                                              need_syn, need_real)
         return (None, None, None, *(gs if need_syn else [None] * n), *(gr if need_real else [None] * n))
 
 
