@@ -168,10 +168,10 @@ void cos_coeffs(T dot, T ss, T rr, T g, T& as, T& ar, T& b) {
 }
 
 
-// out = a·x + b·y. The next row usually follows this one in memory: it is prefetched while this
-// one is written.
+// out = (a·x + b·y)·g. The next row usually follows this one in memory: it is prefetched while
+// this one is written.
 template <typename T>
-void axpby(T* __restrict__ out, T a, const T* __restrict__ x, T b, const T* __restrict__ y,
+void axpby(T* __restrict__ out, T a, const T* __restrict__ x, T b, const T* __restrict__ y, T g,
            int64_t n, bool stream) {
   using V = typename Vec<T>::type;
   write_each(
@@ -184,35 +184,37 @@ void axpby(T* __restrict__ out, T a, const T* __restrict__ x, T b, const T* __re
         V u, v;
         DDK_VLOAD(u, x + i);
         DDK_VLOAD(v, y + i);
-        return V(a * u + b * v);
+        return V(V(a * u + b * v) * g);
       },
-      [&](int64_t i) { return a * x[i] + b * y[i]; });
+      [&](int64_t i) { return T(a * x[i] + b * y[i]) * g; });
 }
 
 // One row's gradients for upstream gradient g: d/ds into os and d/dr into orr (either may be null).
-// `o` holds the row's statistics for "ours" and the class totals for "global_cos".
+// `o` holds the row's statistics for "ours" and the class totals for "global_cos". The gradient is
+// formed at upstream gradient 1 and then multiplied by g, so it is bitwise what the forward writes
+// (g = 1, exact) scaled by the autograd Function (one rounding, the same multiply).
 template <typename T>
 void row_grads(Metric metric, const Seg& sg, const T* __restrict__ s, const T* __restrict__ r,
                int64_t n, const T* o, T g, T* __restrict__ os, T* __restrict__ orr, bool stream) {
   if (metric == Metric::Ours || metric == Metric::GlobalCos) {
     T as = 0, ar = 0, b = 0;  // an inactive row keeps all-zero coefficients: zero gradient
-    if (sg.active) cos_coeffs(o[0], o[1], o[2], g, as, ar, b);
-    if (os) axpby(os, as, s, b, r, n, stream);
-    if (orr) axpby(orr, ar, r, b, s, n, stream);
+    if (sg.active) cos_coeffs(o[0], o[1], o[2], T(1), as, ar, b);
+    if (os) axpby(os, as, s, b, r, g, n, stream);
+    if (orr) axpby(orr, ar, r, b, s, g, n, stream);
     return;
   }
   // d/ds of the row term; d/dr is its negation.
-  const T c = metric == Metric::Mse ? 2 * g : g * T(sg.scale);
+  const T c = metric == Metric::Mse ? T(2) : T(sg.scale);
   if (metric == Metric::Mse) {
-    if (os) axpby(os, c, s, -c, r, n, stream);
-    if (orr) axpby(orr, c, r, -c, s, n, stream);
+    if (os) axpby(os, c, s, -c, r, g, n, stream);
+    if (orr) axpby(orr, c, r, -c, s, g, n, stream);
     return;
   }
   T* __restrict__ first = os ? os : orr;
   const T sign_first = os ? T(1) : T(-1);
   for (int64_t i = 0; i < n; ++i) {
     const T e = s[i] - r[i];
-    first[i] = sign_first * c * (T(e > 0) - T(e < 0));
+    first[i] = T(sign_first * c * (T(e > 0) - T(e < 0))) * g;
   }
   if (os && orr)
     for (int64_t i = 0; i < n; ++i) orr[i] = -os[i];

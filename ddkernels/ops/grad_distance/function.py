@@ -68,9 +68,14 @@ def _triton_backward(grad, syn, real, stats, metric, need_syn, need_real):
 _KERNELS = {"cpu": (_cpu_forward, _cpu_backward), "triton": (_triton_forward, _triton_backward)}
 
 
+def _triton_forward_grad(syn, real, metric, need_syn, need_real):
+    from .triton import grad_distance_forward
+    return grad_distance_forward(syn, real, metric, need_syn, need_real)
+
+
 # Backends whose forward can also write the gradients, and the metrics they can do it for (global_cos
 # needs every row's statistics before its first gradient).
-_FUSED_GRAD = {"cpu": _cpu_forward_grad}
+_FUSED_GRAD = {"cpu": _cpu_forward_grad, "triton": _triton_forward_grad}
 _FUSED_GRAD_METRICS = ("ours", "mse", "l1", "l1_mean")
 
 
@@ -78,12 +83,13 @@ class GradDistanceFunction(torch.autograd.Function):
     """All classes and layers in one kernel call each way. Inputs are ``n`` batched syn tensors
     followed by ``n`` batched real tensors, all ``(K, *param_shape)`` and contiguous.
 
-    When an input needs a gradient, the cpu forward writes it (at upstream gradient 1) while each row
-    is still in cache, so the backward reads nothing: it hands the buffers over, scaled per class
-    unless the upstream gradient is exactly 1, as every trainer's ``sum().backward()`` gives (the
-    trick Liger-Kernel's fused cross-entropy uses). That is 3 passes over the data instead of 5, at
-    the price of holding the gradient from forward to backward. The buffers are handed over once; a
-    graph replayed with ``retain_graph=True`` recomputes from the saved inputs.
+    When an input needs a gradient, the forward (cpu and triton) writes it at upstream gradient 1
+    while each row is still in cache, so the backward reads nothing: it hands the buffers over,
+    scaled per class unless the upstream gradient is exactly 1, as every trainer's
+    ``sum().backward()`` gives (the trick Liger-Kernel's fused cross-entropy uses; the check costs a
+    device sync on GPUs). That is 3 passes over the data instead of 5, at the price of holding the
+    gradient from forward to backward. The buffers are handed over once; a graph replayed with
+    ``retain_graph=True`` recomputes from the saved inputs.
 
     The backward is first order (``once_differentiable``): in gradient matching the second-order
     part runs inside the network's own autograd graph that produced ``g_syn``.

@@ -31,17 +31,73 @@ def _row_base(addr_ptr, tensor_ptr, offset_ptr, per_class_ptr, k, q, T, which, D
 
 
 @triton.jit
+def _coeffs(METRIC: tl.constexpr, dot, ss, rr, on, scale, acc_t: tl.constexpr):
+    """A row's gradient coefficients at upstream gradient 1: d/ds = a_s·s + b·r, d/dr = a_r·r + b·s
+    (cosine metrics); c with d/ds = c·(s-r) or c·sign(s-r) otherwise. An inactive row, and a zero
+    norm (as torch.norm's backward), get zero coefficients."""
+    a_s = tl.zeros([], dtype=acc_t)
+    a_r = tl.zeros([], dtype=acc_t)
+    b = tl.zeros([], dtype=acc_t)
+    c = tl.zeros([], dtype=acc_t)
+    if METRIC == 0 or METRIC == 4:
+        ns = tl.sqrt(ss)
+        nr = tl.sqrt(rr)
+        den = ns * nr + 1e-6
+        b = -1.0 / den * on
+        cc = dot / (den * den) * on
+        a_s = tl.where(ns > 0, cc * nr / tl.where(ns > 0, ns, 1.0), 0.0)
+        a_r = tl.where(nr > 0, cc * ns / tl.where(nr > 0, nr, 1.0), 0.0)
+    elif METRIC == 1:
+        c = c + 2.0
+    else:
+        c = c + scale
+    return a_s, a_r, b, c
+
+
+@triton.jit
+def _write_grads(addr_ptr, tensor_ptr, offset_ptr, per_class_ptr, s_row, r_row, n, k, q, T, a_s, a_r, b, c, g,
+                 acc_t: tl.constexpr, DT: tl.constexpr, METRIC: tl.constexpr, NEED_SYN: tl.constexpr,
+                 NEED_REAL: tl.constexpr, BLOCK: tl.constexpr):
+    """One row's gradients from its coefficients at upstream gradient 1 (see _coeffs), times g: the
+    forward's g = 1 is exact, so the backward's result is the forward's buffer scaled by g."""
+    for off in range(0, n, BLOCK):
+        idx = off + tl.arange(0, BLOCK)
+        m = idx < n
+        s = tl.load(s_row + idx, mask=m, other=0.0).to(acc_t)
+        r = tl.load(r_row + idx, mask=m, other=0.0).to(acc_t)
+        if METRIC == 0 or METRIC == 4:
+            d_s = (a_s * s + b * r) * g
+            d_r = (a_r * r + b * s) * g
+        else:
+            e = s - r
+            if METRIC == 1:
+                d_s = (c * e) * g
+            else:
+                d_s = (c * ((e > 0).to(acc_t) - (e < 0).to(acc_t))) * g
+            d_r = -d_s
+        if NEED_SYN:
+            gs_row = _row_base(addr_ptr, tensor_ptr, offset_ptr, per_class_ptr, k, q, T, 2, DT)
+            tl.store(gs_row + idx, d_s.to(DT), mask=m)
+        if NEED_REAL:
+            gr_row = _row_base(addr_ptr, tensor_ptr, offset_ptr, per_class_ptr, k, q, T, 3, DT)
+            tl.store(gr_row + idx, d_r.to(DT), mask=m)
+
+
+@triton.jit
 def _grad_distance_fwd_kernel(
-    addr_ptr,       # (4, T) int64 base addresses: syn, real, (grads unused here)
+    addr_ptr,       # (4, T) int64 base addresses: syn, real, d/dsyn, d/dreal (grads: if NEED_*)
     tensor_ptr,     # (R,) int32 tensor of each row
     offset_ptr,     # (R,) int64 row offset within its tensor's class slice
     len_ptr,        # (R,) int32 row length
     scale_ptr,      # (R,) acc: multiplies the row's sum
+    active_ptr,     # (R,) int32
     per_class_ptr,  # (T,) int64 elements per class of each tensor
     stats_ptr,      # (K, R, 3) acc out
     R, T,
     DT: tl.constexpr,
     METRIC: tl.constexpr,
+    NEED_SYN: tl.constexpr,   # also write the gradients at upstream gradient 1 (not global_cos)
+    NEED_REAL: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
@@ -68,9 +124,18 @@ def _grad_distance_fwd_kernel(
         else:
             a0 += tl.abs(s - r)
     scale = tl.load(scale_ptr + q)
-    tl.store(stats_ptr + pid * 3, tl.sum(a0, axis=0) * scale)
-    tl.store(stats_ptr + pid * 3 + 1, tl.sum(a1, axis=0))
-    tl.store(stats_ptr + pid * 3 + 2, tl.sum(a2, axis=0))
+    dot = tl.sum(a0, axis=0)
+    ss = tl.sum(a1, axis=0)
+    rr = tl.sum(a2, axis=0)
+    tl.store(stats_ptr + pid * 3, dot * scale)
+    tl.store(stats_ptr + pid * 3 + 1, ss)
+    tl.store(stats_ptr + pid * 3 + 2, rr)
+    if NEED_SYN or NEED_REAL:
+        # The row was just read: its second read for the gradients mostly hits cache.
+        on = (tl.load(active_ptr + q) != 0).to(acc_t)
+        a_s, a_r, b, c = _coeffs(METRIC, dot, ss, rr, on, scale, acc_t)
+        _write_grads(addr_ptr, tensor_ptr, offset_ptr, per_class_ptr, s_row, r_row, n, k, q, T, a_s, a_r, b, c, 1.0,
+                     acc_t, DT, METRIC, NEED_SYN, NEED_REAL, BLOCK)
 
 
 @triton.jit
@@ -142,46 +207,17 @@ def _grad_distance_bwd_kernel(
     n = tl.load(len_ptr + q)
     acc_t = scale_ptr.dtype.element_ty
     g = tl.load(g_ptr + k).to(acc_t)
-    if METRIC == 0 or METRIC == 4:
-        if METRIC == 0:
-            st = cos_ptr + pid * 3
-        else:
-            st = cos_ptr + k * 3
-        dot = tl.load(st)
-        ns = tl.sqrt(tl.load(st + 1))
-        nr = tl.sqrt(tl.load(st + 2))
-        den = ns * nr + 1e-6
-        # An inactive row, and a zero norm (as torch.norm's backward), get zero coefficients.
-        on = (tl.load(active_ptr + q) != 0).to(acc_t)
-        b = -g / den * on
-        c = g * dot / (den * den) * on
-        a_s = tl.where(ns > 0, c * nr / tl.where(ns > 0, ns, 1.0), 0.0)
-        a_r = tl.where(nr > 0, c * ns / tl.where(nr > 0, nr, 1.0), 0.0)
-    elif METRIC == 1:
-        c = 2.0 * g
+    if METRIC == 0:
+        st = cos_ptr + pid * 3
     else:
-        c = g * tl.load(scale_ptr + q)
-    for off in range(0, n, BLOCK):
-        idx = off + tl.arange(0, BLOCK)
-        m = idx < n
-        s = tl.load(s_row + idx, mask=m, other=0.0).to(acc_t)
-        r = tl.load(r_row + idx, mask=m, other=0.0).to(acc_t)
-        if METRIC == 0 or METRIC == 4:
-            d_s = a_s * s + b * r
-            d_r = a_r * r + b * s
-        else:
-            e = s - r
-            if METRIC == 1:
-                d_s = c * e
-            else:
-                d_s = c * ((e > 0).to(acc_t) - (e < 0).to(acc_t))
-            d_r = -d_s
-        if NEED_SYN:
-            gs_row = _row_base(addr_ptr, tensor_ptr, offset_ptr, per_class_ptr, k, q, T, 2, DT)
-            tl.store(gs_row + idx, d_s.to(DT), mask=m)
-        if NEED_REAL:
-            gr_row = _row_base(addr_ptr, tensor_ptr, offset_ptr, per_class_ptr, k, q, T, 3, DT)
-            tl.store(gr_row + idx, d_r.to(DT), mask=m)
+        st = cos_ptr + k * 3  # global_cos: the class totals (other metrics read no statistics)
+    on = (tl.load(active_ptr + q) != 0).to(acc_t)
+    if METRIC == 0 or METRIC == 4:
+        a_s, a_r, b, c = _coeffs(METRIC, tl.load(st), tl.load(st + 1), tl.load(st + 2), on, 0.0, acc_t)
+    else:
+        a_s, a_r, b, c = _coeffs(METRIC, 0.0, 0.0, 0.0, on, tl.load(scale_ptr + q), acc_t)
+    _write_grads(addr_ptr, tensor_ptr, offset_ptr, per_class_ptr, s_row, r_row, n, k, q, T, a_s, a_r, b, c, g,
+                 acc_t, DT, METRIC, NEED_SYN, NEED_REAL, BLOCK)
 
 
 def _table(syn, metric):
@@ -204,16 +240,25 @@ def _reduce(stats, active, metric, dtype):
     return dist, tot
 
 
-def grad_distance_forward(syn, real, metric: str):
-    """Batched contiguous tensors ``(K, *param_shape)`` -> ``(dist (K,), stats (K, R, 3))``."""
+def grad_distance_forward(syn, real, metric: str, need_syn: bool = False, need_real: bool = False):
+    """Batched contiguous tensors ``(K, *param_shape)`` -> ``(dist (K,), stats (K, R, 3))``; with
+    ``need_syn``/``need_real`` (not global_cos) also the gradients at upstream gradient 1:
+    ``(dist, stats, d/dsyn list, d/dreal list)``."""
+    fused = need_syn or need_real
+    if fused and metric == "global_cos":
+        raise ValueError("global_cos needs every row's statistics before its first gradient")
     tensor, offset, length, scale, active, per_class = _table(syn, metric)
     k, n, rows = syn[0].shape[0], len(syn), tensor.numel()
     stats = torch.zeros(k, rows, 3, dtype=acc_dtype(syn[0].dtype), device=syn[0].device)
+    gs = [torch.empty_like(t) for t in syn] if need_syn else []
+    gr = [torch.empty_like(t) for t in real] if need_real else []
     if k * rows:
-        addr = _addresses(syn, real, None, None, n=n, device=syn[0].device)
-        _grad_distance_fwd_kernel[(k * rows,)](addr, tensor, offset, length, scale, per_class, stats, rows, n,
-                                               DT=tl_dtype(syn[0].dtype), METRIC=METRIC_IDS[metric], BLOCK=BLOCK)
-    return _reduce(stats, active, metric, syn[0].dtype)[0], stats
+        addr = _addresses(syn, real, gs, gr, n=n, device=syn[0].device)
+        _grad_distance_fwd_kernel[(k * rows,)](addr, tensor, offset, length, scale, active, per_class, stats, rows, n,
+                                               DT=tl_dtype(syn[0].dtype), METRIC=METRIC_IDS[metric],
+                                               NEED_SYN=need_syn, NEED_REAL=need_real, BLOCK=BLOCK)
+    dist = _reduce(stats, active, metric, syn[0].dtype)[0]
+    return (dist, stats, gs, gr) if fused else (dist, stats)
 
 
 def grad_distance_backward(grad, syn, real, stats, metric: str, need_syn: bool, need_real: bool):
@@ -238,9 +283,12 @@ def compile_specs():
     specs = []
     for dt, tdt in (("fp32", tl.float32), ("fp16", tl.float16), ("bf16", tl.bfloat16)):
         for metric in (0, 1, 2, 4):  # 3 (l1_mean) takes the l1 branches with another scale
-            fwd = {"addr_ptr": "*i64", **table, "per_class_ptr": "*i64", "stats_ptr": "*fp32", "R": "i32", "T": "i32",
-                   "DT": "constexpr", "METRIC": "constexpr", "BLOCK": "constexpr"}
-            specs.append((_grad_distance_fwd_kernel, fwd, {"DT": tdt, "METRIC": metric, "BLOCK": BLOCK}))
+            fwd = {"addr_ptr": "*i64", **table, "active_ptr": "*i32", "per_class_ptr": "*i64", "stats_ptr": "*fp32",
+                   "R": "i32", "T": "i32", "DT": "constexpr", "METRIC": "constexpr", "NEED_SYN": "constexpr",
+                   "NEED_REAL": "constexpr", "BLOCK": "constexpr"}
+            for need in ((False, False),) + (((True, False),) if metric != 4 else ()):
+                specs.append((_grad_distance_fwd_kernel, fwd, {"DT": tdt, "METRIC": metric, "NEED_SYN": need[0],
+                                                               "NEED_REAL": need[1], "BLOCK": BLOCK}))
             red = {"stats_ptr": "*fp32", "active_ptr": "*i32", "dist_ptr": f"*{dt}", "tot_ptr": "*fp32", "R": "i32",
                    "METRIC": "constexpr", "BLOCK_R": "constexpr"}
             specs.append((_grad_distance_reduce_kernel, red, {"METRIC": metric, "BLOCK_R": BLOCK_R}))
