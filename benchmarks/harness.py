@@ -12,6 +12,7 @@ import datetime as _dt
 import os
 import platform
 import re
+import statistics
 import subprocess
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -114,25 +115,38 @@ def _mode_callable(p: Provider, mode: str, upstream: str = "randn"):
     return lambda: torch.autograd.grad(p.fn(), p.inputs, g)
 
 
+# Providers take turns in rounds within each mode, so a slow spell of the (shared) machine lands on
+# all of them instead of on whichever was being timed: single back-to-back measurements moved the
+# ratios of one case by up to 1.5x between runs on our 2-vCPU VM.
+ROUNDS = 3
+
+
 def run_case(case: Case, bandwidth_gbs: float, min_run_time: float = 0.5,
              modes: Sequence[str] = MODES, progress: Callable[[str], None] = lambda s: None) -> list[dict]:
     rows = []
     for p in case.providers:
-        device = p.inputs[0].device
         for _ in range(p.warmup):
             torch.autograd.grad(p.fn(), p.inputs, torch.ones_like(p.fn()))
-        for mode in modes:
-            fn = _mode_callable(p, mode, case.upstream)
-            _sync(device)
-            m = Timer("fn(); sync()", globals={"fn": fn, "sync": lambda: _sync(device)}).blocked_autorange(
-                min_run_time=min_run_time)
-            gbs = case.bytes[mode] / m.median / 1e9
+    for mode in modes:
+        fns = [_mode_callable(p, mode, case.upstream) for p in case.providers]
+        times: list[list[float]] = [[] for _ in fns]
+        for _ in range(ROUNDS):
+            for p, fn, ts in zip(case.providers, fns, times):
+                device = p.inputs[0].device
+                _sync(device)
+                m = Timer("fn(); sync()", globals={"fn": fn, "sync": lambda d=device: _sync(d)}).blocked_autorange(
+                    min_run_time=min_run_time / ROUNDS)
+                ts.extend(m.times)
+        for p, fn, ts in zip(case.providers, fns, times):
+            q1, median, q3 = statistics.quantiles(ts, n=4) if len(ts) > 1 else (ts[0],) * 3
+            gbs = case.bytes[mode] / median / 1e9
             rows.append(dict(op=case.op, case=case.name, provider=p.name, mode=mode,
-                             median_ms=m.median * 1e3, iqr_ms=m.iqr * 1e3,
-                             peak_mem_mb=peak_memory_mb(fn, device), bytes=case.bytes[mode], gbps=gbs,
+                             median_ms=median * 1e3, iqr_ms=(q3 - q1) * 1e3,
+                             peak_mem_mb=peak_memory_mb(fn, p.inputs[0].device), bytes=case.bytes[mode], gbps=gbs,
                              roofline=gbs / bandwidth_gbs, **case.params))
-            progress(f"{case.op} | {case.name} | {p.name:<16} {mode:<8} {m.median * 1e3:9.3f} ms  "
+            progress(f"{case.op} | {case.name} | {p.name:<16} {mode:<8} {median * 1e3:9.3f} ms  "
                      f"{gbs:6.2f} GB/s ({100 * gbs / bandwidth_gbs:4.1f}% of roofline)")
+        del fns
     return rows
 
 
