@@ -31,6 +31,16 @@ def _row_base(addr_ptr, tensor_ptr, offset_ptr, per_class_ptr, k, q, T, which, D
 
 
 @triton.jit
+def _row_block(s_row, r_row, off, n, acc_t: tl.constexpr, BLOCK: tl.constexpr):
+    """Elements [off, off + BLOCK) of a row on both sides, masked to its length n, as acc_t."""
+    idx = off + tl.arange(0, BLOCK)
+    m = idx < n
+    s = tl.load(s_row + idx, mask=m, other=0.0).to(acc_t)
+    r = tl.load(r_row + idx, mask=m, other=0.0).to(acc_t)
+    return idx, m, s, r
+
+
+@triton.jit
 def _coeffs(METRIC: tl.constexpr, dot, ss, rr, on, scale, acc_t: tl.constexpr):
     """A row's gradient coefficients at upstream gradient 1: d/ds = a_s·s + b·r, d/dr = a_r·r + b·s
     (cosine metrics); c with d/ds = c·(s-r) or c·sign(s-r) otherwise. An inactive row, and a zero
@@ -61,10 +71,7 @@ def _write_grads(addr_ptr, tensor_ptr, offset_ptr, per_class_ptr, s_row, r_row, 
     """One row's gradients from its coefficients at upstream gradient 1 (see _coeffs), times g: the
     forward's g = 1 is exact, so the backward's result is the forward's buffer scaled by g."""
     for off in range(0, n, BLOCK):
-        idx = off + tl.arange(0, BLOCK)
-        m = idx < n
-        s = tl.load(s_row + idx, mask=m, other=0.0).to(acc_t)
-        r = tl.load(r_row + idx, mask=m, other=0.0).to(acc_t)
+        idx, m, s, r = _row_block(s_row, r_row, off, n, acc_t, BLOCK)
         if METRIC == 0 or METRIC == 4:
             d_s = (a_s * s + b * r) * g
             d_r = (a_r * r + b * s) * g
@@ -111,10 +118,7 @@ def _grad_distance_fwd_kernel(
     a1 = tl.zeros([BLOCK], dtype=acc_t)
     a2 = tl.zeros([BLOCK], dtype=acc_t)
     for off in range(0, n, BLOCK):
-        idx = off + tl.arange(0, BLOCK)
-        m = idx < n
-        s = tl.load(s_row + idx, mask=m, other=0.0).to(acc_t)
-        r = tl.load(r_row + idx, mask=m, other=0.0).to(acc_t)
+        idx, m, s, r = _row_block(s_row, r_row, off, n, acc_t, BLOCK)
         if METRIC == 0 or METRIC == 4:
             a0 += s * r
             a1 += s * s
