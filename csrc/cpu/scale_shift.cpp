@@ -125,8 +125,8 @@ void norm_bwd_pass(int64_t L, const T* __restrict__ s, const T* __restrict__ g,
                    T* __restrict__ ps, T* __restrict__ pt, double& sum_d, double& sum_dx,
                    const T* next_g, const T* next_x) {
   // 32-byte vectors (wider ones spill on AVX2); H of them cover the LANES partial sums.
-  typedef T V __attribute__((vector_size(32)));
-  constexpr int64_t W = 32 / sizeof(T), H = LANES / W;
+  using V = typename Vec<T>::type;
+  constexpr int64_t W = Vec<T>::lanes, H = LANES / W;
   static_assert(LANES % W == 0, "LANES must be a whole number of vectors");
   V a[H] = {}, b[H] = {};
   int64_t i = 0;
@@ -135,20 +135,20 @@ void norm_bwd_pass(int64_t L, const T* __restrict__ s, const T* __restrict__ g,
     for (int64_t h = 0; h < H; ++h) {
       const int64_t j = i + h * W;
       V xv, sv, gv, pv, tv;
-      std::memcpy(&xv, x + j, sizeof(V));
-      std::memcpy(&sv, s + j, sizeof(V));
-      std::memcpy(&gv, g + j, sizeof(V));
-      std::memcpy(&pv, ps + j, sizeof(V));
-      std::memcpy(&tv, pt + j, sizeof(V));
+      DDK_VLOAD(xv, x + j);
+      DDK_VLOAD(sv, s + j);
+      DDK_VLOAD(gv, g + j);
+      DDK_VLOAD(pv, ps + j);
+      DDK_VLOAD(tv, pt + j);
       const V xn = (xv - m) * r, dv = sv * gv;
       pv += gv * xn;
       tv += gv;
       a[h] += dv;
       b[h] += dv * xn;
-      std::memcpy(xh + j, &xn, sizeof(V));
-      std::memcpy(d + j, &dv, sizeof(V));
-      std::memcpy(ps + j, &pv, sizeof(V));
-      std::memcpy(pt + j, &tv, sizeof(V));
+      DDK_VSTORE(xh + j, xn);
+      DDK_VSTORE(d + j, dv);
+      DDK_VSTORE(ps + j, pv);
+      DDK_VSTORE(pt + j, tv);
     }
   }
   T al[LANES], bl[LANES];

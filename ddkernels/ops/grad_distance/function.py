@@ -108,15 +108,13 @@ class GradDistanceFunction(torch.autograd.Function):
         else:
             dist, stats = _KERNELS[backend][0](syn, real, metric)
         ctx.save_for_backward(stats, *tensors)
-        ctx.metric, ctx.backend, ctx.n = metric, backend, n
+        ctx.metric, ctx.backend, ctx.n, ctx.need = metric, backend, n, (need_syn, need_real)
         return dist
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: torch.Tensor):
-        n = ctx.n
-        need = ctx.needs_input_grad[3:]
-        need_syn, need_real = any(need[:n]), any(need[n:])
+        n, (need_syn, need_real) = ctx.n, ctx.need
         if ctx.pre is not None:
             gs, gr = ctx.pre
             ctx.pre = None
