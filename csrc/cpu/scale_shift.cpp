@@ -11,8 +11,7 @@
 //              writes dx for each and accumulates dscale/dshift in a private buffer. Each output
 //              element has exactly one writer and a fixed summation order, so there are no
 //              atomics and results are bitwise repeatable (and independent of the thread count).
-// Plane-wide sums go through LANES independent scalar_t accumulators (combined in double), so the
-// loops vectorize without -ffast-math, which would also make the summation order compiler-dependent.
+// Plane-wide sums use plane.h's fixed-order lane sums.
 // Per-pixel dscale/dshift sum over up to B samples: scalar_t partial sums over CHUNK samples are
 // folded into double, which keeps the inner loop at full vector width with the accuracy of a
 // CHUNK-long sum.
@@ -27,40 +26,13 @@
 
 #include "check.h"
 #include "ops.h"
+#include "plane.h"
 #include "simd.h"
 
 namespace ddkernels {
 namespace {
 
-constexpr int64_t LANES = 16;
 constexpr int64_t CHUNK = 16;
-
-// Σ f(i) for i in [0, n) in LANES interleaved partial sums, combined in a fixed order.
-template <typename scalar_t, typename F>
-inline double lane_sum(int64_t n, F f) {
-  scalar_t part[LANES] = {};
-  int64_t i = 0;
-  for (; i + LANES <= n; i += LANES)
-    for (int64_t l = 0; l < LANES; ++l) part[l] += f(i + l);
-  for (; i < n; ++i) part[i % LANES] += f(i);
-  double total = 0;
-  for (int64_t l = 0; l < LANES; ++l) total += part[l];
-  return total;
-}
-
-// Biased mean and 1/sqrt(var + eps) of one plane; two passes over L1-resident data are more
-// accurate than a one-pass E[x²] - E[x]², which cancels badly for planes with a large mean.
-template <typename scalar_t>
-inline void plane_stats(const scalar_t* __restrict__ x, int64_t L, double eps, scalar_t& mean,
-                        scalar_t& rstd) {
-  const scalar_t m = scalar_t(lane_sum<scalar_t>(L, [&](int64_t i) { return x[i]; }) / L);
-  const double v = lane_sum<scalar_t>(L, [&](int64_t i) {
-                     const scalar_t d = x[i] - m;
-                     return d * d;
-                   }) / L;
-  mean = m;
-  rstd = scalar_t(1.0 / std::sqrt(v + eps));
-}
 
 // The streaming loops take their arrays as __restrict__ parameters: GCC honours restrict on
 // parameters (not on local pointers). Each prefetches `next` (the plane or row processed after this
