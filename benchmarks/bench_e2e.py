@@ -43,14 +43,14 @@ import ddkernels
 import ddkernels.compat
 from ddkernels.data import Dataset, load_dataset
 from ddkernels.methods import METHODS, make_distiller
-from ddkernels.models import ConvNet
 
 from . import harness
 
-OPS = ("multi_formation", "grad_distance", "scale_shift")
+OPS = ("multi_formation", "grad_distance", "scale_shift", "norm_relu_pool")
 # match_loss: the original-style loop's own range around utils.match_loss (patched or not).
 RANGES = OPS + ("match_loss",)
-SHORT = {"multi_formation": "mf", "grad_distance": "gd", "scale_shift": "ss", "match_loss": "match_loss"}
+SHORT = {"multi_formation": "mf", "grad_distance": "gd", "scale_shift": "ss", "norm_relu_pool": "nrp",
+         "match_loss": "match_loss"}
 FUSED = "auto"
 HERE = os.path.dirname(os.path.abspath(__file__))
 README = os.path.join(os.path.dirname(HERE), "README.md")
@@ -164,10 +164,47 @@ def profile_step(step: Callable[[], float], top: int = 3) -> tuple[float, Profil
 
 
 # --- a DC loop written the way VICO-UoE/DatasetCondensation writes it ---------------------------
-# utils.py's distance_wb and match_loss transcribed (spec §2a), run as a module of their own so that
-# compat.patch meets them the way it meets a user's utils.
+# utils.py's distance_wb, match_loss and get_network('ConvNet') with networks.py's ConvNet (the
+# instancenorm/relu/avgpooling configuration) transcribed (spec §0.1, §2a), run as a module of its
+# own so that compat.patch meets them the way it meets a user's utils.
 ORIGINAL_DC_UTILS = '''
 import torch
+import torch.nn as nn
+
+class ConvNet(nn.Module):
+    def __init__(self, channel, num_classes, net_width, net_depth, net_act, net_norm, net_pooling, im_size=(32, 32)):
+        super(ConvNet, self).__init__()
+        layers = []
+        in_channels = channel
+        if im_size[0] == 28:
+            im_size = (32, 32)
+        shape_feat = [in_channels, im_size[0], im_size[1]]
+        for d in range(net_depth):
+            layers += [nn.Conv2d(in_channels, net_width, kernel_size=3, padding=3 if channel == 1 and d == 0 else 1)]
+            shape_feat[0] = net_width
+            layers += [nn.GroupNorm(shape_feat[0], shape_feat[0], affine=True)]
+            layers += [nn.ReLU(inplace=True)]
+            in_channels = net_width
+            layers += [nn.AvgPool2d(kernel_size=2, stride=2)]
+            shape_feat[1] //= 2
+            shape_feat[2] //= 2
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(shape_feat[0] * shape_feat[1] * shape_feat[2], num_classes)
+
+    def forward(self, x):
+        out = self.features(x)
+        out = out.view(out.size(0), -1)
+        out = self.classifier(out)
+        return out
+
+def get_network(model, channel, num_classes, im_size=(32, 32)):
+    net_width, net_depth, net_act, net_norm, net_pooling = 128, 3, 'relu', 'instancenorm', 'avgpooling'
+    if model == 'ConvNet':
+        net = ConvNet(channel=channel, num_classes=num_classes, net_width=net_width, net_depth=net_depth,
+                      net_act=net_act, net_norm=net_norm, net_pooling=net_pooling, im_size=im_size)
+    else:
+        exit('unknown model: %s' % model)
+    return net
 
 def distance_wb(gwr, gws):
     shape = gwr.shape
@@ -209,12 +246,13 @@ def original_dc_utils() -> types.ModuleType:
 
 
 class OriginalDCLoop:
-    """DC's outer iteration as main.py writes it: a fresh network, then for every class the real and
-    synthetic gradients and ``utils.match_loss`` (a Python loop over classes and layers), summed, one
-    SGD step on the images. Seeded, so two instances run the same iterations."""
+    """DC's outer iteration as main.py writes it: a fresh network from ``utils.get_network`` (width
+    128), then for every class the real and synthetic gradients and ``utils.match_loss`` (a Python
+    loop over classes and layers), summed, one SGD step on the images. Seeded, so two instances run
+    the same iterations."""
 
-    def __init__(self, utils: types.ModuleType, ds: Dataset, ipc: int, width: int, batch_real: int, seed: int):
-        self.utils, self.ds, self.ipc, self.width = utils, ds, ipc, width
+    def __init__(self, utils: types.ModuleType, ds: Dataset, ipc: int, batch_real: int, seed: int):
+        self.utils, self.ds, self.ipc = utils, ds, ipc
         self.gen = torch.Generator().manual_seed(seed)
         self.args = types.SimpleNamespace(dis_metric="ours", device="cpu")
         self.by_class = [torch.nonzero(ds.train_y == c).flatten() for c in range(ds.num_classes)]
@@ -230,7 +268,7 @@ class OriginalDCLoop:
     def step(self) -> float:
         with torch.random.fork_rng():
             torch.manual_seed(int(torch.randint(2 ** 62, (1,), generator=self.gen)))
-            net = ConvNet(self.ds.channels, self.ds.num_classes, width=self.width, im_size=self.ds.im_size)
+            net = self.utils.get_network("ConvNet", self.ds.channels, self.ds.num_classes, self.ds.im_size)
         net_parameters = list(net.parameters())
         loss = torch.tensor(0.0)
         for c in range(self.ds.num_classes):
@@ -327,8 +365,8 @@ def run_original_dc(ds: Dataset, quick: bool, iterations: int, progress) -> list
     for ipc in ((1,) if quick else (1, 10)):
         utils = original_dc_utils()
         batch_real = 64 if quick else 256  # the quick preset's / the original's real images per class
-        before = OriginalDCLoop(utils, ds, ipc, 128, batch_real, seed=0)
-        after = OriginalDCLoop(utils, ds, ipc, 128, batch_real, seed=0)
+        before = OriginalDCLoop(utils, ds, ipc, batch_real, seed=0)
+        after = OriginalDCLoop(utils, ds, ipc, batch_real, seed=0)
 
         def unpatched():
             ddkernels.compat.unpatch(utils)
@@ -432,8 +470,8 @@ def run(quick: bool, iterations: int | None, methods=None, original: bool = True
     header = (f"Measured on {harness.hardware()}, torch {torch.__version__}, git {harness.git_sha()}, "
               f"{'--quick' if quick else 'full'} run (per provider: a warm-up iteration, {iterations} timed "
               f"(median), one profiled; {time.perf_counter() - t0:.0f} s in all). Fused = backend \"{FUSED}\". "
-              f"Shares are of one profiled iteration (mf multi_formation, gd grad_distance, ss scale_shift; "
-              f"forward + their backward nodes).\n\n")
+              f"Shares are of one profiled iteration (mf multi_formation, gd grad_distance, ss scale_shift, "
+              f"nrp norm_relu_pool; forward + their backward nodes).\n\n")
     table = header + markdown(results)
     os.makedirs(out, exist_ok=True)
     write_csv(out, results)

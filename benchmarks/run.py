@@ -17,7 +17,7 @@ import torch
 
 from . import harness
 
-OPS = ["multi_formation", "grad_distance", "scale_shift"]
+OPS = ["multi_formation", "grad_distance", "scale_shift", "norm_relu_pool"]
 HERE = os.path.dirname(os.path.abspath(__file__))
 README = os.path.join(os.path.dirname(HERE), "README.md")
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"

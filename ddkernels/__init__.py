@@ -7,9 +7,10 @@ from . import nn
 from .dispatch import BackendUnavailable
 from .ops.grad_distance import grad_distance, stack_classes
 from .ops.multi_formation import multi_formation, multi_formation_targets
+from .ops.norm_relu_pool import norm_relu_pool
 from .ops.scale_shift import scale_shift
 
 __version__ = "0.1.0"
 
 __all__ = ["BackendUnavailable", "grad_distance", "multi_formation", "multi_formation_targets", "nn",
-           "scale_shift", "stack_classes", "__version__"]
+           "norm_relu_pool", "scale_shift", "stack_classes", "__version__"]

@@ -103,15 +103,16 @@ def test_accuracy(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch:
 
 
 def train_network(images: torch.Tensor, labels: torch.Tensor, dataset: Dataset, protocol: Protocol,
-                  seed: int, progress: bool = False, on_epoch=None) -> torch.nn.Module:
+                  seed: int, progress: bool = False, on_epoch=None, backend: str = "auto") -> torch.nn.Module:
     """Train one fresh ConvNet on normalized ``images`` with ``protocol``; returns the network.
 
     ``on_epoch(epoch, net)``, if given, runs after every epoch (1-based; the "half" schedule runs
-    ``epochs + 1`` of them)."""
+    ``epochs + 1`` of them). ``backend`` is the network's (its fused block epilogue)."""
     gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng():
         torch.manual_seed(seed)  # network init uses the global RNG; keep the caller's untouched
-        net = ConvNet(dataset.channels, dataset.num_classes, width=protocol.width, im_size=dataset.im_size)
+        net = ConvNet(dataset.channels, dataset.num_classes, width=protocol.width, im_size=dataset.im_size,
+                      backend=backend)
     aug = DiffAugment(strategy_for(protocol.aug, dataset.name), mode=protocol.aug_mode)
 
     def make_opt(lr):
@@ -155,7 +156,7 @@ def _mean_std(accs: list[float]) -> tuple[float, float]:
 
 
 def evaluate(images: torch.Tensor, labels: torch.Tensor, dataset: Dataset, protocol: Protocol, *,
-             seed: int = 0, desc: str = "evaluate", progress: bool = True) -> dict:
+             seed: int = 0, desc: str = "evaluate", progress: bool = True, backend: str = "auto") -> dict:
     """Train ``protocol.n_nets`` fresh networks on ``(images, labels)`` and test each.
 
     Args:
@@ -164,6 +165,7 @@ def evaluate(images: torch.Tensor, labels: torch.Tensor, dataset: Dataset, proto
         dataset: gives the test split (normalized here) and the network's shape.
         protocol: see :data:`PROTOCOLS`.
         seed: network ``i`` uses seed ``seed + i``.
+        backend: the networks' backend (see :class:`ddkernels.models.ConvNet`).
 
     Returns:
         ``{"mean", "std", "n", "accuracies", "protocol"}`` with the final accuracies in %; with
@@ -195,7 +197,7 @@ def evaluate(images: torch.Tensor, labels: torch.Tensor, dataset: Dataset, proto
             if epoch in ticks:
                 curve.append(test_accuracy(net, test_x, test_y))
 
-        train_network(images, labels, dataset, protocol, seed + i, on_epoch=test_at)
+        train_network(images, labels, dataset, protocol, seed + i, on_epoch=test_at, backend=backend)
         curves.append(curve)
         bar.set_postfix(acc=f"{sum(c[-1] for c in curves) / len(curves):.2f}")
     accs = [c[-1] for c in curves]

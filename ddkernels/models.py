@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from ._checks import check_int
+from .ops.norm_relu_pool import norm_relu_pool
 
 NORMS = ("instancenorm", "batchnorm", "none")
 POOLINGS = ("avgpooling", "maxpooling", "none")
@@ -17,6 +18,43 @@ def _norm(kind: str, width: int) -> nn.Module:
     if kind == "batchnorm":
         return nn.BatchNorm2d(width)
     return nn.Identity()
+
+
+def _is_pool2(m: nn.Module) -> bool:
+    """``AvgPool2d(2, 2)`` exactly as the originals build it (no padding, floor mode, plain divisor)."""
+    two = (2, (2, 2))
+    return (isinstance(m, nn.AvgPool2d) and m.kernel_size in two and m.stride in two and m.padding in (0, (0, 0))
+            and not m.ceil_mode and m.divisor_override is None)
+
+
+def _fusable(mods: list[nn.Module], i: int) -> int:
+    """How many layers from ``mods[i]`` one norm_relu_pool call replaces: 3 for ``GroupNorm(C, C) →
+    ReLU → AvgPool2d(2, 2)``, 2 without the pool, 0 if ``mods[i]`` does not start such a run."""
+    gn = mods[i]
+    if not (isinstance(gn, nn.GroupNorm) and gn.num_groups == gn.num_channels):
+        return 0
+    if i + 1 >= len(mods) or type(mods[i + 1]) is not nn.ReLU:
+        return 0
+    return 3 if i + 2 < len(mods) and _is_pool2(mods[i + 2]) else 2
+
+
+def run_features(features: nn.Sequential, x: torch.Tensor, backend: str = "auto") -> torch.Tensor:
+    """``features(x)``, with every ``GroupNorm(C, C) → ReLU [→ AvgPool2d(2, 2)]`` run of layers
+    computed by one :func:`~ddkernels.ops.norm_relu_pool.norm_relu_pool` call on the ``GroupNorm``'s
+    own parameters (so ``functional_call`` and optimizers see the usual parameters). Other layers
+    run as they are. ``backend="reference"`` is the op's reference: the same three PyTorch layers."""
+    mods = list(features)
+    i = 0
+    while i < len(mods):
+        n = _fusable(mods, i)
+        if n:
+            gn = mods[i]
+            x = norm_relu_pool(x, gn.weight, gn.bias, gn.eps, pool=n == 3, backend=backend)
+            i += n
+        else:
+            x = mods[i](x)
+            i += 1
+    return x
 
 
 class ConvNet(nn.Module):
@@ -33,13 +71,19 @@ class ConvNet(nn.Module):
         norm: ``"instancenorm"`` (``GroupNorm(width, width)``), ``"batchnorm"`` or ``"none"``.
         pooling: ``"avgpooling"``, ``"maxpooling"`` or ``"none"``.
         im_size: input ``(H, W)``.
+        backend: backend of the fused block epilogue. With instance norm and average (or no)
+            pooling, each block's ``norm → ReLU → pool`` runs as one
+            :func:`ddkernels.ops.norm_relu_pool.norm_relu_pool` call on the ``GroupNorm``'s own
+            parameters (``"reference"``: the op's reference, PyTorch's three layers).
+            Parameters, their order and ``state_dict`` keys are those of the plain layer stack.
 
     Shapes:
         input ``(B, channels, H, W)`` → logits ``(B, num_classes)``; :meth:`embed` → ``(B, feat_dim)``.
     """
 
     def __init__(self, channels: int, num_classes: int, width: int = 128, depth: int = 3,
-                 norm: str = "instancenorm", pooling: str = "avgpooling", im_size: tuple[int, int] = (32, 32)):
+                 norm: str = "instancenorm", pooling: str = "avgpooling", im_size: tuple[int, int] = (32, 32),
+                 backend: str = "auto"):
         super().__init__()
         check_int(channels, "channels", low=1)
         check_int(num_classes, "num_classes", low=1)
@@ -65,13 +109,14 @@ class ConvNet(nn.Module):
         self.features = nn.Sequential(*layers)
         self.feat_dim = width * h * w
         self.classifier = nn.Linear(self.feat_dim, num_classes)
+        self.backend = backend
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Flattened features before the classifier (what DM matches)."""
-        return self.features(x).flatten(1)
+        return run_features(self.features, x, self.backend).flatten(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.embed(x))
 
 
-__all__ = ["ConvNet"]
+__all__ = ["ConvNet", "run_features"]

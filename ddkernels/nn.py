@@ -9,6 +9,7 @@ from .latent import LatentDecoderBank
 from .memory import AddressableMemory
 from .ops.grad_distance import grad_distance
 from .ops.multi_formation import multi_formation, multi_formation_targets
+from .ops.norm_relu_pool import norm_relu_pool
 
 
 class MultiFormation(nn.Module):
@@ -57,4 +58,29 @@ class GradMatchLoss(nn.Module):
         return f"metric={self.metric!r}, batched={self.batched}, backend={self.backend!r}"
 
 
-__all__ = ["AddressableMemory", "GradMatchLoss", "HallucinatorBank", "LatentDecoderBank", "MultiFormation"]
+class NormReluPool(nn.Module):
+    """ConvNet-3's block epilogue ``GroupNorm(C, C) → ReLU → AvgPool2d(2)`` as one module; see
+    :func:`ddkernels.norm_relu_pool`. ``weight``/``bias`` start at 1/0, as ``GroupNorm``'s.
+
+    Args:
+        num_channels: ``C``.
+        eps: added to the variance.
+        pool: apply the 2×2 average pool.
+        backend: passed to the op on every call.
+    """
+
+    def __init__(self, num_channels: int, eps: float = 1e-5, *, pool: bool = True, backend: str = "auto"):
+        super().__init__()
+        self.num_channels, self.eps, self.pool, self.backend = num_channels, eps, pool, backend
+        self.weight = nn.Parameter(torch.ones(num_channels))
+        self.bias = nn.Parameter(torch.zeros(num_channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return norm_relu_pool(x, self.weight, self.bias, self.eps, pool=self.pool, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_channels}, eps={self.eps}, pool={self.pool}, backend={self.backend!r}"
+
+
+__all__ = ["AddressableMemory", "GradMatchLoss", "HallucinatorBank", "LatentDecoderBank", "MultiFormation",
+           "NormReluPool"]

@@ -253,21 +253,21 @@ def finish(out: str, trainer, preset: str, *, evaluate_after: bool = True, eval_
     if evaluate_after:
         metrics.update(evaluate_run(out, trainer.hp, preset, images, labels, ds, ipc=trainer.ipc, seed=trainer.seed,
                                     eval_nets=eval_nets, baseline=baseline, progress=progress,
-                                    overrides=eval_overrides))
+                                    overrides=eval_overrides, backend=trainer.backend))
     write_json(metrics, os.path.join(out, "metrics.json"))
     log.info(f"metrics {json.dumps({k: v for k, v in metrics.items() if k != 'versions'})}")
     return metrics
 
 
 def evaluate_run(out, hp, preset, images, labels, ds, *, ipc, seed, eval_nets=None, baseline=True,
-                 progress=True, overrides: dict | None = None) -> dict:
+                 progress=True, overrides: dict | None = None, backend: str = "auto") -> dict:
     """Evaluate ``(images, labels)`` and, with ``baseline``, ``ipc`` random real images per class.
     ``overrides`` (the trainer's ``eval_overrides()``) change the protocol for the synthetic set only;
-    the baseline keeps the preset's protocol."""
+    the baseline keeps the preset's protocol. ``backend``: the evaluation networks'."""
     log = _logger(out)
     proto = eval_protocol(hp, preset, eval_nets, **(overrides or {}))
     t0 = time.perf_counter()
-    res = evaluate(images, labels, ds, proto, seed=seed, desc="eval synthetic", progress=progress)
+    res = evaluate(images, labels, ds, proto, seed=seed, desc="eval synthetic", progress=progress, backend=backend)
     result = {"accuracy": _final(res), "eval_protocol": res["protocol"],
               "eval_seconds": round(time.perf_counter() - t0, 2)}
     if "best" in res:
@@ -276,7 +276,7 @@ def evaluate_run(out, hp, preset, images, labels, ds, *, ipc, seed, eval_nets=No
     if baseline:
         rx, ry = random_real(ds, ipc, seed)
         base = evaluate(rx, ry, ds, eval_protocol(hp, preset, eval_nets), seed=seed, desc="eval random real",
-                        progress=progress)
+                        progress=progress, backend=backend)
         result["random_real"] = dict(_final(base), ipc=ipc)
         if "best" in base:
             result["random_real"]["best"] = _best(base)
@@ -327,7 +327,7 @@ def evaluate_dir(out: str, *, preset: str | None = None, eval_nets: int | None =
         metrics["eval_overrides"] = torch.load(spath, map_location="cpu", weights_only=False).get("eval_overrides", {})
     metrics.update(evaluate_run(out, config["hp"], preset or config["preset"], images, labels, ds, ipc=config["ipc"],
                                 seed=config["seed"], eval_nets=eval_nets, baseline=baseline, progress=progress,
-                                overrides=metrics.get("eval_overrides")))
+                                overrides=metrics.get("eval_overrides"), backend=config.get("backend", "auto")))
     write_json(metrics, mpath)
     return metrics
 

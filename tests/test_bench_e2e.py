@@ -44,7 +44,15 @@ def test_original_dc_utils_match_compat_and_patch():
     for metric in ("ours", "mse", "cos"):
         args = SimpleNamespace(dis_metric=metric, device="cpu")
         assert_close(ddkernels.compat.match_loss(syn, real, args), utils.match_loss(syn, real, args))
+    torch.manual_seed(0)
+    net = utils.get_network("ConvNet", 1, 10, (28, 28))
     report = ddkernels.compat.patch(utils)
-    assert set(report.patched) == {"distance_wb", "match_loss"} and utils.match_loss is ddkernels.compat.match_loss
+    assert set(report.patched) == {"distance_wb", "match_loss", "ConvNet"} and utils.match_loss is ddkernels.compat.match_loss
+    torch.manual_seed(0)
+    patched = utils.get_network("ConvNet", 1, 10, (28, 28))
+    assert isinstance(patched, ddkernels.compat.ConvNet)
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), patched.state_dict().values()))
+    x = torch.randn(3, 1, 28, 28)
+    assert_close(patched(x), net(x), name="patched network")
     ddkernels.compat.unpatch(utils)
-    assert utils.match_loss is not ddkernels.compat.match_loss
+    assert utils.match_loss is not ddkernels.compat.match_loss and utils.ConvNet is not ddkernels.compat.ConvNet

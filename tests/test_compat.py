@@ -268,6 +268,103 @@ def test_haba_state_dict_round_trip():
         compat.bank_from_translators([styles[0], HaBaHallucinator(3, 3, 3, 3, (6, 6))])
 
 
+# --- ConvNet ----------------------------------------------------------------------------------------
+class DCConvNet(nn.Module):
+    """DatasetCondensation's networks.ConvNet, from the spec (§0.1): conv (padding 3 for a 1-channel
+    first layer), optional norm, activation, optional pool, per block; 28 px counted as 32."""
+
+    def __init__(self, channel, num_classes, net_width, net_depth, net_act, net_norm, net_pooling, im_size=(32, 32)):
+        super().__init__()
+        h, w = (32, 32) if im_size[0] == 28 else im_size
+        layers, c = [], channel
+        for d in range(net_depth):
+            layers.append(nn.Conv2d(c, net_width, 3, padding=3 if channel == 1 and d == 0 else 1))
+            if net_norm == "instancenorm":
+                layers.append(nn.GroupNorm(net_width, net_width, affine=True))
+            elif net_norm == "batchnorm":
+                layers.append(nn.BatchNorm2d(net_width))
+            elif net_norm == "layernorm":
+                layers.append(nn.LayerNorm([net_width, h, w]))
+            layers.append({"relu": nn.ReLU(inplace=True), "sigmoid": nn.Sigmoid()}[net_act])
+            c = net_width
+            if net_pooling != "none":
+                layers.append(nn.AvgPool2d(2, 2) if net_pooling == "avgpooling" else nn.MaxPool2d(2, 2))
+                h, w = h // 2, w // 2
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(net_width * h * w, num_classes)
+
+    def embed(self, x):
+        out = self.features(x)
+        return out.view(out.size(0), -1)
+
+    def forward(self, x):
+        return self.classifier(self.embed(x))
+
+
+CONVNETS = [  # (channel, im_size, net_act, net_norm, net_pooling)
+    (1, (28, 28), "relu", "instancenorm", "avgpooling"),   # (Fashion-)MNIST, the default
+    (3, (32, 32), "relu", "instancenorm", "avgpooling"),   # CIFAR
+    (3, (32, 32), "relu", "instancenorm", "none"),
+    (3, (32, 32), "relu", "instancenorm", "maxpooling"),
+    (3, (32, 32), "relu", "batchnorm", "avgpooling"),
+    (1, (28, 28), "relu", "layernorm", "avgpooling"),
+    (3, (32, 32), "sigmoid", "instancenorm", "avgpooling"),
+]
+
+
+@pytest.mark.parametrize("cfg", CONVNETS, ids=lambda c: "-".join(map(str, c[2:])) + f"-{c[0]}ch")
+@pytest.mark.parametrize("backend", [p for p in fused_backends("norm_relu_pool") if p.id == "cpu"] + ["auto"])
+def test_convnet_matches_original(cfg, backend):
+    channel, im_size, act, norm, pool = cfg
+    depth = 2 if pool == "none" else 3
+    torch.manual_seed(3)
+    orig = DCConvNet(channel, 10, 16, depth, act, norm, pool, im_size)
+    torch.manual_seed(3)
+    ours = compat.ConvNet(channel, 10, 16, depth, act, norm, pool, im_size, backend=backend)
+    so, sc = orig.state_dict(), ours.state_dict()
+    assert list(so) == list(sc) and all(torch.equal(so[k], sc[k]) for k in so)  # same init from one seed
+    x = torch.randn(6, channel, *im_size)
+    assert_close(ours.embed(x), orig.embed(x), name="embed")
+    # DC's step: parameter gradients with create_graph, matched, differentiated w.r.t. the images.
+    xs = x.clone().requires_grad_()
+    grads = []
+    for net in (orig, ours):
+        xi = xs.clone()
+        gw = torch.autograd.grad(F.cross_entropy(net(xi), torch.arange(6) % 10), list(net.parameters()), create_graph=True)
+        loss = sum((g ** 2).sum() for g in gw)
+        grads.append((gw, torch.autograd.grad(loss, xs)[0]))
+    for a, e in zip(grads[1][0], grads[0][0]):
+        assert_close(a, e, atol=1e-5, rtol=1e-3, name="parameter gradient")
+    assert_close(grads[1][1], grads[0][1], atol=1e-5, rtol=1e-3, name="image meta-gradient")
+
+
+def test_convnet_errors_name_the_argument():
+    with pytest.raises(ValueError, match="net_act must be one of"):
+        compat.ConvNet(3, 10, 8, 3, "gelu", "instancenorm", "avgpooling")
+    with pytest.raises(ValueError, match="net_norm must be one of"):
+        compat.ConvNet(3, 10, 8, 3, "relu", "rmsnorm", "avgpooling")
+    with pytest.raises(ValueError, match="net_pooling must be one of"):
+        compat.ConvNet(3, 10, 8, 3, "relu", "instancenorm", "lppool")
+
+
+def test_patch_swaps_convnet_for_get_network():
+    """The original utils.get_network looks ConvNet up in utils at call time: patching the name is enough."""
+    m = types.ModuleType("dc_utils")
+    m.ConvNet, m.match_loss = DCConvNet, dc_match_loss
+
+    def get_network(model, channel, num_classes, im_size=(32, 32)):
+        return m.ConvNet(channel=channel, num_classes=num_classes, net_width=128, net_depth=3, net_act="relu",
+                         net_norm="instancenorm", net_pooling="avgpooling", im_size=im_size)
+
+    m.get_network = get_network
+    report = compat.patch(m)
+    assert set(report.patched) == {"ConvNet", "match_loss"}
+    net = m.get_network("ConvNet", 1, 10, (28, 28))
+    assert isinstance(net, compat.ConvNet) and net(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    compat.unpatch(m)
+    assert m.ConvNet is DCConvNet
+
+
 # --- patch ------------------------------------------------------------------------------------------
 def _fake_utils():
     m = types.ModuleType("fake_utils")

@@ -30,6 +30,36 @@ def test_opcheck_multi_formation(dtype):
     torch.library.opcheck(torch.ops.ddkernels.multi_formation_bwd.default, (g, 3, 10, 10, gri, grw, gci, gcw))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("pool", [True, False])
+def test_opcheck_norm_relu_pool(dtype, pool):
+    x = torch.randn(2, 3, 6, 7, dtype=dtype)
+    w, b = torch.randn(3, dtype=dtype), torch.randn(3, dtype=dtype)
+    torch.library.opcheck(torch.ops.ddkernels.norm_relu_pool_fwd.default, (x, w, b, 1e-5, pool))
+    _, mean, rstd = torch.ops.ddkernels.norm_relu_pool_fwd(x, w, b, 1e-5, pool)
+    g = torch.randn(2, 3, *((3, 3) if pool else (6, 7)), dtype=dtype)
+    for need in ((True, True), (True, False), (False, True)):
+        torch.library.opcheck(torch.ops.ddkernels.norm_relu_pool_bwd.default, (g, x, w, b, mean, rstd, pool, *need))
+    ggx, ggw, ggb = torch.randn_like(x), torch.randn_like(w), torch.randn_like(b)
+    for gg, need in (((ggx, ggw, ggb), (True, True, True)), ((ggx, None, None), (True, False, True)),
+                     ((None, ggw, None), (False, True, False))):
+        torch.library.opcheck(torch.ops.ddkernels.norm_relu_pool_bwd2.default,
+                              (g, x, w, b, mean, rstd, pool, *gg, *need))
+
+
+def test_norm_relu_pool_boundary_names_the_argument():
+    x, w, b = torch.randn(2, 3, 6, 6), torch.randn(3), torch.randn(3)
+    with pytest.raises(RuntimeError, match="x must be contiguous"):
+        torch.ops.ddkernels.norm_relu_pool_fwd(x.transpose(2, 3), w, b, 1e-5, True)
+    with pytest.raises(RuntimeError, match=r"weight must have shape \(C=3,\)"):
+        torch.ops.ddkernels.norm_relu_pool_fwd(x, w[:2], b, 1e-5, True)
+    with pytest.raises(RuntimeError, match="bias must have x's dtype"):
+        torch.ops.ddkernels.norm_relu_pool_fwd(x, w, b.double(), 1e-5, True)
+    _, mean, rstd = torch.ops.ddkernels.norm_relu_pool_fwd(x, w, b, 1e-5, True)
+    with pytest.raises(RuntimeError, match=r"grad_out must have shape \(2, 3, 3, 3\)"):
+        torch.ops.ddkernels.norm_relu_pool_bwd(torch.randn(2, 3, 6, 6), x, w, b, mean, rstd, True, True, True)
+
+
 def test_cpp_boundary_names_the_argument():
     x, ri, rw, ci, cw = _mf_args()
     with pytest.raises(RuntimeError, match="x must be contiguous"):

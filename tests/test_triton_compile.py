@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("triton")
 
 TRITON_MODULES = ["ddkernels.ops.multi_formation.triton", "ddkernels.ops.grad_distance.triton",
-                  "ddkernels.ops.scale_shift.triton"]
+                  "ddkernels.ops.scale_shift.triton", "ddkernels.ops.norm_relu_pool.triton"]
 
 SCRIPT = r"""
 import importlib, sys, triton

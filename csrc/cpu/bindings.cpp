@@ -36,6 +36,16 @@ TORCH_LIBRARY(ddkernels, m) {
   m.def(
       "small_conv2d_bwd(Tensor grad_y, Tensor x, Tensor weight, int padding, int groups, "
       "bool need_x, bool need_w, bool need_b) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "norm_relu_pool_fwd(Tensor x, Tensor weight, Tensor bias, float eps, bool pool) "
+      "-> (Tensor, Tensor, Tensor)");
+  m.def(
+      "norm_relu_pool_bwd(Tensor grad_out, Tensor x, Tensor weight, Tensor bias, Tensor mean, "
+      "Tensor rstd, bool pool, bool need_x, bool need_wb) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "norm_relu_pool_bwd2(Tensor grad_out, Tensor x, Tensor weight, Tensor bias, Tensor mean, "
+      "Tensor rstd, bool pool, Tensor? ggx, Tensor? ggw, Tensor? ggb, bool need_go, bool need_x, "
+      "bool need_w) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(ddkernels, CPU, m) {
@@ -48,4 +58,7 @@ TORCH_LIBRARY_IMPL(ddkernels, CPU, m) {
   m.impl("scale_shift_bwd", &ddkernels::scale_shift_bwd_cpu);
   m.impl("small_conv2d_fwd", &ddkernels::small_conv2d_fwd_cpu);
   m.impl("small_conv2d_bwd", &ddkernels::small_conv2d_bwd_cpu);
+  m.impl("norm_relu_pool_fwd", &ddkernels::norm_relu_pool_fwd_cpu);
+  m.impl("norm_relu_pool_bwd", &ddkernels::norm_relu_pool_bwd_cpu);
+  m.impl("norm_relu_pool_bwd2", &ddkernels::norm_relu_pool_bwd2_cpu);
 }

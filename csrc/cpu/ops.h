@@ -45,4 +45,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> small_conv2d_bwd_cpu(
     const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& weight, int64_t padding,
     int64_t groups, bool need_x, bool need_w, bool need_b);
 
+// norm_relu_pool.cpp: ConvNet-3's GroupNorm(C, C) + ReLU + AvgPool2d(2) on (N, C, H, W).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_relu_pool_fwd_cpu(const at::Tensor& x,
+                                                                      const at::Tensor& weight,
+                                                                      const at::Tensor& bias,
+                                                                      double eps, bool pool);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_relu_pool_bwd_cpu(
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
+    const at::Tensor& bias, const at::Tensor& mean, const at::Tensor& rstd, bool pool, bool need_x,
+    bool need_wb);
+// The double backward: gradients of <ggx, dx> + <ggw, dweight> + <ggb, dbias> w.r.t. grad_out, x, weight.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_relu_pool_bwd2_cpu(
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
+    const at::Tensor& bias, const at::Tensor& mean, const at::Tensor& rstd, bool pool,
+    const std::optional<at::Tensor>& ggx, const std::optional<at::Tensor>& ggw,
+    const std::optional<at::Tensor>& ggb, bool need_go, bool need_x, bool need_w);
+
 }  // namespace ddkernels

@@ -3,7 +3,9 @@
 Same names, signatures, argument conventions and results as the originals (spec §1a, §2a, §4a):
 
 * VICO-UoE/DatasetCondensation ``utils.py``: :func:`distance_wb`, :func:`match_loss`
-  (``args.dis_metric`` ∈ {ours, mse, cos}, ``args.device``) → :func:`ddkernels.grad_distance`.
+  (``args.dis_metric`` ∈ {ours, mse, cos}, ``args.device``) → :func:`ddkernels.grad_distance`;
+  ``networks.py`` (imported by ``utils.py``; the same class in mtt-distillation and
+  DatasetFactorization): :class:`ConvNet` (same ``state_dict``) → :func:`ddkernels.norm_relu_pool`.
 * snu-mllab/Efficient-Dataset-Condensation ``condense.py``: :func:`dist` (mse, l1, l1_mean, cos) →
   ``grad_distance``; ``Synthesizer.decode_zoom`` / ``decode_zoom_multi`` / ``decode_zoom_bound`` as
   functions returning ``(data, targets)`` → :func:`ddkernels.multi_formation`.
@@ -21,10 +23,11 @@ module-wide (default ``"auto"``: the fused kernels where they run, else the refe
 """
 from ._backend import get_backend, set_backend, use_backend
 from ._patch import PatchError, PatchReport, patch, patched, unpatch
+from .convnet import ConvNet
 from .dc import distance_wb, match_loss
 from .haba import StyleTranslator, bank_from_state_dict, bank_from_translators, translators_from_bank
 from .idc import decode_zoom, decode_zoom_bound, decode_zoom_multi, dist
 
-__all__ = ["PatchError", "PatchReport", "StyleTranslator", "bank_from_state_dict", "bank_from_translators",
+__all__ = ["ConvNet", "PatchError", "PatchReport", "StyleTranslator", "bank_from_state_dict", "bank_from_translators",
            "decode_zoom", "decode_zoom_bound", "decode_zoom_multi", "dist", "distance_wb", "get_backend",
            "match_loss", "patch", "patched", "set_backend", "translators_from_bank", "unpatch", "use_backend"]

@@ -7,6 +7,7 @@ import types
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
+from .convnet import ConvNet
 from .dc import distance_wb, match_loss
 from .haba import StyleTranslator
 from .idc import decode_zoom, decode_zoom_multi, dist
@@ -51,6 +52,9 @@ TARGETS = {t.name: t for t in (
     _Target("Synthesizer", "Efficient-Dataset-Condensation condense.py", (), None, "methods",
             {"decode_zoom": (("img", "target", "factor"), _synth_decode_zoom),
              "decode_zoom_multi": (("img", "target", "factor_max"), _synth_decode_zoom_multi)}),
+    _Target("ConvNet", "DatasetCondensation networks.py (imported by utils.py)",
+            ("channel", "num_classes", "net_width", "net_depth", "net_act", "net_norm", "net_pooling", "im_size"),
+            ConvNet, "class"),
 )}
 
 
@@ -116,7 +120,7 @@ def patch(module: types.ModuleType, names: Iterable[str] | None = None) -> Patch
     """Replace the original distillation functions inside an imported module with ddkernels' fused ones.
 
     ``import ddkernels.compat; ddkernels.compat.patch(utils)`` is the whole change for a training
-    script forked from DatasetCondensation (``distance_wb``, ``match_loss``), Efficient-Dataset-
+    script forked from DatasetCondensation (``distance_wb``, ``match_loss``, ``ConvNet``), Efficient-Dataset-
     Condensation (``dist``, the ``Synthesizer`` decodes) or DatasetFactorization (``StyleTranslator``).
     Patch the module the training code looks the names up in: a script that ran
     ``from utils import *`` holds its own copies, so patch that script's module

@@ -223,7 +223,8 @@ class Distiller:
         seed = int(torch.randint(2 ** 62, (1,), generator=self.gen))
         with torch.random.fork_rng():
             torch.manual_seed(seed)
-            return ConvNet(self.ds.channels, self.num_classes, width=width or self.hp["width"], im_size=self.ds.im_size)
+            return ConvNet(self.ds.channels, self.num_classes, width=width or self.hp["width"], im_size=self.ds.im_size,
+                           backend=self.backend)
 
     def real_init(self, n: int) -> torch.Tensor:
         """``n`` distinct random real images per owned class, normalized, class-major (``pix_init`` real)."""

@@ -57,7 +57,8 @@ class MTT(Distiller):
         self.experts = ExpertBuffer(hp["expert_dir"], dataset=self.ds.name, width=hp["width"],
                                     min_epochs=hp["max_start_epoch"] + hp["expert_epochs"],
                                     zca=zca_reg(hp.get("zca", False)))
-        self.student = ConvNet(self.ds.channels, self.num_classes, width=hp["width"], im_size=self.ds.im_size)
+        self.student = ConvNet(self.ds.channels, self.num_classes, width=hp["width"], im_size=self.ds.im_size,
+                               backend=self.backend)
         names = [k for k, _ in self.student.named_parameters()]
         if names != self.experts.names:
             raise ValueError(f"experts in {hp['expert_dir']!r} have parameters {self.experts.names}, "

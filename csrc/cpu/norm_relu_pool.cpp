@@ -1,0 +1,424 @@
+// ConvNet-3's block epilogue on CPU (spec §0.2): out = avgpool2x2(relu(γ_c·(x − μ)·rstd + β_c)),
+// with μ, rstd the statistics of each (n, c) plane ("instance norm" = GroupNorm(C, C)).
+//
+// PyTorch runs this as GroupNorm (stats pass + apply pass), ReLU (in place) and AvgPool2d: about
+// six passes over a conv output that is far larger than the cache, plus the same again and more
+// in the backward. Here every (n, c) plane (32×32 floats = 4 KB at most in ConvNet-3) is one task
+// that stays in L1:
+//   forward  = two stat passes over the plane, then one pass that normalizes, rectifies and pools
+//              two rows at a time; only the pooled quarter is written. Saved: x, μ, rstd.
+//   backward = spread the pooled gradient over its 2×2 windows into an L1 buffer, one pass that
+//              applies the ReLU mask (recomputed from x) and sums Σd, Σd·x̂, one pass writing dx.
+//              dγ, dβ: per-plane partial sums, then summed over n in a fixed order — no atomics,
+//              bitwise repeatable and independent of the thread count.
+//   double backward (create_graph=True, e.g. gradient matching's meta-gradient) = the closed form
+//              of reference.double_backward: one pass for d and five plane sums, one pass writing
+//              ∂/∂x and the masked e that pools into ∂/∂grad_out; ∂/∂γ from per-plane partials.
+// Rows/columns the floor-mode pool drops (odd H or W) get no gradient, as in PyTorch.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+
+#include <algorithm>
+#include <cstring>
+#include <optional>
+#include <vector>
+
+#include "check.h"
+#include "ops.h"
+#include "plane.h"
+#include "simd.h"
+
+namespace ddkernels {
+namespace {
+
+// relu(g·((x − m)·r) + b) for vectors and scalars. (x − m)·r is formed first, not folded into
+// one affine map, which cancels badly when |m| ≫ std. `z < 0 ? 0 : z` keeps NaN, like torch.relu.
+template <typename V, typename T>
+inline V act(V x, T m, T r, T g, T b) {
+  const V z = g * ((x - m) * r) + b;
+  return z < 0 ? V{} : z;
+}
+
+// Two rows of the plane rectified and summed column-wise into t (n columns): half the pooling,
+// at full vector width on contiguous data.
+template <typename T>
+void rows_sum(int64_t n, const T* __restrict__ x0, const T* __restrict__ x1, T m, T r, T g, T b,
+              T* __restrict__ t) {
+  using V = typename Vec<T>::type;
+  constexpr int64_t W = Vec<T>::lanes;
+  int64_t j = 0;
+  for (; j + W <= n; j += W) {
+    V a, c;
+    DDK_VLOAD(a, x0 + j);
+    DDK_VLOAD(c, x1 + j);
+    const V s = act<V>(a, m, r, g, b) + act<V>(c, m, r, g, b);
+    DDK_VSTORE(t + j, s);
+  }
+  for (; j < n; ++j) t[j] = act<T>(x0[j], m, r, g, b) + act<T>(x1[j], m, r, g, b);
+}
+
+template <typename T>
+void fwd_plane(const T* __restrict__ x, int64_t H, int64_t W, T m, T r, T g, T b, bool pool,
+               T* __restrict__ out, T* __restrict__ t) {
+  if (!pool) {
+    using V = typename Vec<T>::type;
+    constexpr int64_t VW = Vec<T>::lanes;
+    const int64_t L = H * W;
+    int64_t i = 0;
+    for (; i + VW <= L; i += VW) {
+      V v;
+      DDK_VLOAD(v, x + i);
+      v = act<V>(v, m, r, g, b);
+      DDK_VSTORE(out + i, v);
+    }
+    for (; i < L; ++i) out[i] = act<T>(x[i], m, r, g, b);
+    return;
+  }
+  const int64_t Ho = H / 2, Wo = W / 2;
+  for (int64_t i = 0; i < Ho; ++i) {
+    rows_sum(2 * Wo, x + 2 * i * W, x + (2 * i + 1) * W, m, r, g, b, t);
+    T* __restrict__ o = out + i * Wo;
+    for (int64_t j = 0; j < Wo; ++j) o[j] = (t[2 * j] + t[2 * j + 1]) * T(0.25);
+  }
+}
+
+// u = the pooled gradient spread over its 2×2 windows (0.25 each, 0 where the pool drops).
+template <typename T>
+void spread(const T* __restrict__ go, int64_t H, int64_t W, T* __restrict__ u) {
+  const int64_t Ho = H / 2, Wo = W / 2;
+  for (int64_t i = 0; i < H; ++i) {
+    T* __restrict__ row = u + i * W;
+    if (i >= 2 * Ho) {
+      std::fill(row, row + W, T(0));
+      continue;
+    }
+    const T* __restrict__ g = go + (i / 2) * Wo;
+    for (int64_t j = 0; j < Wo; ++j) row[2 * j] = row[2 * j + 1] = g[j] * T(0.25);
+    for (int64_t j = 2 * Wo; j < W; ++j) row[j] = 0;
+  }
+}
+
+// d = u where the forward's ReLU passed (recomputed from x), 0 elsewhere, into d (may alias u);
+// returns Σd and Σd·x̂ in LANES partial sums (plane.h's order), combined in double.
+template <typename T>
+void mask_pass(int64_t L, const T* __restrict__ x, const T* u, T m, T r, T g, T b, T* d,
+               double& sum_d, double& sum_dx) {
+  using V = typename Vec<T>::type;
+  constexpr int64_t W = Vec<T>::lanes, NV = LANES / W;
+  static_assert(LANES % W == 0, "LANES must be a whole number of vectors");
+  V sa[NV] = {}, sb[NV] = {};
+  int64_t i = 0;
+  for (; i + LANES <= L; i += LANES) {
+    for (int64_t h = 0; h < NV; ++h) {
+      const int64_t k = i + h * W;
+      V xv, uv;
+      DDK_VLOAD(xv, x + k);
+      DDK_VLOAD(uv, u + k);
+      const V xh = (xv - m) * r;
+      const V dv = g * xh + b > 0 ? uv : V{};
+      sa[h] += dv;
+      sb[h] += dv * xh;
+      DDK_VSTORE(d + k, dv);
+    }
+  }
+  T al[LANES], bl[LANES];
+  std::memcpy(al, sa, sizeof(sa));
+  std::memcpy(bl, sb, sizeof(sb));
+  for (; i < L; ++i) {
+    const T xh = (x[i] - m) * r;
+    const T dv = g * xh + b > 0 ? u[i] : T(0);
+    al[i % LANES] += dv;
+    bl[i % LANES] += dv * xh;
+    d[i] = dv;
+  }
+  double ta = 0, tb = 0;
+  for (int64_t l = 0; l < LANES; ++l) ta += al[l], tb += bl[l];
+  sum_d = ta, sum_dx = tb;
+}
+
+// Double backward, pass 1: d = mask ⊙ u into d (may alias u), and the plane sums Σd, Σd·x̂ and,
+// with gg (the upstream gradient of dx), Σgg, Σgg·x̂, Σgg·d — in LANES partial sums, combined in double.
+template <typename T>
+void bwd2_sums(int64_t L, const T* __restrict__ x, const T* u, const T* __restrict__ gg, T m, T r,
+               T g, T b, T* d, double* sums) {
+  T acc[5][LANES] = {};
+  for (int64_t i = 0; i < L; ++i) {
+    const T xh = (x[i] - m) * r;
+    const T dv = g * xh + b > 0 ? u[i] : T(0);
+    d[i] = dv;
+    const int64_t l = i % LANES;
+    acc[0][l] += dv;
+    acc[1][l] += dv * xh;
+    if (gg) {
+      acc[2][l] += gg[i];
+      acc[3][l] += gg[i] * xh;
+      acc[4][l] += gg[i] * dv;
+    }
+  }
+  for (int k = 0; k < 5; ++k) {
+    double t = 0;
+    for (int64_t l = 0; l < LANES; ++l) t += acc[k][l];
+    sums[k] = t;
+  }
+}
+
+// dx = g·r·((d − mean d) − x̂·mean(d·x̂)), the instance-norm backward with d the gradient of its output.
+template <typename T>
+void dx_pass(int64_t L, const T* __restrict__ x, const T* __restrict__ d, T m, T r, T k, T md,
+             T mdx, T* __restrict__ dx) {
+  using V = typename Vec<T>::type;
+  constexpr int64_t W = Vec<T>::lanes;
+  int64_t i = 0;
+  for (; i + W <= L; i += W) {
+    V xv, dv;
+    DDK_VLOAD(xv, x + i);
+    DDK_VLOAD(dv, d + i);
+    const V out = k * ((dv - md) - ((xv - m) * r) * mdx);
+    DDK_VSTORE(dx + i, out);
+  }
+  for (; i < L; ++i) dx[i] = k * ((d[i] - md) - ((x[i] - m) * r) * mdx);
+}
+
+void check_x(const at::Tensor& x, const char* name) {
+  TORCH_CHECK(x.device().is_cpu(), name, " must be a CPU tensor, got device ", x.device());
+  TORCH_CHECK(x.is_contiguous(), name, " must be contiguous (got strides ", x.strides(), ")");
+  TORCH_CHECK(x.dim() == 4, name, " must be 4-D (N, C, H, W), got shape ", x.sizes());
+  DDK_CHECK_FLOAT(x);
+}
+
+void check_channel(const at::Tensor& t, const at::Tensor& x, const char* name) {
+  TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor, got device ", t.device());
+  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous (got strides ", t.strides(), ")");
+  TORCH_CHECK(t.scalar_type() == x.scalar_type(), name, " must have x's dtype ", x.scalar_type(),
+              ", got ", t.scalar_type());
+  TORCH_CHECK(t.dim() == 1 && t.size(0) == x.size(1), name, " must have shape (C=", x.size(1),
+              ",), got ", t.sizes());
+}
+
+// 2×2 average of the plane e (H×W) into out (H/2 × W/2), floor mode.
+template <typename T>
+void pool_plane(const T* __restrict__ e, int64_t H, int64_t W, T* __restrict__ out) {
+  const int64_t Ho = H / 2, Wo = W / 2;
+  for (int64_t i = 0; i < Ho; ++i) {
+    const T* __restrict__ r0 = e + 2 * i * W;
+    const T* __restrict__ r1 = r0 + W;
+    for (int64_t j = 0; j < Wo; ++j)
+      out[i * Wo + j] = ((r0[2 * j] + r1[2 * j]) + (r0[2 * j + 1] + r1[2 * j + 1])) * T(0.25);
+  }
+}
+
+// A few planes per task: ConvNet-3's deepest planes are 8×8, and a task per plane would cost more
+// to schedule than to run.
+int64_t grain(int64_t L) { return std::max<int64_t>(1, 8192 / std::max<int64_t>(L, 1)); }
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_relu_pool_fwd_cpu(const at::Tensor& x,
+                                                                      const at::Tensor& weight,
+                                                                      const at::Tensor& bias,
+                                                                      double eps, bool pool) {
+  check_x(x, "x");
+  check_channel(weight, x, "weight");
+  check_channel(bias, x, "bias");
+  TORCH_CHECK(eps >= 0, "eps must be non-negative, got ", eps);
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), L = H * W;
+  TORCH_CHECK(!pool || (H >= 2 && W >= 2), "pooling needs H, W >= 2, got ", H, "x", W);
+  const int64_t Ho = pool ? H / 2 : H, Wo = pool ? W / 2 : W;
+  at::Tensor out = x.new_empty({N, C, Ho, Wo});
+  at::Tensor mean = x.new_empty({N, C});
+  at::Tensor rstd = x.new_empty({N, C});
+  if (N * C == 0 || L == 0) return {out, mean, rstd};
+
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "norm_relu_pool_fwd_cpu", [&] {
+    const scalar_t* X = x.data_ptr<scalar_t>();
+    const scalar_t* G = weight.data_ptr<scalar_t>();
+    const scalar_t* B = bias.data_ptr<scalar_t>();
+    scalar_t* O = out.data_ptr<scalar_t>();
+    scalar_t* M = mean.data_ptr<scalar_t>();
+    scalar_t* R = rstd.data_ptr<scalar_t>();
+    at::parallel_for(0, N * C, grain(L), [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> t(W);
+      for (int64_t p = begin; p < end; ++p) {
+        const scalar_t* xp = X + p * L;
+        if (p + 1 < end) prefetch(xp + L);
+        plane_stats(xp, L, eps, M[p], R[p]);
+        const int64_t c = p % C;
+        fwd_plane(xp, H, W, M[p], R[p], G[c], B[c], pool, O + p * Ho * Wo, t.data());
+      }
+    });
+  });
+  return {out, mean, rstd};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_relu_pool_bwd_cpu(
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
+    const at::Tensor& bias, const at::Tensor& mean, const at::Tensor& rstd, bool pool, bool need_x,
+    bool need_wb) {
+  check_x(x, "x");
+  check_x(grad_out, "grad_out");
+  check_channel(weight, x, "weight");
+  check_channel(bias, x, "bias");
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), L = H * W;
+  const int64_t Ho = pool ? H / 2 : H, Wo = pool ? W / 2 : W;
+  TORCH_CHECK(grad_out.scalar_type() == x.scalar_type(), "grad_out must have x's dtype ",
+              x.scalar_type(), ", got ", grad_out.scalar_type());
+  TORCH_CHECK(grad_out.size(0) == N && grad_out.size(1) == C && grad_out.size(2) == Ho &&
+                  grad_out.size(3) == Wo,
+              "grad_out must have shape (", N, ", ", C, ", ", Ho, ", ", Wo, "), got ",
+              grad_out.sizes());
+  for (const at::Tensor* t : {&mean, &rstd}) {
+    DDK_CHECK_CPU((*t));
+    DDK_CHECK_CONTIG((*t));
+    DDK_CHECK_DTYPE((*t), x.scalar_type());
+    TORCH_CHECK(t->dim() == 2 && t->size(0) == N && t->size(1) == C,
+                "mean and rstd must have shape (N=", N, ", C=", C, "), got ", t->sizes());
+  }
+  at::Tensor grad_x = need_x ? x.new_empty(x.sizes()) : x.new_empty({0});
+  at::Tensor grad_w = need_wb ? weight.new_zeros({C}) : x.new_empty({0});
+  at::Tensor grad_b = need_wb ? weight.new_zeros({C}) : x.new_empty({0});
+  if (N * C == 0 || L == 0 || !(need_x || need_wb)) return {grad_x, grad_w, grad_b};
+
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "norm_relu_pool_bwd_cpu", [&] {
+    const scalar_t* GO = grad_out.data_ptr<scalar_t>();
+    const scalar_t* X = x.data_ptr<scalar_t>();
+    const scalar_t* G = weight.data_ptr<scalar_t>();
+    const scalar_t* B = bias.data_ptr<scalar_t>();
+    const scalar_t* M = mean.data_ptr<scalar_t>();
+    const scalar_t* R = rstd.data_ptr<scalar_t>();
+    scalar_t* DX = need_x ? grad_x.data_ptr<scalar_t>() : nullptr;
+    // Per-plane Σd·x̂ and Σd, summed over n below.
+    std::vector<double> part(need_wb ? 2 * N * C : 0);
+    at::parallel_for(0, N * C, grain(L), [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> buf(L);
+      for (int64_t p = begin; p < end; ++p) {
+        const int64_t c = p % C;
+        const scalar_t* xp = X + p * L;
+        const scalar_t* gp = GO + p * Ho * Wo;
+        if (p + 1 < end) prefetch(xp + L), prefetch(gp + Ho * Wo);
+        const scalar_t* u = gp;  // without pooling the output gradient is already per pixel
+        if (pool) {
+          spread(gp, H, W, buf.data());
+          u = buf.data();
+        }
+        double sum_d, sum_dx;
+        mask_pass(L, xp, u, M[p], R[p], G[c], B[c], buf.data(), sum_d, sum_dx);
+        if (need_wb) part[2 * p] = sum_dx, part[2 * p + 1] = sum_d;
+        if (need_x)
+          dx_pass(L, xp, buf.data(), M[p], R[p], scalar_t(G[c] * R[p]), scalar_t(sum_d / L),
+                  scalar_t(sum_dx / L), DX + p * L);
+      }
+    });
+    if (need_wb) {
+      scalar_t* GW = grad_w.data_ptr<scalar_t>();
+      scalar_t* GB = grad_b.data_ptr<scalar_t>();
+      for (int64_t c = 0; c < C; ++c) {
+        double sw = 0, sb = 0;
+        for (int64_t n = 0; n < N; ++n) sw += part[2 * (n * C + c)], sb += part[2 * (n * C + c) + 1];
+        GW[c] = scalar_t(sw);
+        GB[c] = scalar_t(sb);
+      }
+    }
+  });
+  return {grad_x, grad_w, grad_b};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_relu_pool_bwd2_cpu(
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
+    const at::Tensor& bias, const at::Tensor& mean, const at::Tensor& rstd, bool pool,
+    const std::optional<at::Tensor>& ggx, const std::optional<at::Tensor>& ggw,
+    const std::optional<at::Tensor>& ggb, bool need_go, bool need_x, bool need_w) {
+  check_x(x, "x");
+  check_x(grad_out, "grad_out");
+  check_channel(weight, x, "weight");
+  check_channel(bias, x, "bias");
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), L = H * W;
+  const int64_t Ho = pool ? H / 2 : H, Wo = pool ? W / 2 : W;
+  TORCH_CHECK(grad_out.scalar_type() == x.scalar_type() && grad_out.size(0) == N &&
+                  grad_out.size(1) == C && grad_out.size(2) == Ho && grad_out.size(3) == Wo,
+              "grad_out must have x's dtype and shape (", N, ", ", C, ", ", Ho, ", ", Wo, "), got ",
+              grad_out.scalar_type(), " ", grad_out.sizes());
+  for (const at::Tensor* t : {&mean, &rstd}) {
+    DDK_CHECK_CONTIG((*t));
+    DDK_CHECK_DTYPE((*t), x.scalar_type());
+    TORCH_CHECK(t->dim() == 2 && t->size(0) == N && t->size(1) == C,
+                "mean and rstd must have shape (N=", N, ", C=", C, "), got ", t->sizes());
+  }
+  if (ggx) {
+    check_x(*ggx, "ggx");
+    TORCH_CHECK(ggx->sizes() == x.sizes() && ggx->scalar_type() == x.scalar_type(),
+                "ggx must have x's shape and dtype, got ", ggx->sizes(), " ", ggx->scalar_type());
+  }
+  if (ggw) check_channel(*ggw, x, "ggw");
+  if (ggb) check_channel(*ggb, x, "ggb");
+  at::Tensor g_go = need_go ? grad_out.new_empty(grad_out.sizes()) : x.new_empty({0});
+  at::Tensor g_x = need_x ? x.new_empty(x.sizes()) : x.new_empty({0});
+  at::Tensor g_w = need_w ? weight.new_zeros({C}) : x.new_empty({0});
+  if (N * C == 0 || L == 0 || !(need_go || need_x || need_w)) {
+    if (need_go) g_go.zero_();
+    if (need_x) g_x.zero_();
+    return {g_go, g_x, g_w};
+  }
+
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "norm_relu_pool_bwd2_cpu", [&] {
+    using T = scalar_t;
+    const T* GO = grad_out.data_ptr<T>();
+    const T* X = x.data_ptr<T>();
+    const T* G = weight.data_ptr<T>();
+    const T* B = bias.data_ptr<T>();
+    const T* M = mean.data_ptr<T>();
+    const T* R = rstd.data_ptr<T>();
+    const T* GGX = ggx ? ggx->data_ptr<T>() : nullptr;
+    const T* GGW = ggw ? ggw->data_ptr<T>() : nullptr;
+    const T* GGB = ggb ? ggb->data_ptr<T>() : nullptr;
+    T* DGO = need_go ? g_go.data_ptr<T>() : nullptr;
+    T* DX = need_x ? g_x.data_ptr<T>() : nullptr;
+    std::vector<double> part(need_w ? N * C : 0);
+    at::parallel_for(0, N * C, grain(L), [&](int64_t begin, int64_t end) {
+      std::vector<T> dbuf(L), ebuf(pool ? L : 0);
+      for (int64_t p = begin; p < end; ++p) {
+        const int64_t c = p % C;
+        const T* xp = X + p * L;
+        const T* gp = GO + p * Ho * Wo;
+        const T* gg = GGX ? GGX + p * L : nullptr;
+        const T m = M[p], r = R[p], g = G[c], b = B[c];
+        const T* u = gp;
+        if (pool) {
+          spread(gp, H, W, dbuf.data());
+          u = dbuf.data();
+        }
+        double s[5];
+        bwd2_sums(L, xp, u, gg, m, r, g, b, dbuf.data(), s);
+        const T dm = T(s[0] / L), A = T(s[1] / L), gm = T(s[2] / L), Bq = T(s[3] / L);
+        const T Cq = T(s[4] / L - (s[2] / L) * (s[0] / L));
+        if (need_w) part[p] = gg ? double(r) * L * (double(Cq) - double(A) * Bq) : 0.0;
+        const T ww = GGW ? GGW[c] : T(0), wb = GGB ? GGB[c] : T(0);
+        const T* d = dbuf.data();
+        T* eo = pool ? ebuf.data() : (DGO ? DGO + p * L : nullptr);
+        T* xo = DX ? DX + p * L : nullptr;
+        const T gr = g * r, grr = g * r * r, k3 = 3 * A * Bq - Cq;
+        for (int64_t i = 0; i < L; ++i) {
+          const T xh = (xp[i] - m) * r;
+          const bool on = g * xh + b > 0;
+          const T ggi = gg ? gg[i] : T(0);
+          if (eo) eo[i] = on ? gr * (ggi - gm - xh * Bq) + ww * xh + wb : T(0);
+          if (xo)
+            xo[i] = grr * (-Bq * (d[i] - dm) - A * (ggi - gm) + xh * k3) +
+                    ww * r * (d[i] - dm - xh * A);
+        }
+        if (pool && DGO) pool_plane(ebuf.data(), H, W, DGO + p * Ho * Wo);
+      }
+    });
+    if (need_w) {
+      T* GW = g_w.data_ptr<T>();
+      for (int64_t c = 0; c < C; ++c) {
+        double t = 0;
+        for (int64_t n = 0; n < N; ++n) t += part[n * C + c];
+        GW[c] = T(t);
+      }
+    }
+  });
+  return {g_go, g_x, g_w};
+}
+
+}  // namespace ddkernels

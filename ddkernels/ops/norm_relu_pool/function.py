@@ -1,0 +1,180 @@
+"""norm_relu_pool: backend declarations, the autograd Functions and the functional API.
+
+ConvNet-3's block epilogue ``AvgPool2d(2)(ReLU(GroupNorm(C, C)(x)))`` (spec §0.1/§0.2) in one pass
+per (n, c) plane forward and two L1-resident passes backward; only ``x`` and the per-plane
+statistics are saved. The first-order backward is itself an autograd Function
+(:class:`NormReluPoolBackward`), so gradient matching's ``create_graph=True`` keeps the fused
+kernel on the way down; its own backward (the double backward) is the closed form of
+:func:`reference.double_backward` — a C++ kernel on CPU (two L1-resident passes per plane), torch
+ops elsewhere and whenever autograd must differentiate it once more (third order).
+"""
+from __future__ import annotations
+
+import torch
+
+from ... import _ext, dispatch
+from ..._checks import check_same_device, check_tensor
+from . import reference
+
+BACKENDS = dispatch.op_backends("norm_relu_pool")
+
+
+def _cpu_forward(x, weight, bias, eps, pool):
+    return torch.ops.ddkernels.norm_relu_pool_fwd(x, weight, bias, eps, pool)
+
+
+def _cpu_backward(grad_out, x, weight, bias, mean, rstd, pool, need_x, need_wb):
+    return torch.ops.ddkernels.norm_relu_pool_bwd(grad_out, x, weight, bias, mean, rstd, pool, need_x, need_wb)
+
+
+def _cpu_double_backward(grad_out, x, weight, bias, mean, rstd, pool, ggx, ggw, ggb, need):
+    return torch.ops.ddkernels.norm_relu_pool_bwd2(grad_out, x, weight, bias, mean, rstd, pool, ggx, ggw, ggb, *need)
+
+
+def _register_fakes() -> None:
+    """Shape functions so torch.compile / FakeTensor tracing can see through the C++ ops."""
+
+    @torch.library.register_fake("ddkernels::norm_relu_pool_fwd")
+    def _(x, weight, bias, eps, pool):
+        n, c, h, w = x.shape
+        stats = x.new_empty(n, c)
+        return x.new_empty(n, c, h // 2 if pool else h, w // 2 if pool else w), stats, stats.new_empty(n, c)
+
+    @torch.library.register_fake("ddkernels::norm_relu_pool_bwd")
+    def _(grad_out, x, weight, bias, mean, rstd, pool, need_x, need_wb):
+        return (x.new_empty(x.shape) if need_x else x.new_empty(0),
+                weight.new_empty(weight.shape) if need_wb else x.new_empty(0),
+                weight.new_empty(weight.shape) if need_wb else x.new_empty(0))
+
+    @torch.library.register_fake("ddkernels::norm_relu_pool_bwd2")
+    def _(grad_out, x, weight, bias, mean, rstd, pool, ggx, ggw, ggb, need_go, need_x, need_w):
+        return (grad_out.new_empty(grad_out.shape) if need_go else x.new_empty(0),
+                x.new_empty(x.shape) if need_x else x.new_empty(0),
+                weight.new_empty(weight.shape) if need_w else x.new_empty(0))
+
+
+if _ext.cpu_available()[0]:
+    _register_fakes()
+
+
+def _triton_forward(*args):
+    from .triton import norm_relu_pool_forward
+    return norm_relu_pool_forward(*args)
+
+
+def _triton_backward(*args):
+    from .triton import norm_relu_pool_backward
+    return norm_relu_pool_backward(*args)
+
+
+_KERNELS = {"cpu": (_cpu_forward, _cpu_backward), "triton": (_triton_forward, _triton_backward)}
+
+
+class NormReluPoolFunction(torch.autograd.Function):
+    """The fused block for the kernel backends: x (N, C, H, W) contiguous, weight/bias (C,).
+    Saves x, weight, bias and the per-plane mean/rstd."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps: float, pool: bool, backend: str):
+        out, mean, rstd = _KERNELS[backend][0](x, weight, bias, eps, pool)
+        ctx.save_for_backward(x, weight, bias, mean, rstd)
+        ctx.eps, ctx.pool, ctx.backend = eps, pool, backend
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight, bias, mean, rstd = ctx.saved_tensors
+        need_x = ctx.needs_input_grad[0]
+        need_wb = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
+        gx, gw, gb = NormReluPoolBackward.apply(grad_out, x, weight, bias, mean, rstd, ctx.eps, ctx.pool,
+                                                ctx.backend, need_x, need_wb)
+        return (gx if need_x else None, gw if ctx.needs_input_grad[1] else None,
+                gb if ctx.needs_input_grad[2] else None, None, None, None)
+
+
+class NormReluPoolBackward(torch.autograd.Function):
+    """First-order gradients of the block (the fused kernel), differentiable in closed form
+    (:func:`reference.double_backward`) for ``create_graph=True``."""
+
+    @staticmethod
+    def forward(ctx, grad_out, x, weight, bias, mean, rstd, eps: float, pool: bool, backend: str,
+                need_x: bool, need_wb: bool):
+        # Autograd may hand over an expanded/strided gradient; the kernels read it densely.
+        grad_out = grad_out.contiguous()
+        grads = _KERNELS[backend][1](grad_out, x, weight, bias, mean, rstd, pool, need_x, need_wb)
+        ctx.save_for_backward(grad_out, x, weight, bias, mean, rstd)
+        ctx.eps, ctx.pool, ctx.backend = eps, pool, backend
+        ctx.set_materialize_grads(False)  # unused outputs stay None: no zero terms in the double backward
+        return grads
+
+    @staticmethod
+    def backward(ctx, ggx, ggw, ggb):
+        grad_out, x, weight, bias, mean, rstd = ctx.saved_tensors
+        if ctx.backend == "cpu" and not torch.is_grad_enabled():
+            # The usual case (the meta-gradient's backward, no third derivative): the C++ closed form.
+            need = ctx.needs_input_grad[:3]
+            ggx, ggw, ggb = (None if g is None else g.contiguous() for g in (ggx, ggw, ggb))
+            g_go, g_x, g_w = _cpu_double_backward(grad_out, x, weight, bias, mean, rstd, ctx.pool, ggx, ggw, ggb, need)
+            gg = (g_go if need[0] else None, g_x if need[1] else None, g_w if need[2] else None, None)
+        else:
+            # create_graph=True once more (third order), or the GPU: the same closed form in torch ops.
+            gg = reference.double_backward(grad_out, x, weight, bias, ctx.eps, ctx.pool, ggx, ggw, ggb)
+        return (*gg, None, None, None, None, None, None, None)
+
+
+def _check(x, weight, bias, eps, pool) -> None:
+    check_tensor(x, "x", ndim=4, layout="(N, C, H, W)")
+    c = x.shape[1]
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is None:
+            continue
+        check_tensor(t, name, ndim=1, layout=f"(C,) = ({c},)")
+        check_same_device("x", x, name, t)
+        if t.dtype != x.dtype:
+            raise TypeError(f"{name} must have the dtype of x ({x.dtype}), got {t.dtype}")
+        if t.shape[0] != c:
+            raise ValueError(f"{name} must have shape (C,) = ({c},) like x.shape[1], got {tuple(t.shape)}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
+        raise ValueError(f"eps must be a positive float, got {eps!r}")
+    if not isinstance(pool, bool):
+        raise TypeError(f"pool must be a bool, got {type(pool).__name__}")
+    if pool and min(x.shape[2:]) < 2:
+        raise ValueError(f"pool=True needs x's H and W >= 2 (AvgPool2d(2, 2)), got shape {tuple(x.shape)}")
+
+
+def norm_relu_pool(x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+                   eps: float = 1e-5, *, pool: bool = True, backend: str = "auto") -> torch.Tensor:
+    """ConvNet-3's block epilogue: ``avg_pool2d(relu(group_norm(x, C, weight, bias, eps)), 2)``.
+
+    "Instance norm" as every original repository writes it (``GroupNorm(C, C, affine=True)``):
+    each (n, c) plane is normalized by its own mean and biased variance, then scaled by
+    ``weight[c]`` and shifted by ``bias[c]``; ReLU; then a 2×2 average pool with stride 2 (floor
+    mode: an odd last row/column is dropped, as ``AvgPool2d``).
+
+    Args:
+        x: the conv output, floating point; non-contiguous ``x`` is copied to contiguous for the
+            kernel backends.
+        weight, bias: ``(C,)`` affine parameters (None: 1 and 0).
+        eps: added to the variance (GroupNorm's 1e-5).
+        pool: apply the 2×2 average pool (False: normalize and ReLU only).
+        backend: ``"auto"``, ``"reference"``, ``"cpu"`` or ``"triton"`` (no CUDA kernel: the Triton
+            backend covers GPUs).
+
+    Shapes:
+        x: ``(N, C, H, W)``. Returns ``(N, C, H // 2, W // 2)`` with ``pool``, else ``(N, C, H, W)``.
+
+    Returns:
+        The block output, differentiable in ``x``, ``weight`` and ``bias`` on every backend, twice
+        (``create_graph=True``, e.g. gradient matching) included.
+    """
+    _check(x, weight, bias, eps, pool)
+    name = BACKENDS.select(backend, x.device, x.dtype)
+    if name == "reference":
+        return reference.norm_relu_pool(x, weight, bias, float(eps), pool)
+    c = x.shape[1]
+    w = weight.contiguous() if weight is not None else x.new_ones(c)
+    b = bias.contiguous() if bias is not None else x.new_zeros(c)
+    return NormReluPoolFunction.apply(x.contiguous(), w, b, float(eps), pool, name)
+
+
+__all__ = ["BACKENDS", "NormReluPoolBackward", "NormReluPoolFunction", "norm_relu_pool"]
