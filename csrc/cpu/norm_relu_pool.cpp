@@ -138,29 +138,103 @@ void mask_pass(int64_t L, const T* __restrict__ x, const T* u, T m, T r, T g, T 
 }
 
 // Double backward, pass 1: d = mask ⊙ u into d (may alias u), and the plane sums Σd, Σd·x̂ and,
-// with gg (the upstream gradient of dx), Σgg, Σgg·x̂, Σgg·d — in LANES partial sums, combined in double.
-template <typename T>
+// with GG (gg, the upstream gradient of dx), Σgg, Σgg·x̂, Σgg·d — LANES partial sums each (plane.h's
+// order), combined in double.
+template <typename T, bool GG>
 void bwd2_sums(int64_t L, const T* __restrict__ x, const T* u, const T* __restrict__ gg, T m, T r,
                T g, T b, T* d, double* sums) {
-  T acc[5][LANES] = {};
-  for (int64_t i = 0; i < L; ++i) {
+  using V = typename Vec<T>::type;
+  constexpr int64_t W = Vec<T>::lanes, NV = LANES / W;
+  V acc[5][NV] = {};
+  int64_t i = 0;
+  for (; i + LANES <= L; i += LANES) {
+    for (int64_t h = 0; h < NV; ++h) {
+      const int64_t k = i + h * W;
+      V xv, uv;
+      DDK_VLOAD(xv, x + k);
+      DDK_VLOAD(uv, u + k);
+      const V xh = (xv - m) * r;
+      const V dv = g * xh + b > 0 ? uv : V{};
+      DDK_VSTORE(d + k, dv);
+      acc[0][h] += dv;
+      acc[1][h] += dv * xh;
+      if constexpr (GG) {
+        V gv;
+        DDK_VLOAD(gv, gg + k);
+        acc[2][h] += gv;
+        acc[3][h] += gv * xh;
+        acc[4][h] += gv * dv;
+      }
+    }
+  }
+  T lanes[5][LANES];
+  std::memcpy(lanes, acc, sizeof(acc));
+  for (; i < L; ++i) {
     const T xh = (x[i] - m) * r;
     const T dv = g * xh + b > 0 ? u[i] : T(0);
     d[i] = dv;
-    const int64_t l = i % LANES;
-    acc[0][l] += dv;
-    acc[1][l] += dv * xh;
-    if (gg) {
-      acc[2][l] += gg[i];
-      acc[3][l] += gg[i] * xh;
-      acc[4][l] += gg[i] * dv;
+    lanes[0][i % LANES] += dv;
+    lanes[1][i % LANES] += dv * xh;
+    if constexpr (GG) {
+      lanes[2][i % LANES] += gg[i];
+      lanes[3][i % LANES] += gg[i] * xh;
+      lanes[4][i % LANES] += gg[i] * d[i];
     }
   }
   for (int k = 0; k < 5; ++k) {
     double t = 0;
-    for (int64_t l = 0; l < LANES; ++l) t += acc[k][l];
+    for (int64_t l = 0; l < LANES; ++l) t += lanes[k][l];
     sums[k] = t;
   }
+}
+
+// The per-plane constants of the double backward's closed form (reference.double_backward).
+template <typename T>
+struct Bwd2 {
+  T m, r, g, b;        // the plane's statistics and affine parameters
+  T dm, a, gm, bq, cq;  // d̄, mean(d·x̂), mean(gg), mean(gg·x̂), mean(gg·d) − mean(gg)·d̄
+  T ww, wb;            // the upstream gradients of dγ and dβ for this channel
+};
+
+// Double backward, pass 2: e = [mask]·(γr(gg − ḡ − x̂B) + ggw·x̂ + ggb) into e (pooled by the
+// caller into ∂/∂grad_out), and ∂/∂x = γr²(−B(d − d̄) − A(gg − ḡ) + x̂(3AB − C)) + ggw·r(d − d̄ − x̂A)
+// into gx; either may be null.
+template <typename T, bool GG>
+void bwd2_outputs(int64_t L, const T* __restrict__ x, const T* __restrict__ d,
+                  const T* __restrict__ gg, const Bwd2<T>& k, T* __restrict__ e, T* __restrict__ gx) {
+  using V = typename Vec<T>::type;
+  const T gr = k.g * k.r, grr = gr * k.r, k3 = 3 * k.a * k.bq - k.cq, wr = k.ww * k.r;
+  const auto xhat = [&](auto xv) { return (xv - k.m) * k.r; };
+  if (e)
+    write_each(
+        e, L, false, [](int64_t) {},
+        [&](int64_t i) {
+          V xv, gv = {};
+          DDK_VLOAD(xv, x + i);
+          if constexpr (GG) DDK_VLOAD(gv, gg + i);
+          const V xh = xhat(xv);
+          const V ev = gr * (gv - k.gm - xh * k.bq) + k.ww * xh + k.wb;
+          return V(k.g * xh + k.b > 0 ? ev : V{});
+        },
+        [&](int64_t i) {
+          const T xh = xhat(x[i]), gv = GG ? gg[i] : T(0);
+          return k.g * xh + k.b > 0 ? gr * (gv - k.gm - xh * k.bq) + k.ww * xh + k.wb : T(0);
+        });
+  if (gx)
+    write_each(
+        gx, L, false, [](int64_t) {},
+        [&](int64_t i) {
+          V xv, dv, gv = {};
+          DDK_VLOAD(xv, x + i);
+          DDK_VLOAD(dv, d + i);
+          if constexpr (GG) DDK_VLOAD(gv, gg + i);
+          const V xh = xhat(xv), dd = dv - k.dm;
+          return V(grr * (-k.bq * dd - k.a * (gv - k.gm) + xh * k3) + wr * (dd - xh * k.a));
+        },
+        [&](int64_t i) {
+          const T xh = xhat(x[i]), dd = d[i] - k.dm, gv = GG ? gg[i] : T(0);
+          return grr * (-k.bq * dd - k.a * (gv - k.gm) + xh * k3) + wr * (dd - xh * k.a);
+        });
 }
 
 // dx = g·r·((d − mean d) − x̂·mean(d·x̂)), the instance-norm backward with d the gradient of its output.
@@ -388,24 +462,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_relu_pool_bwd2_cpu(
           u = dbuf.data();
         }
         double s[5];
-        bwd2_sums(L, xp, u, gg, m, r, g, b, dbuf.data(), s);
-        const T dm = T(s[0] / L), A = T(s[1] / L), gm = T(s[2] / L), Bq = T(s[3] / L);
-        const T Cq = T(s[4] / L - (s[2] / L) * (s[0] / L));
-        if (need_w) part[p] = gg ? double(r) * L * (double(Cq) - double(A) * Bq) : 0.0;
-        const T ww = GGW ? GGW[c] : T(0), wb = GGB ? GGB[c] : T(0);
-        const T* d = dbuf.data();
-        T* eo = pool ? ebuf.data() : (DGO ? DGO + p * L : nullptr);
+        if (gg)
+          bwd2_sums<T, true>(L, xp, u, gg, m, r, g, b, dbuf.data(), s);
+        else
+          bwd2_sums<T, false>(L, xp, u, gg, m, r, g, b, dbuf.data(), s);
+        const Bwd2<T> k{m, r, g, b, T(s[0] / L), T(s[1] / L), T(s[2] / L), T(s[3] / L),
+                        T(s[4] / L - (s[2] / L) * (s[0] / L)), GGW ? GGW[c] : T(0), GGB ? GGB[c] : T(0)};
+        if (need_w) part[p] = gg ? double(r) * L * (double(k.cq) - double(k.a) * k.bq) : 0.0;
+        T* eo = !DGO ? nullptr : pool ? ebuf.data() : DGO + p * L;
         T* xo = DX ? DX + p * L : nullptr;
-        const T gr = g * r, grr = g * r * r, k3 = 3 * A * Bq - Cq;
-        for (int64_t i = 0; i < L; ++i) {
-          const T xh = (xp[i] - m) * r;
-          const bool on = g * xh + b > 0;
-          const T ggi = gg ? gg[i] : T(0);
-          if (eo) eo[i] = on ? gr * (ggi - gm - xh * Bq) + ww * xh + wb : T(0);
-          if (xo)
-            xo[i] = grr * (-Bq * (d[i] - dm) - A * (ggi - gm) + xh * k3) +
-                    ww * r * (d[i] - dm - xh * A);
-        }
+        if (gg)
+          bwd2_outputs<T, true>(L, xp, dbuf.data(), gg, k, eo, xo);
+        else
+          bwd2_outputs<T, false>(L, xp, dbuf.data(), gg, k, eo, xo);
         if (pool && DGO) pool_plane(ebuf.data(), H, W, DGO + p * Ho * Wo);
       }
     });
