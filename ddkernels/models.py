@@ -38,12 +38,31 @@ def _fusable(mods: list[nn.Module], i: int) -> int:
     return 3 if i + 2 < len(mods) and _is_pool2(mods[i + 2]) else 2
 
 
+def nchw(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in plain NCHW strides, the layout the fused kernels read. A batch that went through a
+    ``permute`` (e.g. DSA's crop) is channels_last, or, with one channel, NCHW-contiguous but with
+    channel stride 1, which PyTorch's conv still reads as channels_last: its outputs would then be
+    channels_last and every fused layer and conv backward would transpose them. Size-1 dims never
+    address memory, so that case is a restrided view; a real channels_last batch (small: the
+    network's input) is copied once."""
+    x = x.contiguous()
+    want, acc = [], 1
+    for n in reversed(x.shape):
+        want.append(acc)
+        acc *= n
+    want = tuple(reversed(want))
+    return x if x.stride() == want else x.as_strided(x.shape, want)
+
+
 def run_features(features: nn.Sequential, x: torch.Tensor, backend: str = "auto") -> torch.Tensor:
     """``features(x)``, with every ``GroupNorm(C, C) → ReLU [→ AvgPool2d(2, 2)]`` run of layers
     computed by one :func:`~ddkernels.ops.norm_relu_pool.norm_relu_pool` call on the ``GroupNorm``'s
     own parameters (so ``functional_call`` and optimizers see the usual parameters). Other layers
-    run as they are. ``backend="reference"`` is the op's reference: the same three PyTorch layers."""
+    run as they are. ``backend="reference"`` is the op's reference: the same three PyTorch layers
+    (and the input keeps its layout, as the originals'; otherwise it is made :func:`nchw`)."""
     mods = list(features)
+    if backend != "reference" and x.dim() == 4:
+        x = nchw(x)
     i = 0
     while i < len(mods):
         n = _fusable(mods, i)
@@ -119,4 +138,4 @@ class ConvNet(nn.Module):
         return self.classifier(self.embed(x))
 
 
-__all__ = ["ConvNet", "run_features"]
+__all__ = ["ConvNet", "nchw", "run_features"]

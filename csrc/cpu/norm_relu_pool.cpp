@@ -99,49 +99,11 @@ void spread(const T* __restrict__ go, int64_t H, int64_t W, T* __restrict__ u) {
   }
 }
 
-// d = u where the forward's ReLU passed (recomputed from x), 0 elsewhere, into d (may alias u);
-// returns Σd and Σd·x̂ in LANES partial sums (plane.h's order), combined in double.
-template <typename T>
-void mask_pass(int64_t L, const T* __restrict__ x, const T* u, T m, T r, T g, T b, T* d,
-               double& sum_d, double& sum_dx) {
-  using V = typename Vec<T>::type;
-  constexpr int64_t W = Vec<T>::lanes, NV = LANES / W;
-  static_assert(LANES % W == 0, "LANES must be a whole number of vectors");
-  V sa[NV] = {}, sb[NV] = {};
-  int64_t i = 0;
-  for (; i + LANES <= L; i += LANES) {
-    for (int64_t h = 0; h < NV; ++h) {
-      const int64_t k = i + h * W;
-      V xv, uv;
-      DDK_VLOAD(xv, x + k);
-      DDK_VLOAD(uv, u + k);
-      const V xh = (xv - m) * r;
-      const V dv = g * xh + b > 0 ? uv : V{};
-      sa[h] += dv;
-      sb[h] += dv * xh;
-      DDK_VSTORE(d + k, dv);
-    }
-  }
-  T al[LANES], bl[LANES];
-  std::memcpy(al, sa, sizeof(sa));
-  std::memcpy(bl, sb, sizeof(sb));
-  for (; i < L; ++i) {
-    const T xh = (x[i] - m) * r;
-    const T dv = g * xh + b > 0 ? u[i] : T(0);
-    al[i % LANES] += dv;
-    bl[i % LANES] += dv * xh;
-    d[i] = dv;
-  }
-  double ta = 0, tb = 0;
-  for (int64_t l = 0; l < LANES; ++l) ta += al[l], tb += bl[l];
-  sum_d = ta, sum_dx = tb;
-}
-
-// Double backward, pass 1: d = mask ⊙ u into d (may alias u), and the plane sums Σd, Σd·x̂ and,
-// with GG (gg, the upstream gradient of dx), Σgg, Σgg·x̂, Σgg·d — LANES partial sums each (plane.h's
-// order), combined in double.
+// d = u where the forward's ReLU passed (recomputed from x), 0 elsewhere, into d (may alias u), and
+// the plane sums Σd, Σd·x̂ (the backward) and, with GG (gg, the upstream gradient of dx; the double
+// backward), Σgg, Σgg·x̂, Σgg·d — LANES partial sums each (plane.h's order), combined in double.
 template <typename T, bool GG>
-void bwd2_sums(int64_t L, const T* __restrict__ x, const T* u, const T* __restrict__ gg, T m, T r,
+void mask_sums(int64_t L, const T* __restrict__ x, const T* u, const T* __restrict__ gg, T m, T r,
                T g, T b, T* d, double* sums) {
   using V = typename Vec<T>::type;
   constexpr int64_t W = Vec<T>::lanes, NV = LANES / W;
@@ -375,8 +337,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_relu_pool_bwd_cpu(
           spread(gp, H, W, buf.data());
           u = buf.data();
         }
-        double sum_d, sum_dx;
-        mask_pass(L, xp, u, M[p], R[p], G[c], B[c], buf.data(), sum_d, sum_dx);
+        double s[5];
+        mask_sums<scalar_t, false>(L, xp, u, nullptr, M[p], R[p], G[c], B[c], buf.data(), s);
+        const double sum_d = s[0], sum_dx = s[1];
         if (need_wb) part[2 * p] = sum_dx, part[2 * p + 1] = sum_d;
         if (need_x)
           dx_pass(L, xp, buf.data(), M[p], R[p], scalar_t(G[c] * R[p]), scalar_t(sum_d / L),
@@ -463,9 +426,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_relu_pool_bwd2_cpu(
         }
         double s[5];
         if (gg)
-          bwd2_sums<T, true>(L, xp, u, gg, m, r, g, b, dbuf.data(), s);
+          mask_sums<T, true>(L, xp, u, gg, m, r, g, b, dbuf.data(), s);
         else
-          bwd2_sums<T, false>(L, xp, u, gg, m, r, g, b, dbuf.data(), s);
+          mask_sums<T, false>(L, xp, u, gg, m, r, g, b, dbuf.data(), s);
         const Bwd2<T> k{m, r, g, b, T(s[0] / L), T(s[1] / L), T(s[2] / L), T(s[3] / L),
                         T(s[4] / L - (s[2] / L) * (s[0] / L)), GGW ? GGW[c] : T(0), GGB ? GGB[c] : T(0)};
         if (need_w) part[p] = gg ? double(r) * L * (double(k.cq) - double(k.a) * k.bq) : 0.0;

@@ -19,6 +19,7 @@ import triton
 import triton.language as tl
 
 from .._dtypes import acc_dtype, tl_acc
+from .._triton_plane import plane_mean_rstd
 
 BLOCK = 1024  # pixels per loop step; larger planes loop (a ConvNet-3 plane is at most 1024)
 
@@ -47,18 +48,7 @@ def _norm_relu_pool_fwd_kernel(
     p = tl.program_id(0)
     L = H * W
     base = x_ptr + p.to(tl.int64) * L
-    total = tl.zeros([BLOCK], dtype=ACC)
-    for start in range(0, L, BLOCK):
-        offs = start + tl.arange(0, BLOCK)
-        total += tl.load(base + offs, mask=offs < L, other=0.0).to(ACC)
-    mean = tl.sum(total, axis=0) / L
-    # Two passes, not E[x²] − E[x]², which cancels badly for planes with a large mean.
-    total = tl.zeros([BLOCK], dtype=ACC)
-    for start in range(0, L, BLOCK):
-        offs = start + tl.arange(0, BLOCK)
-        d = tl.where(offs < L, tl.load(base + offs, mask=offs < L, other=0.0).to(ACC) - mean, 0.0)
-        total += d * d
-    rstd = 1.0 / tl.sqrt(tl.sum(total, axis=0) / L + eps)
+    mean, rstd = plane_mean_rstd(base, L, eps, ACC, BLOCK)
     tl.store(mean_ptr + p, mean)
     tl.store(rstd_ptr + p, rstd)
 

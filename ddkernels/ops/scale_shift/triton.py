@@ -21,6 +21,7 @@ import triton
 import triton.language as tl
 
 from .._dtypes import acc_dtype, tl_acc
+from .._triton_plane import plane_mean_rstd
 
 BLOCK = 1024        # pixels per program for per-plane kernels (a HaBa plane is 900)
 BLOCK_PARAM = 128   # smaller blocks give the Hn·C-wide parameter reduction more programs
@@ -36,21 +37,9 @@ def _scale_shift_stats_kernel(
     BLOCK: tl.constexpr,
 ):
     p = tl.program_id(0)
-    base = x_ptr + p.to(tl.int64) * L
-    total = tl.zeros([BLOCK], dtype=ACC)
-    for start in range(0, L, BLOCK):
-        offs = start + tl.arange(0, BLOCK)
-        total += tl.load(base + offs, mask=offs < L, other=0.0).to(ACC)
-    mean = tl.sum(total, axis=0) / L
-    # Second pass over the (cached) plane: sum of squared deviations, no E[x²] - E[x]² cancellation.
-    total = tl.zeros([BLOCK], dtype=ACC)
-    for start in range(0, L, BLOCK):
-        offs = start + tl.arange(0, BLOCK)
-        d = tl.where(offs < L, tl.load(base + offs, mask=offs < L, other=0.0).to(ACC) - mean, 0.0)
-        total += d * d
-    var = tl.sum(total, axis=0) / L
+    mean, rstd = plane_mean_rstd(x_ptr + p.to(tl.int64) * L, L, eps, ACC, BLOCK)
     tl.store(mean_ptr + p, mean)
-    tl.store(rstd_ptr + p, 1.0 / tl.sqrt(var + eps))
+    tl.store(rstd_ptr + p, rstd)
 
 
 @triton.jit
