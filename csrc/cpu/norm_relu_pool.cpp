@@ -143,11 +143,7 @@ void mask_sums(int64_t L, const T* __restrict__ x, const T* u, const T* __restri
       lanes[4][i % LANES] += gg[i] * d[i];
     }
   }
-  for (int k = 0; k < 5; ++k) {
-    double t = 0;
-    for (int64_t l = 0; l < LANES; ++l) t += lanes[k][l];
-    sums[k] = t;
-  }
+  for (int k = 0; k < 5; ++k) sums[k] = GG || k < 2 ? combine_lanes(lanes[k]) : 0.0;
 }
 
 // The per-plane constants of the double backward's closed form (reference.double_backward).

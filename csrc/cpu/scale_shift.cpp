@@ -135,9 +135,7 @@ void norm_bwd_pass(int64_t L, const T* __restrict__ s, const T* __restrict__ g,
     al[i % LANES] += dv;
     bl[i % LANES] += dv * xn;
   }
-  double ta = 0, tb = 0;
-  for (int64_t l = 0; l < LANES; ++l) ta += al[l], tb += bl[l];
-  sum_d = ta, sum_dx = tb;
+  sum_d = combine_lanes(al), sum_dx = combine_lanes(bl);
 }
 
 template <typename T, typename A>
