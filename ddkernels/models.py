@@ -42,16 +42,11 @@ def nchw(x: torch.Tensor) -> torch.Tensor:
     """``x`` in plain NCHW strides, the layout the fused kernels read. A batch that went through a
     ``permute`` (e.g. DSA's crop) is channels_last, or, with one channel, NCHW-contiguous but with
     channel stride 1, which PyTorch's conv still reads as channels_last: its outputs would then be
-    channels_last and every fused layer and conv backward would transpose them. Size-1 dims never
-    address memory, so that case is a restrided view; a real channels_last batch (small: the
+    channels_last and every fused layer and conv backward would transpose them. A view through 1-D
+    gives size-1 dims their NCHW strides back (no copy); a real channels_last batch (small: the
     network's input) is copied once."""
     x = x.contiguous()
-    want, acc = [], 1
-    for n in reversed(x.shape):
-        want.append(acc)
-        acc *= n
-    want = tuple(reversed(want))
-    return x if x.stride() == want else x.as_strided(x.shape, want)
+    return x.view(-1).view(x.shape)
 
 
 def run_features(features: nn.Sequential, x: torch.Tensor, backend: str = "auto") -> torch.Tensor:
