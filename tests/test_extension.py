@@ -89,6 +89,22 @@ def test_torch_compile_traces_the_cpu_op():
     torch.testing.assert_close(x.grad, x2.grad)
 
 
+@pytest.mark.filterwarnings("ignore:Dynamo detected a call to a `functools.lru_cache`")
+def test_torch_compile_traces_norm_relu_pool():
+    leaves = [torch.randn(2, 3, 8, 8), torch.randn(3), torch.randn(3)]
+    compiled = [t.clone().requires_grad_() for t in leaves]
+    eager = [t.clone().requires_grad_() for t in leaves]
+
+    @torch.compile(backend="aot_eager", fullgraph=False)
+    def f(x, w, b):
+        return ddkernels.norm_relu_pool(x, w, b, backend="cpu").square().sum()
+
+    f(*compiled).backward()
+    ddkernels.norm_relu_pool(*eager, backend="reference").square().sum().backward()
+    for a, e in zip(compiled, eager):
+        torch.testing.assert_close(a.grad, e.grad)
+
+
 def test_import_without_extension_warns_once_and_falls_back():
     code = ("import warnings, torch; warnings.simplefilter('always');"
             "import ddkernels; x = torch.rand(1, 1, 4, 4);"

@@ -36,10 +36,10 @@ def _scale_shift_stats_kernel(
     ACC: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    p = tl.program_id(0)
-    mean, rstd = plane_mean_rstd(x_ptr + p.to(tl.int64) * L, L, eps, ACC, BLOCK)
-    tl.store(mean_ptr + p, mean)
-    tl.store(rstd_ptr + p, rstd)
+    rows = tl.program_id(0).to(tl.int64) + tl.arange(0, 1)
+    mean, rstd = plane_mean_rstd(x_ptr, rows, rows >= 0, L, eps, ACC, BLOCK)
+    tl.store(mean_ptr + rows, mean)
+    tl.store(rstd_ptr + rows, rstd)
 
 
 @triton.jit
