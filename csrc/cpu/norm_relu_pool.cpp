@@ -46,16 +46,15 @@ template <typename T>
 void rows_sum(int64_t n, const T* __restrict__ x0, const T* __restrict__ x1, T m, T r, T g, T b,
               T* __restrict__ t) {
   using V = typename Vec<T>::type;
-  constexpr int64_t W = Vec<T>::lanes;
-  int64_t j = 0;
-  for (; j + W <= n; j += W) {
-    V a, c;
-    DDK_VLOAD(a, x0 + j);
-    DDK_VLOAD(c, x1 + j);
-    const V s = act<V>(a, m, r, g, b) + act<V>(c, m, r, g, b);
-    DDK_VSTORE(t + j, s);
-  }
-  for (; j < n; ++j) t[j] = act<T>(x0[j], m, r, g, b) + act<T>(x1[j], m, r, g, b);
+  write_each(
+      t, n, false, [](int64_t) {},
+      [&](int64_t j) {
+        V a, c;
+        DDK_VLOAD(a, x0 + j);
+        DDK_VLOAD(c, x1 + j);
+        return V(act<V>(a, m, r, g, b) + act<V>(c, m, r, g, b));
+      },
+      [&](int64_t j) { return act<T>(x0[j], m, r, g, b) + act<T>(x1[j], m, r, g, b); });
 }
 
 template <typename T>
@@ -63,16 +62,14 @@ void fwd_plane(const T* __restrict__ x, int64_t H, int64_t W, T m, T r, T g, T b
                T* __restrict__ out, T* __restrict__ t) {
   if (!pool) {
     using V = typename Vec<T>::type;
-    constexpr int64_t VW = Vec<T>::lanes;
-    const int64_t L = H * W;
-    int64_t i = 0;
-    for (; i + VW <= L; i += VW) {
-      V v;
-      DDK_VLOAD(v, x + i);
-      v = act<V>(v, m, r, g, b);
-      DDK_VSTORE(out + i, v);
-    }
-    for (; i < L; ++i) out[i] = act<T>(x[i], m, r, g, b);
+    write_each(
+        out, H * W, false, [](int64_t) {},
+        [&](int64_t i) {
+          V v;
+          DDK_VLOAD(v, x + i);
+          return act<V>(v, m, r, g, b);
+        },
+        [&](int64_t i) { return act<T>(x[i], m, r, g, b); });
     return;
   }
   const int64_t Ho = H / 2, Wo = W / 2;
@@ -200,16 +197,15 @@ template <typename T>
 void dx_pass(int64_t L, const T* __restrict__ x, const T* __restrict__ d, T m, T r, T k, T md,
              T mdx, T* __restrict__ dx) {
   using V = typename Vec<T>::type;
-  constexpr int64_t W = Vec<T>::lanes;
-  int64_t i = 0;
-  for (; i + W <= L; i += W) {
-    V xv, dv;
-    DDK_VLOAD(xv, x + i);
-    DDK_VLOAD(dv, d + i);
-    const V out = k * ((dv - md) - ((xv - m) * r) * mdx);
-    DDK_VSTORE(dx + i, out);
-  }
-  for (; i < L; ++i) dx[i] = k * ((d[i] - md) - ((x[i] - m) * r) * mdx);
+  write_each(
+      dx, L, false, [](int64_t) {},
+      [&](int64_t i) {
+        V xv, dv;
+        DDK_VLOAD(xv, x + i);
+        DDK_VLOAD(dv, d + i);
+        return V(k * ((dv - md) - ((xv - m) * r) * mdx));
+      },
+      [&](int64_t i) { return k * ((d[i] - md) - ((x[i] - m) * r) * mdx); });
 }
 
 void check_x(const at::Tensor& x, const char* name) {

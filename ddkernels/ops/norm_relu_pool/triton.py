@@ -43,6 +43,15 @@ def _tile_rows(NC, PLANES: tl.constexpr):
 
 
 @triton.jit
+def _channel_affine(w_ptr, b_ptr, rows, rmask, C, ACC: tl.constexpr):
+    """Each plane's weight and bias (its channel's), as columns to broadcast over the plane."""
+    c = rows % C
+    g = tl.load(w_ptr + c, mask=rmask, other=0.0).to(ACC)[:, None]
+    b = tl.load(b_ptr + c, mask=rmask, other=0.0).to(ACC)[:, None]
+    return g, b
+
+
+@triton.jit
 def _norm_relu_pool_fwd_kernel(
     x_ptr,     # (N, C, H, W)
     w_ptr,     # (C,)
@@ -61,9 +70,7 @@ def _norm_relu_pool_fwd_kernel(
     mean, rstd = plane_mean_rstd(x_ptr, rows, rmask, L, eps, ACC, BLOCK)
     tl.store(mean_ptr + rows, mean, mask=rmask)
     tl.store(rstd_ptr + rows, rstd, mask=rmask)
-    c = rows % C
-    g = tl.load(w_ptr + c, mask=rmask, other=0.0).to(ACC)[:, None]
-    b = tl.load(b_ptr + c, mask=rmask, other=0.0).to(ACC)[:, None]
+    g, b = _channel_affine(w_ptr, b_ptr, rows, rmask, C, ACC)
     mean = mean[:, None]
     rstd = rstd[:, None]
     base = x_ptr + rows[:, None] * L
@@ -137,9 +144,7 @@ def _norm_relu_pool_bwd_kernel(
         go_base = go_ptr + rows[:, None] * L
     mean = tl.load(mean_ptr + rows, mask=rmask, other=0.0)[:, None]
     rstd = tl.load(rstd_ptr + rows, mask=rmask, other=0.0)[:, None]
-    c = rows % C
-    g = tl.load(w_ptr + c, mask=rmask, other=0.0).to(ACC)[:, None]
-    b = tl.load(b_ptr + c, mask=rmask, other=0.0).to(ACC)[:, None]
+    g, b = _channel_affine(w_ptr, b_ptr, rows, rmask, C, ACC)
     sum_d = tl.zeros([PLANES, BLOCK], dtype=ACC)
     sum_dx = tl.zeros([PLANES, BLOCK], dtype=ACC)
     for start in range(0, L, BLOCK):
