@@ -236,6 +236,44 @@ void pool_plane(const T* __restrict__ e, int64_t H, int64_t W, T* __restrict__ o
   }
 }
 
+// The inputs both backward kernels share: x, grad_out of the block's output shape, (C,) weight and
+// bias, (N, C) mean and rstd of x's dtype.
+void check_backward_inputs(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
+                           const at::Tensor& bias, const at::Tensor& mean, const at::Tensor& rstd,
+                           bool pool) {
+  check_x(x, "x");
+  check_x(grad_out, "grad_out");
+  check_channel(weight, x, "weight");
+  check_channel(bias, x, "bias");
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  const int64_t Ho = pool ? H / 2 : H, Wo = pool ? W / 2 : W;
+  TORCH_CHECK(grad_out.scalar_type() == x.scalar_type(), "grad_out must have x's dtype ",
+              x.scalar_type(), ", got ", grad_out.scalar_type());
+  TORCH_CHECK(grad_out.size(0) == N && grad_out.size(1) == C && grad_out.size(2) == Ho &&
+                  grad_out.size(3) == Wo,
+              "grad_out must have shape (", N, ", ", C, ", ", Ho, ", ", Wo, "), got ",
+              grad_out.sizes());
+  for (const at::Tensor* t : {&mean, &rstd}) {
+    DDK_CHECK_CPU((*t));
+    DDK_CHECK_CONTIG((*t));
+    DDK_CHECK_DTYPE((*t), x.scalar_type());
+    TORCH_CHECK(t->dim() == 2 && t->size(0) == N && t->size(1) == C,
+                "mean and rstd must have shape (N=", N, ", C=", C, "), got ", t->sizes());
+  }
+}
+
+// out[c] = Σ_n part[(n·C + c)·K + k]: one field of the per-plane partials summed over the batch in
+// a fixed order (the parameter gradients; no atomics, independent of the thread count).
+template <typename T>
+void sum_over_batch(const std::vector<double>& part, int64_t N, int64_t C, int64_t K, int64_t k,
+                    T* out) {
+  for (int64_t c = 0; c < C; ++c) {
+    double t = 0;
+    for (int64_t n = 0; n < N; ++n) t += part[(n * C + c) * K + k];
+    out[c] = T(t);
+  }
+}
+
 // A few planes per task: ConvNet-3's deepest planes are 8×8, and a task per plane would cost more
 // to schedule than to run.
 int64_t grain(int64_t L) { return std::max<int64_t>(1, 8192 / std::max<int64_t>(L, 1)); }
@@ -283,25 +321,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_relu_pool_bwd_cpu(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
     const at::Tensor& bias, const at::Tensor& mean, const at::Tensor& rstd, bool pool, bool need_x,
     bool need_wb) {
-  check_x(x, "x");
-  check_x(grad_out, "grad_out");
-  check_channel(weight, x, "weight");
-  check_channel(bias, x, "bias");
+  check_backward_inputs(grad_out, x, weight, bias, mean, rstd, pool);
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), L = H * W;
   const int64_t Ho = pool ? H / 2 : H, Wo = pool ? W / 2 : W;
-  TORCH_CHECK(grad_out.scalar_type() == x.scalar_type(), "grad_out must have x's dtype ",
-              x.scalar_type(), ", got ", grad_out.scalar_type());
-  TORCH_CHECK(grad_out.size(0) == N && grad_out.size(1) == C && grad_out.size(2) == Ho &&
-                  grad_out.size(3) == Wo,
-              "grad_out must have shape (", N, ", ", C, ", ", Ho, ", ", Wo, "), got ",
-              grad_out.sizes());
-  for (const at::Tensor* t : {&mean, &rstd}) {
-    DDK_CHECK_CPU((*t));
-    DDK_CHECK_CONTIG((*t));
-    DDK_CHECK_DTYPE((*t), x.scalar_type());
-    TORCH_CHECK(t->dim() == 2 && t->size(0) == N && t->size(1) == C,
-                "mean and rstd must have shape (N=", N, ", C=", C, "), got ", t->sizes());
-  }
   at::Tensor grad_x = need_x ? x.new_empty(x.sizes()) : x.new_empty({0});
   at::Tensor grad_w = need_wb ? weight.new_zeros({C}) : x.new_empty({0});
   at::Tensor grad_b = need_wb ? weight.new_zeros({C}) : x.new_empty({0});
@@ -339,14 +361,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_relu_pool_bwd_cpu(
       }
     });
     if (need_wb) {
-      scalar_t* GW = grad_w.data_ptr<scalar_t>();
-      scalar_t* GB = grad_b.data_ptr<scalar_t>();
-      for (int64_t c = 0; c < C; ++c) {
-        double sw = 0, sb = 0;
-        for (int64_t n = 0; n < N; ++n) sw += part[2 * (n * C + c)], sb += part[2 * (n * C + c) + 1];
-        GW[c] = scalar_t(sw);
-        GB[c] = scalar_t(sb);
-      }
+      sum_over_batch(part, N, C, 2, 0, grad_w.data_ptr<scalar_t>());
+      sum_over_batch(part, N, C, 2, 1, grad_b.data_ptr<scalar_t>());
     }
   });
   return {grad_x, grad_w, grad_b};
@@ -357,22 +373,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_relu_pool_bwd2_cpu(
     const at::Tensor& bias, const at::Tensor& mean, const at::Tensor& rstd, bool pool,
     const std::optional<at::Tensor>& ggx, const std::optional<at::Tensor>& ggw,
     const std::optional<at::Tensor>& ggb, bool need_go, bool need_x, bool need_w) {
-  check_x(x, "x");
-  check_x(grad_out, "grad_out");
-  check_channel(weight, x, "weight");
-  check_channel(bias, x, "bias");
+  check_backward_inputs(grad_out, x, weight, bias, mean, rstd, pool);
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), L = H * W;
   const int64_t Ho = pool ? H / 2 : H, Wo = pool ? W / 2 : W;
-  TORCH_CHECK(grad_out.scalar_type() == x.scalar_type() && grad_out.size(0) == N &&
-                  grad_out.size(1) == C && grad_out.size(2) == Ho && grad_out.size(3) == Wo,
-              "grad_out must have x's dtype and shape (", N, ", ", C, ", ", Ho, ", ", Wo, "), got ",
-              grad_out.scalar_type(), " ", grad_out.sizes());
-  for (const at::Tensor* t : {&mean, &rstd}) {
-    DDK_CHECK_CONTIG((*t));
-    DDK_CHECK_DTYPE((*t), x.scalar_type());
-    TORCH_CHECK(t->dim() == 2 && t->size(0) == N && t->size(1) == C,
-                "mean and rstd must have shape (N=", N, ", C=", C, "), got ", t->sizes());
-  }
   if (ggx) {
     check_x(*ggx, "ggx");
     TORCH_CHECK(ggx->sizes() == x.sizes() && ggx->scalar_type() == x.scalar_type(),
@@ -433,14 +436,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_relu_pool_bwd2_cpu(
         if (pool && DGO) pool_plane(ebuf.data(), H, W, DGO + p * Ho * Wo);
       }
     });
-    if (need_w) {
-      T* GW = g_w.data_ptr<T>();
-      for (int64_t c = 0; c < C; ++c) {
-        double t = 0;
-        for (int64_t n = 0; n < N; ++n) t += part[n * C + c];
-        GW[c] = T(t);
-      }
-    }
+    if (need_w) sum_over_batch(part, N, C, 1, 0, g_w.data_ptr<T>());
   });
   return {g_go, g_x, g_w};
 }
