@@ -32,7 +32,7 @@ data:
 	  else echo "Fashion-MNIST missing: sudo apt-get install dataset-fashion-mnist"; fi; fi
 
 demo: build data
-	$(PY) -m ddkernels.demo
+	$(PY) -m ddkernels.distill.demo
 
 test: build data
 	$(PY) -m pytest tests -q

@@ -2,7 +2,7 @@
 backends (``"auto"``), and a DC loop written like the original repository before and after
 ``ddkernels.compat.patch``.
 
-For each trainer in :data:`ddkernels.methods.METHODS` (new trainers join automatically; a trainer
+For each trainer in :data:`ddkernels.distill.methods.METHODS` (new trainers join automatically; a trainer
 that needs more than ``make_distiller`` gives it gets an entry in :data:`SETUP`) on Fashion-MNIST
 with the ``quick`` preset, at the preset's network width and at the papers' width 128: both
 backends start from the same seed and, after a warm-up iteration each, run their outer iterations
@@ -41,8 +41,8 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 import ddkernels
 import ddkernels.compat
-from ddkernels.data import Dataset, load_dataset
-from ddkernels.methods import METHODS, make_distiller
+from ddkernels.distill.data import Dataset, load_dataset
+from ddkernels.distill.methods import METHODS, make_distiller
 
 from . import harness
 
@@ -65,8 +65,8 @@ def _idc_setup(ds: Dataset, quick: bool, method: str, hp: dict) -> dict:
 def _expert_setup(ds: Dataset, quick: bool, method: str, hp: dict) -> dict:
     """Throwaway experts (one, epochs of 256 images) at the run's width in a cache folder: an outer
     iteration's cost does not depend on how good the experts are."""
-    from ddkernels.experts import train_experts
-    from ddkernels.methods import preset
+    from ddkernels.distill.experts import train_experts
+    from ddkernels.distill.methods import preset
 
     full = {**preset(method, ds.name, 1, "quick"), **hp}
     out = os.path.join(tempfile.gettempdir(), f"ddkernels-e2e-experts-{ds.name}-w{full['width']}")
@@ -165,7 +165,7 @@ def profile_step(step: Callable[[], float], top: int = 3) -> tuple[float, Profil
 
 # --- a DC loop written the way VICO-UoE/DatasetCondensation writes it ---------------------------
 # utils.py's distance_wb, match_loss and get_network('ConvNet') with networks.py's ConvNet (the
-# instancenorm/relu/avgpooling configuration) transcribed (spec §0.1, §2a), run as a module of its
+# instancenorm/relu/avgpooling configuration) transcribed (docs/spec.md §0.1, §2a), run as a module of its
 # own so that compat.patch meets them the way it meets a user's utils.
 ORIGINAL_DC_UTILS = '''
 import torch

@@ -4,7 +4,7 @@
 
 Each configuration runs ``warmup + iterations`` outer iterations of the ``quick`` preset on
 Fashion-MNIST; the 1-process run is a plain trainer, the N-process run spawns N gloo ranks on this
-machine that split the classes (:mod:`ddkernels.distributed`). Every rank runs with one torch thread,
+machine that split the classes (:mod:`ddkernels.distill.distributed`). Every rank runs with one torch thread,
 so N processes can use N cores. An iteration's time is the median over the timed iterations (a rank's
 iteration ends with the loss all-reduce, so it includes waiting for the slowest rank; the slowest
 rank's median is reported). Rows go to ``results/results.csv`` (op ``scaling``, the harness's CSV
@@ -32,9 +32,9 @@ DATASET = "fashion-mnist"
 
 
 def _iteration_times(method: str, ipc: int, warmup: int, iterations: int, world: int, rank: int) -> list[float]:
-    from ddkernels import data
-    from ddkernels.distributed import Shard
-    from ddkernels.methods import make_distiller
+    from ddkernels.distill import data
+    from ddkernels.distill.distributed import Shard
+    from ddkernels.distill.methods import make_distiller
 
     ds = data.load_dataset(DATASET)
     shard = Shard.of(ds.num_classes, world, rank) if world > 1 else None
@@ -45,7 +45,7 @@ def _iteration_times(method: str, ipc: int, warmup: int, iterations: int, world:
 
 
 def _rank(rank: int, world: int, port: int, args: tuple, out: str) -> None:
-    from ddkernels import distributed
+    from ddkernels.distill import distributed
 
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
@@ -100,7 +100,7 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     args = ap.parse_args(argv)
 
-    from ddkernels import data
+    from ddkernels.distill import data
 
     classes = data.load_dataset(DATASET).num_classes
     rows = []

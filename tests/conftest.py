@@ -45,7 +45,7 @@ def single_thread():
 @pytest.fixture(scope="session")
 def expert_dir(tmp_path_factory):
     """A directory of two tiny expert trajectories on digits (width 8, 3 short epochs) for the MTT/HaBa tests."""
-    from ddkernels.experts import train_experts
+    from ddkernels.distill.experts import train_experts
 
     out = str(tmp_path_factory.mktemp("experts"))
     # One thread, as the tests that retrain these experts (session fixtures start before single_thread,

@@ -1,4 +1,4 @@
-// ConvNet-3's block epilogue on CPU (spec §0.2): out = avgpool2x2(relu(γ_c·(x − μ)·rstd + β_c)),
+// ConvNet-3's block epilogue on CPU (docs/spec.md §0.2): out = avgpool2x2(relu(γ_c·(x − μ)·rstd + β_c)),
 // with μ, rstd the statistics of each (n, c) plane ("instance norm" = GroupNorm(C, C)).
 //
 // PyTorch runs this as GroupNorm (stats pass + apply pass), ReLU (in place) and AvgPool2d: about

@@ -1,6 +1,6 @@
 """Drop-in replacements for the original dataset-distillation codebases, on ddkernels' fused ops.
 
-Same names, signatures, argument conventions and results as the originals (spec §1a, §2a, §4a):
+Same names, signatures, argument conventions and results as the originals (docs/spec.md §1a, §2a, §4a):
 
 * VICO-UoE/DatasetCondensation ``utils.py``: :func:`distance_wb`, :func:`match_loss`
   (``args.dis_metric`` ∈ {ours, mse, cos}, ``args.device``) → :func:`ddkernels.grad_distance`;

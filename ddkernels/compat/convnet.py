@@ -1,6 +1,6 @@
 """The ``ConvNet`` of VICO-UoE/DatasetCondensation ``networks.py`` (identical in mtt-distillation and
 DatasetFactorization), with every ``GroupNorm(C, C) → ReLU [→ AvgPool2d(2, 2)]`` run of layers on
-:func:`ddkernels.norm_relu_pool` (spec §0.1, §0.2).
+:func:`ddkernels.norm_relu_pool` (docs/spec.md §0.1, §0.2).
 
 Same constructor, same layers in the same order (so one seed gives the original's initial weights),
 same ``state_dict`` keys (``features.<i>.*``, ``classifier.*``), same ``forward``/``embed``. The
@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..models import run_features
+from ..nn.convnet import run_features
 from ._backend import resolve
 
 

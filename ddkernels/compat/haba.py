@@ -10,7 +10,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
-from ..hallucinator import HallucinatorBank
+from ..nn.hallucinator import HallucinatorBank
 from ..ops.scale_shift import scale_shift
 from ._backend import resolve
 

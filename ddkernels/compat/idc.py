@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ..methods.idc import bound_plan
+from ..nn.modules import bound_plan
 from ..ops.grad_distance import grad_distance
 from ..ops.multi_formation import multi_formation, multi_formation_targets
 from ._backend import resolve
@@ -96,7 +96,7 @@ def decode_zoom_bound(img: torch.Tensor, target: torch.Tensor, factor_max: int, 
                       backend: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """IDC's ``decode_zoom_bound``: the largest factors first, on as many images as keep the decoded
     count within ``bound`` (the images not yet decoded each reserve one slot), the rest at factor 1
-    (:func:`ddkernels.methods.idc.bound_plan`; where the original's count goes negative, with more
+    (:func:`ddkernels.distill.methods.idc.bound_plan`; where the original's count goes negative, with more
     than ``bound`` images, this decodes them all at factor 1)."""
     _check_square(img)
     parts = [decode_zoom(img[a:b], target[a:b], f, size, backend=backend)

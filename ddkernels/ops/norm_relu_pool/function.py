@@ -1,6 +1,6 @@
 """norm_relu_pool: backend declarations, the autograd Functions and the functional API.
 
-ConvNet-3's block epilogue ``AvgPool2d(2)(ReLU(GroupNorm(C, C)(x)))`` (spec §0.1/§0.2) in one pass
+ConvNet-3's block epilogue ``AvgPool2d(2)(ReLU(GroupNorm(C, C)(x)))`` (docs/spec.md §0.1/§0.2) in one pass
 per (n, c) plane forward and two L1-resident passes backward; only ``x`` and the per-plane
 statistics are saved. The first-order backward is itself an autograd Function
 (:class:`NormReluPoolBackward`), so gradient matching's ``create_graph=True`` keeps the fused

@@ -1,5 +1,5 @@
 """Reference ConvNet-3 block epilogue: exactly the layers every original repository stacks after
-each conv (spec §0.1) — ``GroupNorm(C, C)`` ("instancenorm"), ``ReLU``, ``AvgPool2d(2, 2)``."""
+each conv (docs/spec.md §0.1) — ``GroupNorm(C, C)`` ("instancenorm"), ``ReLU``, ``AvgPool2d(2, 2)``."""
 from __future__ import annotations
 
 import torch

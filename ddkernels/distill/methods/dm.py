@@ -1,0 +1,71 @@
+"""DM, distribution matching (Zhao & Bilen), VICO ``main_DM.py`` (docs/spec.md §2a)."""
+from __future__ import annotations
+
+import torch
+
+from .base import Distiller
+from .dc import DC
+
+
+def distribution_match(trainer: Distiller, net, syn: torch.Tensor | list[torch.Tensor],
+                        aug) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | list[torch.Tensor]]:
+    """DM's loss over the trainer's owned classes: per class, ``trainer.batch_real`` real images and
+    the class's synthetic images under one Siamese augmentation (both from the class's stream), then
+    Σ_c ‖mean embed(real_c) − mean embed(syn_c)‖².
+
+    ``syn`` is either a class-major tensor (``len(trainer.classes)·n`` rows in the order of
+    ``trainer.classes``) or a list with each owned class's batch (counts may differ: HaBa's sampled
+    hallucinations). All classes go through ``net`` in one batch each for real and synthetic images
+    (instance norm is per sample, so batching classes does not change the features).
+
+    Returns:
+        ``(loss, real_mean, syn_feat)``: the scalar loss, the real class means ``(C, d)`` (no grad)
+        and the synthetic features, ``(C, n, d)`` (a list of ``(n_c, d)`` when counts differ).
+    """
+    classes, n = trainer.classes, trainer.batch_real
+    k = len(classes)
+    if isinstance(syn, torch.Tensor):
+        if len(syn) % k:
+            raise ValueError(f"syn must have a multiple of {k} rows (class-major over the owned classes), got {len(syn)}")
+        syn = list(syn.split(len(syn) // k))
+    elif len(syn) != k:
+        raise ValueError(f"syn must hold one batch per owned class ({k}), got {len(syn)}")
+    pairs = [trainer.siamese(aug, trainer.real_batch(c), s, c=c) for c, s in zip(classes, syn)]
+    with torch.no_grad():
+        real_mean = net.embed(torch.cat([p[0] for p in pairs])).view(k, n, -1).mean(1)
+    counts = [len(s) for s in syn]
+    feats = net.embed(torch.cat([p[1] for p in pairs]))
+    if len(set(counts)) == 1:
+        syn_feat = feats.view(k, counts[0], -1)
+        syn_mean = syn_feat.mean(1)
+    else:
+        syn_feat = list(feats.split(counts))
+        syn_mean = torch.stack([f.mean(0) for f in syn_feat])
+    loss = ((real_mean - syn_mean) ** 2).sum()
+    return loss, real_mean, syn_feat
+
+
+def dm_loss(trainer: Distiller, syn: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+    """The DM loss of one outer iteration for any parameterization (DM; HaBa on DM): a fresh frozen
+    network and :func:`distribution_match` with the trainer's augmentation."""
+    net = trainer.fresh_net()
+    net.requires_grad_(False)
+    return distribution_match(trainer, net, syn, trainer.aug)[0]
+
+
+class DM(DC):
+    """Match the mean embedding of real and synthetic images of each class under a fresh random
+    ConvNet (frozen weights): loss = Σ_c ‖mean embed(A_c(real_c)) − mean embed(A_c(syn_c))‖²
+    (:func:`distribution_match`). Class-parallel with no shared parameter: with the class-parallel
+    streams, a class's result does not depend on how the classes are split over ranks.
+    """
+
+    method = "dm"
+
+    def step(self) -> float:
+        loss = dm_loss(self, self.syn)
+        self.image_step(loss)
+        return float(loss.detach())
+
+
+__all__ = ["DM", "distribution_match", "dm_loss"]

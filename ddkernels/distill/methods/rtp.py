@@ -1,0 +1,217 @@
+"""RTP, "Remember the Past" (Deng & Russakovsky, NeurIPS 2022), docs/spec.md §5a: addressable memories
+trained by back-propagation through an unrolled inner loop of momentum SGD.
+
+The synthetic set is :class:`ddkernels.nn.AddressableMemory`: ``K`` bases and ``C·r`` class-major
+addressing rows, ``r`` filling the IPC budget (docs/spec.md §5a ``cal_ncoef``); row ``c·r + i`` decodes to one
+image of class ``c`` (hard labels, as in the official code). One outer iteration:
+
+1. a fresh ConvNet ``θ_0``; ``T`` steps of momentum SGD (``v ← μv + g``, ``θ ← θ − ηv``, PyTorch's
+   form), step ``t`` on ``batch_syn`` random rows per class; the weights ``θ_t`` before every step
+   go into one ``(T, P)`` buffer on the weights' device (the original deep-copies the module to
+   the CPU each step);
+2. meta loss ``L = CE(f(θ_T; real), y)`` on ``batch_real`` real images per class;
+3. the reverse pass (:func:`bptt_meta_gradient`): for ``t = T−1 … 0``, with ``v̄`` the adjoint of
+   the momentum buffer and ``w̄`` that of the weights, ``v̄ ← μv̄ − ηw̄``; recompute step ``t``'s
+   loss from the snapshot and the memory, ``g_t = ∇_θ ℓ_t`` with a graph, and one mixed
+   second-derivative product ``∂⟨g_t, v̄⟩/∂(bases, rows, θ_t)`` gives the memory's gradient and
+   ``w̄ += ∂⟨g_t, v̄⟩/∂θ_t``. Memory is one step's graph plus the snapshot buffer.
+4. ``clip_grad_norm_`` (max 2) over both tables and an SGD step (lr 0.1, momentum 0.5).
+
+The decode upsamples the ``K`` bases once per pass and writes the images with one GEMM; the reverse
+pass accumulates the gradient of the upsampled bases over all ``T`` steps and applies the
+upsample's adjoint once. ``backend="reference"`` uses the original order instead (GEMM at low
+resolution, then upsample every image, every step); RTP calls no other ``ddkernels`` op, so that is
+the only thing ``backend`` switches.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from ...nn.memory import AddressableMemory, addressable_decode, rows_for_budget, upsample_bases
+from .base import Distiller
+
+
+class FlatParams:
+    """Evaluate ``net`` at a flat parameter vector ``θ`` (``P,``): the parameters are views into it,
+    so one ``autograd.grad`` w.r.t. ``θ`` returns the whole flat gradient."""
+
+    def __init__(self, net: nn.Module):
+        self.net = net
+        self.names = [n for n, _ in net.named_parameters()]
+        self.shapes = [p.shape for _, p in net.named_parameters()]
+        self.numels = [p.numel() for _, p in net.named_parameters()]
+
+    def flat(self) -> torch.Tensor:
+        return torch.cat([p.detach().reshape(-1) for p in self.net.parameters()])
+
+    def __call__(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        views = {n: t.view(s) for n, t, s in zip(self.names, theta.split(self.numels), self.shapes)}
+        return functional_call(self.net, views, (x,))
+
+
+def unroll_momentum_sgd(f: Callable, theta0: torch.Tensor, batches: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
+                        steps: int, lr: float, momentum: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``steps`` of momentum SGD on ``CE(f(θ, x_t), y_t)`` from ``θ_0`` without a graph.
+
+    Args:
+        f: ``f(θ, x) -> logits``.
+        theta0: ``(P,)``.
+        batches: ``batches(t) -> (x_t, y_t)`` (detached).
+
+    Returns:
+        ``(θ_T, snapshots)`` with ``snapshots[t] = θ_t``, the weights before step ``t``, one
+        ``(steps, P)`` buffer on ``θ_0``'s device.
+    """
+    snapshots = theta0.new_empty(steps, theta0.numel())
+    theta, buf = theta0.detach().clone(), torch.zeros_like(theta0)
+    for t in range(steps):
+        snapshots[t].copy_(theta)
+        x, y = batches(t)
+        th = theta.detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(F.cross_entropy(f(th, x), y), th)
+        buf.mul_(momentum).add_(g)  # PyTorch SGD: the first step's buffer is g itself (μ·0 + g)
+        theta.sub_(buf, alpha=lr)
+    return theta, snapshots
+
+
+def bptt_meta_gradient(f: Callable, theta0: torch.Tensor, memory: AddressableMemory, rows: torch.Tensor,
+                       real_x: torch.Tensor, real_y: torch.Tensor, *, lr: float, momentum: float,
+                       upsample_first: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """RTP's meta-gradient of ``L = CE(f(θ_T; real_x), real_y)`` w.r.t. the memory's two tables.
+
+    ``θ_T`` is ``len(rows)`` steps of momentum SGD (lr ``lr``, momentum ``momentum``) from ``θ_0``,
+    step ``t`` on the decoded rows ``rows[t]`` with their class labels. The reverse pass recomputes
+    each step from its weight snapshot (docs/spec.md §5a ``bptt_efficient_backward``); see the module doc.
+
+    Args:
+        f: ``f(θ, x) -> logits`` for a flat ``θ`` (e.g. :class:`FlatParams`).
+        theta0: ``(P,)`` initial weights.
+        memory: the addressable memory (its ``bases``/``addressing`` are read, never modified).
+        rows: int64 ``(T, N_b)``, the addressing rows of each inner step.
+        real_x, real_y: the meta batch.
+        upsample_first: decode with the upsampled bases (one GEMM); ``False`` uses the original order.
+
+    Returns:
+        ``(L, dL/d bases, dL/d addressing)``, the latter two shaped like the tables.
+    """
+    if rows.dim() != 2:
+        raise ValueError(f"rows must be 2-D (T, N_b) (one row set per inner step), got shape {tuple(rows.shape)}")
+    steps = rows.shape[0]
+    shape, ds = memory.image_shape, memory.downsample
+    bases, table = memory.bases.detach(), memory.addressing.detach()
+    labels = memory.labels(rows)
+    # The decode's bases operand: the upsampled bases (a leaf whose gradient is accumulated over all
+    # steps, then pulled back through the upsample once) or, for the original order, the bases.
+    operand = (upsample_bases(bases, shape, ds) if upsample_first else bases).clone().requires_grad_(True)
+
+    def decode(op, coeffs):
+        if upsample_first:
+            return (coeffs @ op).view(-1, *shape)
+        return addressable_decode(op, coeffs, shape, ds, upsample_first=False)
+
+    fixed = operand.detach()
+    theta_T, snapshots = unroll_momentum_sgd(
+        f, theta0, lambda t: (decode(fixed, table[rows[t]]), labels[t]), steps, lr, momentum)
+    th = theta_T.requires_grad_(True)
+    loss = F.cross_entropy(f(th, real_x), real_y)
+    (w_bar,) = torch.autograd.grad(loss, th)
+    v_bar = torch.zeros_like(w_bar)
+    g_operand = torch.zeros_like(operand)
+    g_table = torch.zeros_like(table)
+    for t in reversed(range(steps)):
+        # Adjoint of θ_{t+1} = θ_t − η v_t and v_{t+1} = μ v_t + g_{t+1}, in one pass over P.
+        v_bar.mul_(momentum).add_(w_bar, alpha=-lr)
+        th = snapshots[t].clone().requires_grad_(True)
+        coeffs = table[rows[t]].clone().requires_grad_(True)
+        step_loss = F.cross_entropy(f(th, decode(operand, coeffs)), labels[t])
+        (g,) = torch.autograd.grad(step_loss, th, create_graph=True)
+        h_op, h_coeffs, h_th = torch.autograd.grad(g, (operand, coeffs, th), grad_outputs=v_bar)
+        g_operand += h_op
+        g_table.index_add_(0, rows[t], h_coeffs)
+        w_bar += h_th
+    if upsample_first and ds > 1:
+        leaf = bases.clone().requires_grad_(True)
+        (g_bases,) = torch.autograd.grad(upsample_bases(leaf, shape, ds), leaf, grad_outputs=g_operand)
+    else:
+        g_bases = g_operand
+    return loss.detach(), g_bases, g_table
+
+
+class RTP(Distiller):
+    """RTP trainer (see the module doc): stored parameters ``bases`` and ``addressing`` (class-major),
+    decoded training set of ``C·r`` images with hard labels; hyperparameters in
+    :func:`ddkernels.distill.methods.preset` (``num_bases``, ``downsample``, ``rows_per_class``, ``init``,
+    ``inner_steps``, ``inner_lr``, ``inner_momentum``, ``batch_syn``, ``batch_real``, ``lr_syn``,
+    ``momentum_syn``, ``clip``, ``width``)."""
+
+    method = "rtp"
+    not_class_parallel_because = ("its bases are shared by every class and its meta-gradient flows through one "
+                                  "unrolled training of a network on batches of all classes (it would need a split "
+                                  "of the inner loop's batches)")
+    stored_space = "normalized (bases × addressing; decode with ddkernels.nn.AddressableMemory)"
+    #: ``synthetic.png`` already shows every addressing row decoded (one image per stored row)
+    decodes = False
+    per_class_params = ("addressing",)
+
+    def init_synthetic(self) -> None:
+        hp = self.hp
+        shape = (self.ds.channels, *self.ds.im_size)
+        k, ds = hp["num_bases"], hp["downsample"]
+        budget_r = rows_for_budget(self.ipc, self.num_classes, shape, k, ds)
+        r = hp["rows_per_class"] if hp["rows_per_class"] is not None else budget_r
+        if not isinstance(r, int) or isinstance(r, bool) or not 1 <= r <= budget_r:
+            raise ValueError(f"rows_per_class must be an int in [1, {budget_r}] (what the budget of ipc={self.ipc} "
+                             f"leaves after {k} bases), or None for the budget's maximum; got {r!r}")
+        self.memory = AddressableMemory(self.num_classes, k, r, shape, ds, generator=self.gen)
+        if hp["init"] == "real":
+            self.sampler.check(r, "rows_per_class (init='real' draws one real image per row)")
+            idx = self.sampler.indices_all(r, self.gen).flatten()
+            self.memory.init_from_images(self.ds.normalize(self.ds.train_x[idx]))
+        elif hp["init"] != "xavier":
+            raise ValueError(f"init must be 'xavier' (RTP) or 'real' (rank-K fit of real images), got {hp['init']!r}")
+        self.opt = torch.optim.SGD([self.memory.bases, self.memory.addressing], lr=hp["lr_syn"],
+                                   momentum=hp["momentum_syn"])
+
+    def synthetic_params(self) -> dict[str, torch.Tensor]:
+        return {"bases": self.memory.bases, "addressing": self.memory.addressing}
+
+    def stored_labels(self) -> torch.Tensor:
+        return self.memory.labels()  # one label per addressing row
+
+    @property
+    def upsample_first(self) -> bool:
+        return self.backend != "reference"
+
+    def step(self) -> float:
+        hp = self.hp
+        f = FlatParams(self.fresh_net())
+        real_idx = self.sampler.indices_all(self.batch_real, self.gen).flatten()
+        real_x, real_y = self.ds.normalize(self.ds.train_x[real_idx]), self.ds.train_y[real_idx]
+        rows = torch.stack([self.memory.sample_rows(hp["batch_syn"], self.gen) for _ in range(hp["inner_steps"])])
+        loss, g_bases, g_table = bptt_meta_gradient(
+            f, f.flat(), self.memory, rows, real_x, real_y, lr=hp["inner_lr"], momentum=hp["inner_momentum"],
+            upsample_first=self.upsample_first)
+        params = [self.memory.bases, self.memory.addressing]
+        for p, g in zip(params, (g_bases, g_table)):
+            p.grad = g
+        if hp["clip"]:
+            torch.nn.utils.clip_grad_norm_(params, max_norm=hp["clip"])
+        self.opt.step()
+        for p in params:
+            p.grad = None
+        return float(loss)
+
+    def training_set(self):
+        with torch.no_grad():
+            return self.memory.decode(upsample_first=self.upsample_first).detach().clone(), self.labels.clone()
+
+    def pixel_images(self):
+        return self.ds.denormalize(self.training_set()[0]).clamp(0, 1)
+
+
+__all__ = ["RTP", "FlatParams", "bptt_meta_gradient", "unroll_momentum_sgd"]

@@ -1,0 +1,58 @@
+"""The end-to-end benchmark's plumbing (no timing): op ranges, profile attribution, and its
+transcribed DatasetCondensation utils against ddkernels.compat, patched the way users patch."""
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import ddkernels
+import ddkernels.compat
+import ddkernels.distill.methods.matching as matching
+from benchmarks import bench_e2e
+from ddkernels.testing import assert_close
+from tests.compat.test_compat import grad_lists
+
+
+def test_op_ranges_wraps_and_restores():
+    original = matching.grad_distance
+    with bench_e2e.op_ranges():
+        assert matching.grad_distance is not original and matching.grad_distance.__wrapped__ is original
+        assert ddkernels.grad_distance is not original
+    assert matching.grad_distance is original and ddkernels.grad_distance is original
+
+
+@pytest.mark.parametrize("backend", ["reference", "auto"])
+def test_profile_step_attributes_forward_and_backward(backend):
+    w = torch.randn(16, 8, requires_grad=True)
+    x = torch.randn(32, 8)
+
+    def step():
+        g = torch.autograd.grad((x @ w.t()).tanh().sum(), w, create_graph=True)[0]
+        d = ddkernels.grad_distance([g], [torch.randn(16, 8)], "ours", backend=backend)
+        d.backward()
+        return d.detach()
+
+    loss, prof = bench_e2e.profile_step(step)
+    assert prof.op_s["grad_distance"] > 0 and prof.op_s["multi_formation"] == 0
+    assert 0 < prof.share() <= 1 and 0 < prof.backward_s <= prof.total_s
+    assert prof.top and all(0 < share <= 1 for _, share in prof.top)
+
+
+def test_original_dc_utils_match_compat_and_patch():
+    utils = bench_e2e.original_dc_utils()
+    syn, real = grad_lists()
+    for metric in ("ours", "mse", "cos"):
+        args = SimpleNamespace(dis_metric=metric, device="cpu")
+        assert_close(ddkernels.compat.match_loss(syn, real, args), utils.match_loss(syn, real, args))
+    torch.manual_seed(0)
+    net = utils.get_network("ConvNet", 1, 10, (28, 28))
+    report = ddkernels.compat.patch(utils)
+    assert set(report.patched) == {"distance_wb", "match_loss", "ConvNet"} and utils.match_loss is ddkernels.compat.match_loss
+    torch.manual_seed(0)
+    patched = utils.get_network("ConvNet", 1, 10, (28, 28))
+    assert isinstance(patched, ddkernels.compat.ConvNet)
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), patched.state_dict().values()))
+    x = torch.randn(3, 1, 28, 28)
+    assert_close(patched(x), net(x), name="patched network")
+    ddkernels.compat.unpatch(utils)
+    assert utils.match_loss is not ddkernels.compat.match_loss and utils.ConvNet is not ddkernels.compat.ConvNet
