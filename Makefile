@@ -6,7 +6,7 @@ PINS    := requirements/pins.txt
 CPU_SRC := $(wildcard csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cu)
 FMNIST  := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: all venv build data demo test bench bench-e2e info clean
+.PHONY: all venv build data demo test bench bench-e2e gpu-check info clean
 
 all: test
 
@@ -43,6 +43,11 @@ bench: build
 # End-to-end trainer iterations, reference vs fused, one torch thread (benchmarks/bench_e2e.py).
 bench-e2e: build data
 	OMP_NUM_THREADS=1 $(PY) -m benchmarks.run --ops --e2e --threads 1
+
+# On a machine with one CUDA GPU: op tests on CUDA tensors, op benchmark, one iteration of every trainer
+# (benchmarks/gpu_check.py, <= 8 min); elsewhere it says there is no GPU and exits 0.
+gpu-check: build data
+	$(PY) -m benchmarks.gpu_check
 
 info: build
 	$(PY) -m ddkernels.info
