@@ -6,7 +6,7 @@
     ddkernels info
     ddkernels bench
 
-Under torchrun the classes are split over the processes (see README "Scaling out"):
+Under torchrun the classes are split over the processes (see docs/scaling.md):
 
     torchrun --nproc_per_node=2 -m ddkernels distill --method dm --dataset fashion-mnist --ipc 10 --out runs/dm10
 

@@ -98,7 +98,7 @@ def preset(method: str, dataset: str, ipc: int, name: str) -> dict:
             # IPC < 10: K = 30 half-resolution bases (r = 6 on Fashion-MNIST), 40 iterations at lr_syn ×30
             # (one seed: ×1/×10/×30 gave meta loss 1.50/1.41/1.37 after 12 iterations). IPC ≥ 10:
             # full-resolution bases, K = 80 (r = 19), 20 iterations at lr_syn ×3 — K = 160 half-resolution
-            # bases at lr_syn ×30 scored below random real (63.2 % vs 75.4 %; README). Digits: 4 bases.
+            # bases at lr_syn ×30 scored below random real (63.2 % vs 75.4 %; docs/results.md, RTP). Digits: 4 bases.
             if ipc < 10:
                 hp.update(iterations=40, num_bases=30, lr_syn=3.0)
             else:
@@ -115,12 +115,12 @@ def preset(method: str, dataset: str, ipc: int, name: str) -> dict:
 
 
 def default_expert_dir(dataset: str, name: str) -> str:
-    """Where ``ddkernels experts --dataset D --preset P`` is told to write by the README."""
+    """Where ``ddkernels experts --dataset D --preset P`` is told to write by docs/methods.md."""
     return f"runs/experts-{dataset}-{name}"
 
 
 def _mtt(dataset: str, ipc: int, name: str) -> dict:
-    # MTT distill.py defaults (docs/spec.md §3); max_start_epoch 20 as in its README commands.
+    # MTT distill.py defaults (docs/spec.md §3); max_start_epoch 20 as in mtt-distillation's README commands.
     hp = dict(iterations=5000, lr_img=1000.0, momentum_img=0.5, lr_lr=1e-5, momentum_lr=0.5, lr_teacher=0.01,
               syn_steps=20, expert_epochs=3, max_start_epoch=20, batch_syn=None, init="real", aug=DSA_STRATEGY,
               zca=False, expert_dir=default_expert_dir(dataset, name), width=128, batch_real=256,
