@@ -3,7 +3,7 @@ PY_BOOT ?= python3
 VENV    := .venv
 PY      := $(VENV)/bin/python
 PINS    := requirements/pins.txt
-CPU_SRC := $(wildcard csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cu)
+CPU_SRC := $(wildcard csrc/cpu/*.cpp csrc/cpu/*.h)
 FMNIST  := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
 .PHONY: all venv build data demo test bench bench-e2e info clean
