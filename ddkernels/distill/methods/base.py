@@ -145,6 +145,10 @@ class Distiller:
                 objective_cls = objective_cls[key]
         if param_cls is None or objective_cls is None:
             raise ValueError(f"{type(self).__name__} needs a parameterization and an objective")
+        allowed = objective_cls.parameterizations
+        if allowed is not None and not issubclass(param_cls, allowed):
+            raise ValueError(f"objective {objective_cls.__name__} needs the {' or '.join(a.__name__ for a in allowed)} "
+                             f"parameterization, not {param_cls.__name__}")
         missing = [n for n in objective_cls.needs if getattr(param_cls, n) is getattr(Parameterization, n)]
         if missing:
             raise ValueError(f"objective {objective_cls.__name__} needs {', '.join(missing)}, which parameterization "

@@ -113,6 +113,8 @@ class Objective(_Part):
 
     #: the :class:`Parameterization` methods it calls (checked when a trainer is built)
     needs: tuple[str, ...] = ("class_batches",)
+    #: the parameterizations it works with (``None``: any that gives what :attr:`needs` names)
+    parameterizations: tuple[type, ...] | None = None
     #: how :meth:`step`'s loss combines over classes ("sum" or "mean"), to report one loss over all ranks
     loss_over_classes = "sum"
 

@@ -217,14 +217,10 @@ class BPTT(Objective):
     step from the memory, so it needs :class:`AddressableMemories`."""
 
     needs = ()
+    parameterizations = (AddressableMemories,)
     class_parallel = False
     not_class_parallel_because = ("its meta-gradient flows through one unrolled training of a network on batches "
                                   "of all classes (it would need a split of the inner loop's batches)")
-
-    def init(self):
-        if not isinstance(self.t.param, AddressableMemories):
-            raise ValueError(f"objective BPTT needs the AddressableMemories parameterization, "
-                             f"not {type(self.t.param).__name__}")
 
     def step(self) -> float:
         t, hp = self.t, self.t.hp
