@@ -7,13 +7,13 @@ dc, dsa  PlainImages                 GradientMatching (DC's schedule)
 dm       PlainImages                 DistributionMatching
 mtt      PlainImages                 TrajectoryMatching
 idc      MultiFormation              RealNetGradientMatching (IDC's schedule)
-haba     BasesHallucinators          TrajectoryMatching | DistributionMatching | GradientMatching
-                                     (hp ``base``: mtt | dm | dc)
+haba     BasesHallucinators          TrajectoryMatching, DistributionMatching or GradientMatching
+                                     (hp ``base``: mtt, dm or dc)
 rtp      AddressableMemories         BPTT
 kfs      CodesDecoders               DiscriminativeDistributionMatching
 =======  ==========================  ==========================================================
 
-(:func:`~.registry.method_table` reads this off the declarations.) Any other compatible pair runs too:
+(:func:`~.registry.method_table_markdown` reads this off the declarations.) Any other compatible pair runs too:
 ``Distiller(ds, ipc, hp, parameterization=MultiFormation, objective=DistributionMatching)``.
 
     ds = ddkernels.distill.data.load_dataset("fashion-mnist")
@@ -36,7 +36,7 @@ from .kfs import KFS, CodesDecoders, DiscriminativeDistributionMatching
 from .mtt import MTT, TrajectoryMatching, trajectory_matching_loss
 from .haba import HaBa, BasesHallucinators, supcon_loss
 from .rtp import RTP, AddressableMemories, BPTT
-from .registry import METHODS, method_table, preset_names
+from .registry import METHODS, method_table, method_table_markdown, preset_names
 from .presets import get_loops, preset
 
 PRESET_NAMES = preset_names()
@@ -60,5 +60,5 @@ __all__ = ["AddressableMemories", "BPTT", "BasesHallucinators", "CodesDecoders",
            "DiscriminativeDistributionMatching", "DistributionMatching", "Distiller", "GradientMatching", "HaBa",
            "IDC", "KFS", "METHODS", "MTT", "MultiFormation", "Objective", "PRESET_NAMES", "Parameterization",
            "PlainImages", "RTP", "RealNetGradientMatching", "TrajectoryMatching", "distribution_match", "dm_loss",
-           "get_loops", "gradient_match", "make_distiller", "matched_params", "method_table", "mix_init", "preset",
+           "get_loops", "gradient_match", "make_distiller", "matched_params", "method_table", "method_table_markdown", "mix_init", "preset",
            "supcon_loss", "trajectory_matching_loss"]

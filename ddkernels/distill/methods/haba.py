@@ -13,8 +13,8 @@ picks one: ``"mtt"`` (:class:`~.mtt.TrajectoryMatching`), ``"dm"``
 (:class:`~.dm.DistributionMatching`) or ``"dc"`` (:class:`~.matching.GradientMatching`), each
 student step / per-class batch drawing one random hallucinator.
 
-Budget (``budget`` hp): ``"total"`` (default) counts bases + hallucinator parameters + ``syn_lr``
-against ``ipc`` plain images per class and picks the largest bases-per-class that fits;
+Budget (``budget`` hp): ``"total"`` (default) counts bases + hallucinator parameters + what the
+objective stores (MTT's ``syn_lr``) against ``ipc`` plain images per class and picks the largest bases-per-class that fits;
 ``"bases"`` is the official accounting (only the bases count: ``ipc`` bases per class, hallucinators
 on top). ``base_downsample = s`` stores bases at ``H/s × W/s`` and upsamples them bilinearly before
 the hallucinators (a deviation from HaBa, which only has full-size bases; it is what lets a

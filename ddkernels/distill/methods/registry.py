@@ -25,13 +25,21 @@ def preset_names() -> tuple[str, ...]:
 
 def method_table() -> list[tuple[str, str, str, tuple[str, ...]]]:
     """``(method, parameterization, objective, presets)`` per method (for the README's table); a method
-    with a choice of objectives lists them as ``A | B`` (the first is its default)."""
+    with a choice of objectives lists them with the hp value that picks each."""
     rows = []
     for name, cls in METHODS.items():
         obj = cls.OBJECTIVE
-        objective = " | ".join(f"{o.__name__} ({k})" for k, o in obj.items()) if isinstance(obj, dict) else obj.__name__
+        objective = (", ".join(f"{o.__name__} ({cls.OBJECTIVE_KEY}={k})" for k, o in obj.items())
+                     if isinstance(obj, dict) else obj.__name__)
         rows.append((name, cls.PARAMETERIZATION.__name__, objective, tuple(cls.PRESETS)))
     return rows
 
 
-__all__ = ["METHODS", "method_table", "preset_names", "register"]
+def method_table_markdown() -> str:
+    """:func:`method_table` as a Markdown table (the README's)."""
+    lines = ["| method | parameterization | objective | presets |", "|---|---|---|---|"]
+    lines += [f"| {m} | {p} | {o} | {', '.join(n)} |" for m, p, o, n in method_table()]
+    return "\n".join(lines)
+
+
+__all__ = ["METHODS", "method_table", "method_table_markdown", "preset_names", "register"]

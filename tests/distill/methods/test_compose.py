@@ -9,7 +9,7 @@ import torch
 from ddkernels.distill import data
 from ddkernels.distill.methods import (BPTT, METHODS, PRESET_NAMES, AddressableMemories, DistributionMatching,
                                        Distiller, MultiFormation, Parameterization, PlainImages,
-                                       RealNetGradientMatching, TrajectoryMatching, method_table, preset)
+                                       RealNetGradientMatching, TrajectoryMatching, method_table, method_table_markdown, preset)
 from ddkernels.distill.methods.presets import DSA_STRATEGY
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -26,10 +26,11 @@ def test_method_table():
         "dm": ("PlainImages", "DistributionMatching"), "idc": ("MultiFormation", "RealNetGradientMatching"),
         "kfs": ("CodesDecoders", "DiscriminativeDistributionMatching"), "mtt": ("PlainImages", "TrajectoryMatching"),
         "haba": ("BasesHallucinators",
-                 "TrajectoryMatching (mtt) | DistributionMatching (dm) | GradientMatching (dc)"),
+                 "TrajectoryMatching (base=mtt), DistributionMatching (base=dm), GradientMatching (base=dc)"),
         "rtp": ("AddressableMemories", "BPTT")}
     assert PRESET_NAMES == ("paper", "quick")
     assert all(presets == PRESET_NAMES for *_, presets in method_table())
+    assert "\n| rtp | AddressableMemories | BPTT | paper, quick |" in method_table_markdown()
     assert [m for m in METHODS] == ["dc", "dsa", "dm", "idc", "kfs", "mtt", "haba", "rtp"]
 
 
