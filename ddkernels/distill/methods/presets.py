@@ -24,7 +24,7 @@ def get_loops(ipc: int) -> tuple[int, int]:
 
 
 def default_expert_dir(dataset: str, name: str) -> str:
-    """Where ``ddkernels experts --dataset D --preset P`` is told to write by the README."""
+    """Where ``ddkernels experts --dataset D --preset P`` is told to write by docs/methods.md."""
     return f"runs/experts-{dataset}-{name}"
 
 

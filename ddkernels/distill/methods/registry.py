@@ -24,7 +24,7 @@ def preset_names() -> tuple[str, ...]:
 
 
 def method_table() -> list[tuple[str, str, str, tuple[str, ...]]]:
-    """``(method, parameterization, objective, presets)`` per method (for the README's table); a method
+    """``(method, parameterization, objective, presets)`` per method (for docs/methods.md's table); a method
     with a choice of objectives lists them with the hp value that picks each."""
     rows = []
     for name, cls in METHODS.items():
@@ -36,7 +36,7 @@ def method_table() -> list[tuple[str, str, str, tuple[str, ...]]]:
 
 
 def method_table_markdown() -> str:
-    """:func:`method_table` as a Markdown table (the README's)."""
+    """:func:`method_table` as a Markdown table (docs/methods.md's)."""
     lines = ["| method | parameterization | objective | presets |", "|---|---|---|---|"]
     lines += [f"| {m} | {p} | {o} | {', '.join(n)} |" for m, p, o, n in method_table()]
     return "\n".join(lines)
