@@ -8,7 +8,7 @@ with the ``quick`` preset, at the preset's network width and at the papers' widt
 backends start from the same seed and, after a warm-up iteration each, run their outer iterations
 interleaved (so a busy machine slows both alike). Reported: median seconds per outer iteration,
 speedup, the largest relative difference between the two runs' losses, and, from one profiled
-iteration each (torch.profiler), peak memory and the share of the iteration spent in the three ops
+iteration each (torch.profiler), peak memory and the share of the iteration spent in the public ops
 (forward inside a ``record_function("e2e_op::<op>")`` range the benchmark wraps around every call,
 backward as the autograd nodes those calls created, matched by sequence number), the share of all
 backward work, and the aten ops with the most self time: where the rest goes.
@@ -17,8 +17,8 @@ backward work, and the aten ops with the most self time: where the rest goes.
     OMP_NUM_THREADS=1 python -m benchmarks.run --ops --e2e --threads 1     # full run = make bench-e2e
 
 Rows are appended to ``results/results.csv`` (op ``e2e``, mode ``iteration``) and, with every
-column, to ``results/e2e.csv``; the table goes to ``results/latest-e2e-cpu.md`` and, for a full
-run, between the README's ``e2e:begin``/``e2e:end`` markers.
+column, to ``results/e2e.csv``; the table of a full run goes to ``results/latest-e2e-cpu.md``, that
+of a partial one (``--quick``, a subset of methods or widths) to ``results/latest-e2e-cpu-partial.md``.
 """
 from __future__ import annotations
 
@@ -41,20 +41,19 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 import ddkernels
 import ddkernels.compat
+from ddkernels import ops
 from ddkernels.distill.data import Dataset, load_dataset
 from ddkernels.distill.methods import METHODS, make_distiller
 
 from . import harness
 
-OPS = ("multi_formation", "grad_distance", "scale_shift", "norm_relu_pool")
+OPS = ops.names(public_only=True)
 # match_loss: the original-style loop's own range around utils.match_loss (patched or not).
 RANGES = OPS + ("match_loss",)
-SHORT = {"multi_formation": "mf", "grad_distance": "gd", "scale_shift": "ss", "norm_relu_pool": "nrp",
-         "match_loss": "match_loss"}
+# the table's short names: initials (multi_formation -> mf)
+SHORT = {**{op: "".join(w[0] for w in op.split("_")) for op in OPS}, "match_loss": "match_loss"}
 FUSED = "auto"
 HERE = os.path.dirname(os.path.abspath(__file__))
-README = os.path.join(os.path.dirname(HERE), "README.md")
-BEGIN, END = "<!-- e2e:begin -->", "<!-- e2e:end -->"
 
 
 def _idc_setup(ds: Dataset, quick: bool, method: str, hp: dict) -> dict:
@@ -84,7 +83,7 @@ SETUP: dict[str, Callable[[Dataset, bool, str, dict], dict]] = {"idc": _idc_setu
 # --- profiling ---------------------------------------------------------------------------------
 @contextlib.contextmanager
 def op_ranges():
-    """Wrap every binding of the three public ops in loaded ``ddkernels``/``benchmarks`` modules in a
+    """Wrap every binding of the public ops in loaded ``ddkernels``/``benchmarks`` modules in a
     ``record_function("e2e_op::<op>")`` range (trainers import the ops by name), then restore."""
     originals = {name: getattr(ddkernels, name) for name in OPS}
 
@@ -449,15 +448,13 @@ def main(argv=None) -> None:
                     help="network widths: the preset's and/or the papers' 128 (default both)")
     ap.add_argument("--no-original", action="store_true", help="skip the original-style DC loop")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    ap.add_argument("--no-readme", action="store_true", help="do not rewrite the README's end-to-end table")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     args = ap.parse_args(argv)
-    run(args.quick, args.iterations, args.methods, not args.no_original, args.threads, not args.no_readme, args.out,
-        args.widths)
+    run(args.quick, args.iterations, args.methods, not args.no_original, args.threads, args.out, args.widths)
 
 
 def run(quick: bool, iterations: int | None, methods=None, original: bool = True, threads: int | None = None,
-        readme: bool = True, out: str = os.path.join(HERE, "results"), widths=tuple(WIDTHS)) -> str:
+        out: str = os.path.join(HERE, "results"), widths=tuple(WIDTHS)) -> str:
     if threads:
         torch.set_num_threads(threads)
     iterations = iterations or (1 if quick else 3)
@@ -470,17 +467,14 @@ def run(quick: bool, iterations: int | None, methods=None, original: bool = True
     header = (f"Measured on {harness.hardware()}, torch {torch.__version__}, git {harness.git_sha()}, "
               f"{'--quick' if quick else 'full'} run (per provider: a warm-up iteration, {iterations} timed "
               f"(median), one profiled; {time.perf_counter() - t0:.0f} s in all). Fused = backend \"{FUSED}\". "
-              f"Shares are of one profiled iteration (mf multi_formation, gd grad_distance, ss scale_shift, "
-              f"nrp norm_relu_pool; forward + their backward nodes).\n\n")
+              f"Shares are of one profiled iteration ({', '.join(f'{SHORT[op]} {op}' for op in OPS)}; "
+              f"forward + their backward nodes).\n\n")
     table = header + markdown(results)
     os.makedirs(out, exist_ok=True)
     write_csv(out, results)
-    with open(os.path.join(out, "latest-e2e-cpu.md"), "w") as f:
-        f.write(table)
     complete = not quick and methods is None and original and set(widths) == set(WIDTHS)
-    if readme and complete:  # only a full run replaces the README table
-        harness.replace_block(README, BEGIN, END, table)
-    print("\n" + table)
+    path = harness.write_table(out, "latest-e2e-cpu", table, complete)
+    print("\n" + table + f"\nwritten to {path}")
     return table
 
 

@@ -23,8 +23,8 @@ def fused_backends(op: str, device: str = TEST_DEVICE):
     extension, no triton) is skipped with its reasons, never silently dropped."""
     params = []
     backends = dispatch.OpBackends.registry[op].backends
-    for name in ("cpu", "triton", "cuda"):
-        if not backends[name].devices:  # declared as not implemented for this op
+    for name in dispatch.BACKENDS:
+        if name == "reference" or not backends[name].devices:  # not a kernel / not implemented for this op
             continue
         why = dispatch.OpBackends.registry[op].reasons(name, torch.device(device), torch.float32)
         marks = [pytest.mark.skip(reason=f"{name}: {'; '.join(why)}")] if why else []

@@ -6,7 +6,7 @@
     ddkernels info
     ddkernels bench
 
-Under torchrun the classes are split over the processes (see README "Scaling out"):
+Under torchrun the classes are split over the processes (see docs/scaling.md):
 
     torchrun --nproc_per_node=2 -m ddkernels distill --method dm --dataset fashion-mnist --ipc 10 --out runs/dm10
 
@@ -39,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--ipc", type=int, help="stored images per class")
     d.add_argument("--preset", choices=PRESET_NAMES, default=None, help="hyperparameters (default quick)")
     d.add_argument("--iterations", type=int, help="outer iterations (overrides the preset)")
-    d.add_argument("--backend", default=None, help="ddkernels op backend: auto, reference, cpu, triton, cuda")
+    d.add_argument("--backend", default=None, help="ddkernels op backend: auto, reference, cpu, triton")
     d.add_argument("--seed", type=int, default=None)
     d.add_argument("--data-dir", help="folder with the dataset's files (see ddkernels.distill.data)")
     d.add_argument("--out", help="run directory")
