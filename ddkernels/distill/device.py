@@ -9,8 +9,8 @@ on the run's device (:func:`generator`), seeded as on CPU. A CPU run draws exact
 drew; a CUDA run draws from CUDA's Philox generator, so it is reproducible for its device (and
 GPU model), not equal to the CPU run. Fresh networks are initialised on the CPU from the CPU's
 global RNG and then moved, so the same seed gives the same initial weights on every device.
-Generator states in a checkpoint carry their device type; a checkpoint resumed on another kind of
-device re-seeds each stream from ``(seed, iteration)`` (:func:`load_generator_state`) and says so.
+A checkpoint resumed on another kind of device (a generator state's size tells which kind wrote it)
+re-seeds each stream from ``(seed, iteration)`` (:func:`load_generator_state`) and says so.
 """
 from __future__ import annotations
 
@@ -65,16 +65,21 @@ def generator(device: torch.device, seed: int) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(seed)
 
 
-def generator_state(gen: torch.Generator) -> dict:
-    """``gen``'s state for a checkpoint, tagged with its device type."""
-    return {"device": gen.device.type, "state": gen.get_state()}
+def generator_state(gen: torch.Generator) -> torch.Tensor:
+    """``gen``'s state for a checkpoint (as ``Generator.get_state``: the format checkpoints always had)."""
+    return gen.get_state()
 
 
-def load_generator_state(gen: torch.Generator, saved, *, seed: int, iteration: int, name: str = "generator") -> bool:
-    """Restore ``gen`` from :func:`generator_state` output (or a bare state tensor, as older
-    checkpoints hold: CPU states). Returns True when restored exactly; when the checkpoint came from
-    another kind of device, re-seeds ``gen`` from ``(seed, iteration)``, warns once, returns False."""
-    state, kind = (saved["state"], saved["device"]) if isinstance(saved, dict) else (saved, "cpu")
+_CPU_STATE_BYTES = torch.Generator(device="cpu").get_state().numel()
+
+
+def load_generator_state(gen: torch.Generator, state: torch.Tensor, *, seed: int, iteration: int,
+                         name: str = "generator") -> bool:
+    """Restore ``gen`` from :func:`generator_state` output. Returns True when restored exactly; when the
+    checkpoint came from another kind of device (a CPU generator's state is a 5,056-byte Mersenne
+    Twister state, a CUDA one's a 16-byte Philox seed and offset), re-seeds ``gen`` from ``(seed,
+    iteration)``, warns, returns False."""
+    kind = "cpu" if state.numel() == _CPU_STATE_BYTES else "cuda"
     if kind == gen.device.type:
         gen.set_state(state)
         return True

@@ -52,15 +52,14 @@ def test_generator_state_round_trip_and_other_device():
     g = generator(torch.device("cpu"), 3)
     torch.rand(5, generator=g)
     saved = generator_state(g)
-    assert saved["device"] == "cpu"
+    assert torch.equal(saved, g.get_state())  # the format checkpoints always had
     expect = torch.rand(4, generator=g)
     h = generator(torch.device("cpu"), 0)
     assert load_generator_state(h, saved, seed=3, iteration=1) is True
     assert torch.equal(torch.rand(4, generator=h), expect)
-    # older checkpoints hold a bare CPU state
-    assert load_generator_state(h, saved["state"], seed=3, iteration=1) is True
-    # a state written on a GPU: re-seeded from (seed, iteration), deterministically, with a warning
-    foreign = {"device": "cuda", "state": torch.zeros(16, dtype=torch.uint8)}
+    # a state written on a GPU (Philox: seed and offset, 16 bytes): re-seeded from (seed, iteration),
+    # deterministically, with a warning
+    foreign = torch.zeros(16, dtype=torch.uint8)
     with pytest.warns(UserWarning, match="re-seeded"):
         assert load_generator_state(h, foreign, seed=3, iteration=5) is False
     first = torch.rand(4, generator=h)
