@@ -9,15 +9,22 @@ import torch
 
 _SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}  # PNG colour type -> samples per pixel
+_COLOUR_TYPES = {c: t for t, c in _CHANNELS.items()}  # samples per pixel -> PNG colour type
 
 
 def write_png(path: str, img: torch.Tensor) -> None:
-    """Write ``(H, W)`` grayscale or ``(3, H, W)`` RGB values in [0, 1] as an 8-bit PNG."""
-    a = (img.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
+    """Write values in [0, 1] as an 8-bit PNG: ``(H, W)`` or ``(1, H, W)`` grayscale, ``(2, H, W)`` grayscale +
+    alpha, ``(3, H, W)`` RGB or ``(4, H, W)`` RGBA."""
+    if img.dim() == 3 and img.shape[0] == 1:
+        img = img[0]
+    if img.dim() not in (2, 3) or (img.dim() == 3 and img.shape[0] not in _COLOUR_TYPES) or img.numel() == 0:
+        raise ValueError(f"write_png({path!r}): expected an (H, W) or (C, H, W) image with C in 1..4, "
+                         f"got shape {tuple(img.shape)}")
+    a = (img.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
+    colour = 0 if a.dim() == 2 else _COLOUR_TYPES[a.shape[0]]
     if a.dim() == 3:
         a = a.permute(1, 2, 0)
     a = a.contiguous().numpy()
-    colour = 2 if a.ndim == 3 else 0
     raw = b"".join(b"\x00" + row.tobytes() for row in a)
 
     def chunk(tag, body):

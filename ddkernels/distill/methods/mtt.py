@@ -56,7 +56,7 @@ class MTT(Distiller):
                 raise ValueError(f"{key} must be a positive int, got {hp[key]!r}")
         self.experts = ExpertBuffer(hp["expert_dir"], dataset=self.ds.name, width=hp["width"],
                                     min_epochs=hp["max_start_epoch"] + hp["expert_epochs"],
-                                    zca=zca_reg(hp.get("zca", False)))
+                                    zca=zca_reg(hp.get("zca", False)), data_dir=self.ds.data_dir)
         self.student = ConvNet(self.ds.channels, self.num_classes, width=hp["width"], im_size=self.ds.im_size,
                                backend=self.backend)
         names = [k for k, _ in self.student.named_parameters()]
