@@ -43,10 +43,12 @@ def read_png(path: str) -> np.ndarray:
     if not data.startswith(_SIGNATURE):
         raise ValueError(f"{path} is not a PNG file")
     pos, idat, header = 8, [], None
-    while pos < len(data):
+    while pos + 8 <= len(data):
         (length,), tag = struct.unpack(">I", data[pos:pos + 4]), data[pos + 4:pos + 8]
         body = data[pos + 8:pos + 8 + length]
         if tag == b"IHDR":
+            if len(body) != 13:
+                raise ValueError(f"{path}: damaged PNG header")
             header = struct.unpack(">IIBBBBB", body)
         elif tag == b"IDAT":
             idat.append(body)
@@ -58,7 +60,10 @@ def read_png(path: str) -> np.ndarray:
         raise ValueError(f"{path}: only 8-bit non-interlaced gray/RGB/RGBA PNGs are supported "
                          f"(bit depth {depth}, colour type {colour}, interlace {interlace})")
     bpp = _CHANNELS[colour]
-    raw = np.frombuffer(zlib.decompress(b"".join(idat)), np.uint8).reshape(h, 1 + w * bpp)
+    try:
+        raw = np.frombuffer(zlib.decompress(b"".join(idat)), np.uint8).reshape(h, 1 + w * bpp)
+    except (zlib.error, ValueError) as err:  # a file cut short or damaged
+        raise ValueError(f"{path}: damaged PNG image data ({err})") from None
     out = np.zeros((h, w * bpp), np.int32)
     prev = np.zeros(w * bpp, np.int32)
     for r in range(h):  # undo the per-row filters (None, Sub, Up, Average, Paeth)
