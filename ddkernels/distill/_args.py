@@ -28,18 +28,20 @@ _KINDS = ((bool, "true or false"), (int, "an integer"), (float, "a number"), (st
           ((list, tuple), "a list"), (dict, "a mapping"))
 
 
-def check_settings(defaults: dict, overrides: dict, what: str) -> dict:
+def check_settings(defaults: dict, overrides: dict, what: str, others=()) -> dict:
     """``overrides`` (``--set KEY=VALUE``) checked against ``defaults`` (a preset): every key must be one of
-    ``defaults`` and every value of its default's type; an int is accepted for a float and becomes one,
-    a default of ``None`` ("derived") accepts any value, and ``zca`` also takes a positive regularization
-    (:func:`~ddkernels.distill.data.zca.zca_reg`). Returns the checked overrides; ``what`` names the setting
-    kind in messages (``hyperparameter``, ``expert setting``)."""
+    ``defaults`` and every value of its default's type, where an int is accepted for a float and becomes one.
+    A default of ``None`` means "derived": then ``None`` is accepted too and the type is that of the first
+    of ``others`` (the other presets) with a value for the key, any value where none has. ``zca`` takes
+    false, true or a positive regularization (:func:`~ddkernels.distill.data.zca.zca_reg`). Returns the
+    checked overrides; ``what`` names the kind of setting in messages (``dm hyperparameter``)."""
     unknown = sorted(set(overrides) - set(defaults))
     if unknown:
         raise ValueError(f"--set: unknown {what}(s) {unknown}; known: {sorted(defaults)}")
     checked = {}
     for key, value in overrides.items():
-        default = defaults[key]
+        candidates = [defaults[key]] + [o[key] for o in others if key in o]
+        default = next((v for v in candidates if v is not None), None)
         if key == "zca":
             from .data.zca import zca_reg
 
@@ -47,12 +49,13 @@ def check_settings(defaults: dict, overrides: dict, what: str) -> dict:
                 zca_reg(value)
             except ValueError:
                 raise ValueError(f"--set zca must be false, true or a positive number (got {value!r})") from None
-        elif default is not None:
+        elif default is not None and not (value is None and None in candidates):
             kind, name = next((k, n) for k, n in _KINDS if isinstance(default, k))
             if kind is float and isinstance(value, int) and not isinstance(value, bool):
                 value = float(value)  # JSON writes 1.0 as 1; an int learning rate would make int tensors
             if isinstance(value, bool) != (kind is bool) or not isinstance(value, kind):
-                raise ValueError(f"--set {key} must be {name}, like the preset's {default!r} (got {value!r})")
+                also = " or null" if None in candidates else ""
+                raise ValueError(f"--set {key} must be {name}{also}, like the preset's {default!r} (got {value!r})")
         checked[key] = value
     return checked
 

@@ -15,7 +15,12 @@ Options of ``distill`` may also come from a YAML or JSON file (``--config run.ya
 is read as YAML, anything else as JSON): a mapping with keys named like the options, ``-`` or
 ``_`` (``data_dir``, ``no_baseline``, ``set`` as a list of ``KEY=VALUE``, or ``overrides`` as a
 mapping of hyperparameters). Command-line options win; ``--set`` adds to the file's overrides.
-Examples: ``configs/`` in a source checkout.
+Examples: ``configs/`` in a source checkout. With ``--resume``, what neither gives comes from the run's own
+``config.json``: ``ddkernels distill --out RUN --resume`` is enough.
+
+Every option is checked before any data is loaded; a bad one ends the command with one line on stderr
+naming it and the values it allows (exit status 2). Ctrl-C ends ``distill`` with one line naming the last
+checkpoint and the command that resumes it (exit status 130).
 """
 from __future__ import annotations
 
@@ -200,7 +205,7 @@ def _interrupted(command: str, args) -> str:
     if command == "evaluate":
         return f"interrupted; {os.path.join(args.run_dir, 'metrics.json')} is unchanged"
     if command == "distill":
-        return "interrupted before distilling started; nothing was written to resume from"
+        return "interrupted before distilling started; nothing was changed"
     return "interrupted"
 
 
@@ -248,9 +253,17 @@ def _bench(argv: list[str]):
             raise RuntimeError("bench needs the benchmarks/ folder of a source checkout (run it from the "
                                "repository root)")
         sys.path.insert(0, root)
-    from benchmarks.run import main as bench_main
+    try:
+        from benchmarks.run import main as bench_main
+    except ImportError as err:  # e.g. another project's "benchmarks" package
+        raise RuntimeError(f"bench needs the benchmarks/ folder of a source checkout (run it from the "
+                           f"repository root): {err}") from None
 
-    return bench_main(argv)
+    prog, sys.argv[0] = sys.argv[0], "ddkernels bench"  # its argparse usage line names the command typed
+    try:
+        return bench_main(argv)
+    finally:
+        sys.argv[0] = prog
 
 
 def _summary(m: dict) -> None:

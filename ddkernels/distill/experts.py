@@ -86,7 +86,7 @@ def train_experts(dataset: str, out: str, *, preset: str = "quick", num_experts:
     if preset not in EXPERT_PRESETS:
         raise ValueError(f"--preset must be one of {sorted(EXPERT_PRESETS)}, got {preset!r}")
     hp = dict(EXPERT_PRESETS[preset])
-    hp.update(check_settings(hp, overrides, "expert setting"))
+    hp.update(check_settings(hp, overrides, "expert setting", EXPERT_PRESETS.values()))
     if num_experts is not None:
         hp["num_experts"] = num_experts
     if epochs is not None:

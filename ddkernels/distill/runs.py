@@ -165,7 +165,8 @@ def check_arguments(method: str, dataset: str, ipc: int, *, preset: str = "quick
     if overrides is not None and not isinstance(overrides, dict):
         raise ValueError(f"overrides must be a mapping of hyperparameters (got {type(overrides).__name__})")
     hp = preset_hp(method, dataset, ipc, preset)
-    checked = check_settings(hp, overrides or {}, f"{method} hyperparameter")
+    others = [preset_hp(method, dataset, ipc, p) for p in PRESET_NAMES if p != preset]
+    checked = check_settings(hp, overrides or {}, f"{method} hyperparameter", others)
     check_int("--set iterations", checked.get("iterations", hp["iterations"]), 0)
     return checked
 
@@ -188,6 +189,10 @@ class Interrupted(KeyboardInterrupt):
                 f"Resume with: {launch} distill --out {shlex.quote(self.out)} --resume")
 
 
+#: :func:`distill` arguments recorded in ``config.json`` besides the run's identity.
+RUN_OPTIONS = ("checkpoint_every", "evaluate_after", "eval_nets", "baseline")
+
+
 def saved_options(out: str) -> dict:
     """The :func:`distill` arguments the run in ``out`` was started with, from its ``config.json`` (so that
     resuming needs only ``--out``): method, dataset, ipc, preset, iterations, backend, seed, data_dir,
@@ -207,13 +212,13 @@ def saved_options(out: str) -> dict:
     hp = opts.pop("hp")
     check_arguments(opts["method"], opts["dataset"], opts["ipc"], preset=opts["preset"])
     base = preset_hp(opts["method"], opts["dataset"], opts["ipc"], opts["preset"])
-    opts["overrides"] = {k: v for k, v in hp.items() if k not in base or base[k] != v}
+    gone = sorted(set(hp) - set(base))
+    if gone:
+        raise ValueError(f"--resume: {path} has hyperparameter(s) {gone} that {opts['method']}'s "
+                         f"{opts['preset']} preset no longer has (the run was written by another version)")
+    opts["overrides"] = {k: v for k, v in hp.items() if base[k] != v}
     opts.update({k: config[k] for k in ("backend", "seed", "data_dir", *RUN_OPTIONS) if k in config})
     return opts
-
-
-#: :func:`distill` arguments recorded in ``config.json`` besides the run's identity.
-RUN_OPTIONS = ("checkpoint_every", "evaluate_after", "eval_nets", "baseline")
 
 
 def _distill(method, dataset, ipc, out, ckpt, *, preset, iterations, backend, seed, data_dir, resume,

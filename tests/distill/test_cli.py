@@ -102,6 +102,13 @@ def test_api_raises_value_error_naming_the_argument(tmp_path, no_work):
     assert not os.path.exists(out)
     # An int for a float hyperparameter becomes a float (JSON writes 1.0 as 1).
     assert runs.check_arguments("dm", "digits", 1, overrides={"lr_img": 1}) == {"lr_img": 1.0}
+    # A derived setting (None in this preset) takes None or the type the other preset gives it.
+    assert runs.check_arguments("idc", "digits", 1, preset="paper", overrides={"eval_width": 16, "zca": 0.2}) == \
+        {"eval_width": 16, "zca": 0.2}
+    assert runs.check_arguments("idc", "digits", 1, overrides={"eval_width": None}) == {"eval_width": None}
+    with pytest.raises(ValueError, match=re.escape("--set eval_width must be an integer or null, like the "
+                                                   "preset's 32 (got 'abc')")):
+        runs.check_arguments("idc", "digits", 1, preset="paper", overrides={"eval_width": "abc"})
 
 
 def test_resume_needs_only_out(tmp_path, capsys):
@@ -179,6 +186,20 @@ def test_interrupted_before_and_after_a_checkpoint(tmp_path, capsys, monkeypatch
         f"run the same command again")
 
 
+def test_interrupted_evaluate_and_experts_say_what_is_kept(tmp_path, capsys, monkeypatch):
+    from ddkernels.distill import experts
+
+    def stop(*args, **kw):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(runs, "evaluate_dir", stop)
+    monkeypatch.setattr(experts, "train_experts", stop)
+    assert cli.main(["evaluate", str(tmp_path)]) == 130
+    assert capsys.readouterr().err == f"interrupted; {tmp_path / 'metrics.json'} is unchanged\n"
+    assert cli.main(["experts", "--dataset", "digits", "--out", str(tmp_path)]) == 130
+    assert capsys.readouterr().err == (f"interrupted; the finished experts and the current one's last epoch are "
+                                       f"kept in {tmp_path}: run the same command again to continue\n")
+
+
 def test_ctrl_c_ends_with_one_line_and_the_run_resumes(tmp_path):
     out = str(tmp_path / "run")
     cmd = [sys.executable, "-m", "ddkernels", "distill", "--method", "dm", "--dataset", "digits", "--ipc", "1",
@@ -233,3 +254,14 @@ def test_mtt_hint_names_the_data_dir(tmp_path):
         make_distiller("mtt", ds, 1, expert_dir=str(tmp_path / "experts"), width=8)
     assert (f"`ddkernels experts --dataset folder --data-dir '{root}' --out {tmp_path / 'experts'}`"
             in str(e.value))
+
+
+@pytest.mark.parametrize("case", ["dm", "mtt"])
+def test_old_run_resumes_with_only_out(tmp_path, monkeypatch, case):
+    """Runs written before config.json recorded the run options (tests/distill/fixtures/old_runs)."""
+    import shutil
+
+    shutil.copytree(os.path.join(os.path.dirname(__file__), "fixtures", "old_runs"), tmp_path / "old_runs")
+    monkeypatch.chdir(tmp_path / "old_runs")  # the MTT run names its experts as "experts"
+    assert cli.main(["distill", "--out", f"old/{case}", "--resume", "--iterations", "2", "--no-eval"]) == 0
+    assert _iteration(f"old/{case}/checkpoint.pt") == 2 and _iteration(f"old/{case}/checkpoint.prev.pt") == 1
