@@ -38,8 +38,15 @@ from .distributed import DEFAULT_TIMEOUT_S
 from .methods import METHODS, PRESET_NAMES
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad command line is one line on stderr like every other error (usage: ``--help``)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="ddkernels", description="Dataset distillation with fused kernels.")
+    ap = _Parser(prog="ddkernels", description="Dataset distillation with fused kernels.")
     sub = ap.add_subparsers(dest="command", required=True)
     d = sub.add_parser("distill", help="distill a dataset into a run directory")
     d.add_argument("--config", help="YAML (.yaml/.yml) or JSON file with default values for these options")

@@ -83,6 +83,14 @@ def test_bad_arguments_of_the_other_commands_and_of_config_files(tmp_path, capsy
         assert message in err and err.count("\n") == 1, err
 
 
+def test_malformed_command_line_is_one_line_too(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["distill", "--checkpoint-every", "abc"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err == ("ddkernels distill: error: argument --checkpoint-every: invalid int value: "
+                                       "'abc' (see ddkernels distill --help)\n")
+
+
 def test_api_raises_value_error_naming_the_argument(tmp_path, no_work):
     out = str(tmp_path / "run")
     for kw, message in [(dict(checkpoint_every=0), "--checkpoint-every must be a positive integer"),
