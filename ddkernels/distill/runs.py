@@ -142,7 +142,7 @@ def distill(method: str, dataset: str, ipc: int, out: str, *, preset: str = "qui
     except KeyboardInterrupt:
         interrupted = True
     if interrupted:  # raised here, not in the handler: the trainer's frames (and its progress bar) close first
-        raise Interrupted(out, ckpt.last_path(), ckpt.iteration, world, rank)
+        raise Interrupted(out, ckpt.last, ckpt.iteration, world, rank)
 
 
 def check_arguments(method: str, dataset: str, ipc: int, *, preset: str = "quick", iterations: int | None = None,
@@ -291,29 +291,24 @@ class _Checkpoints:
         self.out, self.world, self.rank = out, world, rank
         self.path, self.prev_path = os.path.join(out, CHECKPOINT), os.path.join(out, PREV_CHECKPOINT)
         self.config, self.shard, self.slot = None, None, 1  # config and shard: set once the data is loaded
-        self.iteration = None  # of the checkpoint last written or loaded (named on Ctrl-C)
+        self.last, self.iteration = None, None  # the checkpoint file last written or loaded, its iteration
         self.keep_previous = True  # False after falling back: keep the good previous one, overwrite the bad one
 
     def exists(self) -> bool:
         return os.path.exists(self.path) or os.path.exists(self.prev_path)
 
-    def last_path(self) -> str | None:
-        if self.iteration is None:
-            return None
-        return self.path if os.path.exists(self.path) else self.prev_path
-
     def rank_path(self, rank: int, slot: int) -> str:
         return os.path.join(self.out, f"checkpoint-rank{rank}.{slot}.pt")
 
-    def _save_manifest(self, obj: dict) -> None:
-        atomic_save(obj, self.path, keep_previous=self.prev_path if self.keep_previous else None)
-        self.keep_previous = True
+    def _save_manifest(self, obj: dict, iteration: int) -> None:
+        def saved():  # with the renames: Ctrl-C during them names this file with its iteration
+            self.last, self.iteration, self.keep_previous = self.path, iteration, True
+        atomic_save(obj, self.path, keep_previous=self.prev_path if self.keep_previous else None, then=saved)
 
     def save(self, trainer) -> None:
         s = self.shard
         if s is None:
-            self._save_manifest({"config": self.config, "trainer": trainer.state_dict()})
-            self.iteration = trainer.iteration
+            self._save_manifest({"config": self.config, "trainer": trainer.state_dict()}, trainer.iteration)
             return
         self.slot = 1 - self.slot  # never overwrite the set the manifest names
         atomic_save({"config": self.config, "rank": s.rank, "world_size": s.world_size,
@@ -323,8 +318,10 @@ class _Checkpoints:
         if s.rank == 0:
             params = {k: v.clone() for k, v in full.synthetic_params().items()}
             self._save_manifest({"config": self.config, "world_size": s.world_size, "classes": s.blocks(),
-                                 "slot": self.slot, "iteration": trainer.iteration, "params": params})
-        self.iteration = trainer.iteration
+                                 "slot": self.slot, "iteration": trainer.iteration, "params": params},
+                                trainer.iteration)
+        else:
+            self.last, self.iteration = self.path, trainer.iteration
 
     def load(self, warn=None) -> tuple[dict, dict]:
         """``(config, trainer state)`` of this process's part of the run in ``out``, from ``checkpoint.pt`` or,
@@ -344,6 +341,7 @@ class _Checkpoints:
                 problems.append(f"{path} cannot be read ({type(err).__name__}: {why})")
                 continue
             config, state = self._state(manifest)
+            self.last = path
             if problems and warn is not None:
                 warn(f"warning: {problems[0]}; resuming from the previous checkpoint {path} "
                      f"(iteration {self.iteration})")

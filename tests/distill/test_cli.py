@@ -192,6 +192,23 @@ def test_interrupted_before_and_after_a_checkpoint(tmp_path, capsys, monkeypatch
     assert capsys.readouterr().err.splitlines()[-1] == (
         f"interrupted before the first checkpoint; nothing to resume in {tmp_path / 'new dir'}: "
         f"run the same command again")
+    (run / "checkpoint.pt").write_bytes(b"")  # resumed from the previous checkpoint: that one is named
+    with pytest.raises(runs.Interrupted) as e:
+        _dm(run, 4, resume=True)
+    assert (e.value.checkpoint, e.value.iteration) == (str(run / "checkpoint.prev.pt"), 1)
+
+
+def test_ctrl_c_during_the_renames_is_raised_after_them(tmp_path):
+    from ddkernels.distill._files import atomic_save
+
+    path = str(tmp_path / "checkpoint.pt")
+    atomic_save({"n": 1}, path)
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        atomic_save({"n": 2}, path, keep_previous=str(tmp_path / "prev.pt"),
+                    then=lambda: (os.kill(os.getpid(), signal.SIGINT), done.append(1)))
+    assert done == [1] and torch.load(path)["n"] == 2 and torch.load(tmp_path / "prev.pt")["n"] == 1
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_interrupted_evaluate_and_experts_say_what_is_kept(tmp_path, capsys, monkeypatch):
