@@ -88,7 +88,8 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one setting (JSON value), e.g. --set width=64")
     x.add_argument("--threads", type=int)
-    sub.add_parser("info", help="versions, build and available backends")
+    info = sub.add_parser("info", help="versions, build and available backends")
+    info.add_argument("--ops", action="store_true", help="print the Markdown table of the registered ops only")
     sub.add_parser("bench", add_help=False,
                    help="run the kernel benchmarks: python -m benchmarks.run from a source checkout, every "
                         "further argument passed on (ddkernels bench --help lists them)")
@@ -248,7 +249,7 @@ def _command(args) -> None:
     elif args.command == "info":
         from ..info import main as info_main
 
-        info_main()
+        info_main(["--ops"] if args.ops else [])
 
 
 def _bench(argv: list[str]):

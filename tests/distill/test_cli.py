@@ -44,7 +44,7 @@ BAD_DISTILL = [
     (["--threads", "0"], "--threads must be a positive integer (got 0)"),
     (["--iterations", "-1"], "--iterations must be an integer >= 0 (0 evaluates the initialization) (got -1)"),
     (["--ipc", "0"], "--ipc must be a positive integer (got 0)"),
-    (["--backend", "gpu"], "--backend must be one of auto, reference, cpu, triton, cuda (got 'gpu')"),
+    (["--backend", "gpu"], "--backend must be one of auto, reference, cpu, triton (got 'gpu')"),
     (["--dist-timeout", "0"], "--dist-timeout must be a positive number (got 0.0)"),
     (["--set", "lr_img=abc"], "--set lr_img must be a number, like the preset's 1.0 (got 'abc')"),
     (["--set", "width=1.5"], "--set width must be an integer, like the preset's 64 (got 1.5)"),
