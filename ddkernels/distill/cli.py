@@ -204,6 +204,10 @@ def _run(command: str, work, args=None) -> int:
     except KeyboardInterrupt:
         print(_interrupted(command, args), file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader went away (`ddkernels info | head`): stop quietly, as Unix tools do
+        sys.stdout = open(os.devnull, "w")
+        return 0
 
 
 def _interrupted(command: str, args) -> str:
