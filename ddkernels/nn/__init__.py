@@ -9,7 +9,8 @@ from .hallucinator import HallucinatorBank
 from .latent import LatentDecoderBank
 from .memory import AddressableMemory
 from .modules import GradMatchLoss, MultiFormation, NormReluPool, bound_plan
-from .networks import NETWORKS, ConvNetVariant, get_network, network_name
+from .networks import MLP, NETWORKS, VGG, AlexNet, ConvNetVariant, LeNet, ResNet18, get_network, network_name
 
-__all__ = ["NETWORKS", "AddressableMemory", "ConvNet", "ConvNetVariant", "GradMatchLoss", "HallucinatorBank",
-           "LatentDecoderBank", "MultiFormation", "NormReluPool", "bound_plan", "get_network", "network_name"]
+__all__ = ["MLP", "NETWORKS", "VGG", "AddressableMemory", "AlexNet", "ConvNet", "ConvNetVariant", "GradMatchLoss",
+           "HallucinatorBank", "LatentDecoderBank", "LeNet", "MultiFormation", "NormReluPool", "ResNet18", "bound_plan",
+           "get_network", "network_name"]
