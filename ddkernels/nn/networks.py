@@ -4,7 +4,8 @@ activation, norm and pooling variants), MLP, LeNet, AlexNet(BN), VGG11(BN) and R
 batch norm, strided or average-pool downsampling).
 
 Each network has the original's layers, parameter shapes and parameter count for 1×28×28 and
-3×32×32 inputs (tests/nn/test_networks.py), written here anew. The original's ``get_network`` reseeds
+3×32×32 inputs (tests/nn/test_networks.py), written here anew; where the original hard-codes the
+classifier's input for those two shapes, it follows ``im_size`` here. The original's ``get_network`` reseeds
 the global RNG from the clock; :func:`get_network` leaves seeding to the caller. Every
 ``GroupNorm(C, C) → ReLU [→ AvgPool2d(2, 2)]`` (the originals' "instance norm") runs as one
 :func:`ddkernels.ops.norm_relu_pool.norm_relu_pool` call on the ``GroupNorm``'s own parameters.
