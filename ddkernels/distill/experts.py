@@ -23,12 +23,14 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shlex
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import data
+from ._args import check_settings
 from ._files import atomic_save as _atomic_save, write_json
 from .data.augment import DiffAugment, strategy_for
 from .device import generator as device_generator, generator_state, load_generator_state, resolve as resolve_device
@@ -90,10 +92,7 @@ def train_experts(dataset: str, out: str, *, preset: str = "quick", num_experts:
         raise ValueError(f"--preset must be one of {sorted(EXPERT_PRESETS)}, got {preset!r}")
     dev = resolve_device(device, what="--device")
     hp = dict(EXPERT_PRESETS[preset])
-    unknown = sorted(set(overrides) - set(hp))
-    if unknown:
-        raise ValueError(f"unknown expert setting(s) {unknown}; known: {sorted(hp)}")
-    hp.update(overrides)
+    hp.update(check_settings(hp, overrides, "expert setting", EXPERT_PRESETS.values()))
     if num_experts is not None:
         hp["num_experts"] = num_experts
     if epochs is not None:
@@ -183,19 +182,21 @@ class ExpertBuffer:
     """The finished experts of a run directory, loaded once (each a ``(epochs + 1, P)`` tensor).
 
     Raises ``FileNotFoundError`` when ``expert_dir`` holds no experts (with the command that makes
-    them) and ``ValueError`` when they do not fit the network (dataset, width) or are too short.
+    them, from ``data_dir``: the folder the run reads the dataset from) and ``ValueError`` when they do
+    not fit the network (dataset, width) or are too short.
     """
 
     def __init__(self, expert_dir: str | None, *, dataset: str, width: int, min_epochs: int,
-                 zca: float | None = None):
+                 zca: float | None = None, data_dir: str | None = None):
+        make = f"ddkernels experts --dataset {dataset}" + (f" --data-dir {shlex.quote(data_dir)}" if data_dir else "")
         if not expert_dir:
             raise FileNotFoundError(
                 f"MTT/HaBa need expert trajectories: set hp expert_dir (--set expert_dir=DIR) to a directory "
-                f"made by `ddkernels experts --dataset {dataset} --out DIR`")
+                f"made by `{make} --out DIR`")
         files = sorted(glob.glob(os.path.join(expert_dir, "expert_*.pt")))
         if not files:
             raise FileNotFoundError(f"expert_dir {expert_dir!r} holds no expert_*.pt files; make them with "
-                                    f"`ddkernels experts --dataset {dataset} --out {expert_dir}`")
+                                    f"`{make} --out {shlex.quote(expert_dir)}`")
         self.trajectories = []
         for path in files:
             e = torch.load(path, map_location="cpu", weights_only=False)

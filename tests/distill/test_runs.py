@@ -144,3 +144,8 @@ def test_example_configs_parse():
         assert opts["method"] in METHODS and opts["dataset"] in data.DATASETS and opts["out"], f
         hp = preset(opts["method"], opts["dataset"], opts["ipc"], opts["preset"])
         assert set(opts["overrides"]) <= set(hp), f
+        # every value passes the checks distill runs before loading data (types of the preset's values)
+        runs.check_arguments(opts["method"], opts["dataset"], opts["ipc"], preset=opts["preset"],
+                             iterations=opts.get("iterations"), backend=opts["backend"], seed=opts["seed"],
+                             checkpoint_every=opts["checkpoint_every"], eval_nets=opts.get("eval_nets"),
+                             overrides=opts["overrides"])

@@ -54,7 +54,7 @@ class TrajectoryMatching(Objective):
         ds = self.t.ds
         self.experts = ExpertBuffer(hp["expert_dir"], dataset=ds.name, width=hp["width"],
                                     min_epochs=hp["max_start_epoch"] + hp["expert_epochs"],
-                                    zca=zca_reg(hp.get("zca", False)))
+                                    zca=zca_reg(hp.get("zca", False)), data_dir=ds.data_dir)
         self.student = ConvNet(ds.channels, ds.num_classes, width=hp["width"], im_size=ds.im_size,
                                backend=self.t.backend).to(self.t.device)
         names = [k for k, _ in self.student.named_parameters()]
