@@ -114,3 +114,25 @@ def test_experts_keep_to_the_run_device(tmp_path):
                               batch=32, progress=False, device="cpu")
     e = torch.load(files[0], weights_only=False)
     assert len(e["trajectory"]) == 2 and e["trajectory"][0].device.type == "cpu"
+
+
+@pytest.mark.parametrize("case", ["dc", "dm", "mtt", "idc", "idc-multi", "haba", "haba-dm", "rtp", "kfs-div"])
+def test_trainer_keeps_to_the_run_device(case, digits):
+    from ddkernels.distill.methods import make_distiller
+
+    from .methods.test_fingerprints import CASES
+
+    method, ipc, kw, *backend = CASES[case]
+    with strict_device():
+        t = make_distiller(method, digits, ipc, "quick", seed=0, backend=backend[0] if backend else "auto",
+                           device="cpu", **kw)
+        t.run(1, progress=False)
+        t.training_set(), t.pixel_images(), t.state_dict()
+    assert t.device == torch.device("cpu") and t.ds.device == torch.device("cpu")
+
+
+def test_trainer_device_errors(digits):
+    from ddkernels.distill.methods import make_distiller
+
+    with pytest.raises(ValueError, match="device"):
+        make_distiller("dm", digits, 1, device="tpu")

@@ -125,7 +125,7 @@ class BasesHallucinators(Parameterization):
             raise ValueError(f"base_downsample must be a positive int dividing the image size {h}x{w}, got {s!r}")
         k = hp["kernel_size"]
         self.bank = HallucinatorBank(hp["hallucinators"], c, hp["mid_channels"], c, k, (h - k + 1, w - k + 1),
-                                     normalize=hp["normalize"], backend=t.backend)
+                                     normalize=hp["normalize"], backend=t.backend, device="cpu")  # init on the host
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(torch.randint(2 ** 62, (1,), generator=t.gen, device=t.device)))
             self.bank.reset_parameters()

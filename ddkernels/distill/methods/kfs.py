@@ -71,7 +71,7 @@ class CodesDecoders(Parameterization):
         seed = int(torch.randint(2 ** 62, (1,), generator=t.gen, device=t.device))
         self.bank = t.seeded(seed, lambda: LatentDecoderBank(t.num_classes, m, image_size=(h, w),
                                                              residual=hp["residual"], residual_init=hp["residual_init"],
-                                                             backend=t.backend, **geometry))
+                                                             backend=t.backend, device="cpu", **geometry))
         if len(t.classes) < t.num_classes:
             # Built for every class above, so the decoders' initial draw does not depend on the split;
             # the rank keeps its classes' codes.
