@@ -136,3 +136,61 @@ def test_trainer_device_errors(digits):
 
     with pytest.raises(ValueError, match="device"):
         make_distiller("dm", digits, 1, device="tpu")
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="checks the error a machine without CUDA gives")
+def test_cli_device_cuda_without_cuda_is_one_line(tmp_path, capsys):
+    from ddkernels.distill import cli
+
+    for args in (["distill", "--method", "dm", "--dataset", "digits", "--ipc", "1", "--out", str(tmp_path / "r"),
+                  "--device", "cuda"],
+                 ["experts", "--dataset", "digits", "--out", str(tmp_path / "e"), "--device", "cuda:1"],
+                 ["distill", "--method", "dm", "--dataset", "digits", "--ipc", "1", "--out", str(tmp_path / "r"),
+                  "--device", "gpu"]):
+        assert cli.main(args) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "--device" in err, err
+    assert not (tmp_path / "r").exists() and not (tmp_path / "e").exists()
+
+
+def test_run_records_its_device(tmp_path):
+    import json
+
+    from ddkernels.distill import runs
+
+    out = tmp_path / "dm"
+    m = runs.distill("dm", "digits", 1, str(out), iterations=1, device="cpu", eval_nets=1, progress=False,
+                     overrides=dict(width=8, batch_real=8, eval_epochs=1))
+    assert m["device"]["device"] == "cpu" and m["device"]["threads"] >= 1
+    assert json.loads((out / "config.json").read_text())["device"] == "cpu"
+    assert "device {" in (out / "log.txt").read_text()
+    e = runs.evaluate_dir(str(out), eval_nets=1, baseline=False, device="cpu", progress=False)
+    assert e["eval_device"]["device"] == "cpu"
+
+
+def test_checkpoint_from_another_device_resumes(digits):
+    """A checkpoint's tensors load onto the run's device (map_location); a generator state written
+    on a GPU (16-byte Philox state) re-seeds the stream with a warning and the run goes on."""
+    import copy
+    import io
+
+    from ddkernels.distill.methods import make_distiller
+
+    kw = dict(width=8, batch_real=8)
+    t = make_distiller("dm", digits, 2, "quick", seed=0, device="cpu", **kw)
+    t.run(1, progress=False)
+    buf = io.BytesIO()
+    torch.save(t.state_dict(), buf)
+    buf.seek(0)
+    state = torch.load(buf, map_location="cpu", weights_only=False)
+    resumed = make_distiller("dm", digits, 2, "quick", seed=0, device="cpu", **kw)
+    resumed.load_state_dict(copy.deepcopy(state))
+    t.run(2, progress=False)
+    resumed.run(2, progress=False)
+    assert torch.equal(t.syn, resumed.syn)  # same device kind: exact
+    state["generator"] = torch.zeros(16, dtype=torch.uint8)  # as a CUDA generator writes it
+    other = make_distiller("dm", digits, 2, "quick", seed=0, device="cpu", **kw)
+    with pytest.warns(UserWarning, match="re-seeded"):
+        other.load_state_dict(state)
+    other.run(2, progress=False)
+    assert other.iteration == 2 and torch.isfinite(other.syn).all()
