@@ -84,7 +84,8 @@ def main(argv=None) -> int:
             print(line)
             if rc:
                 failed.append(name)
-        for src, dst in (("latest-cuda.md", "latest-gpu.md"), ("latest-e2e-cuda.md", "latest-gpu-e2e.md")):
+        # --quick runs write the "-partial" tables (a smoke run never replaces a full table)
+        for src, dst in (("latest-cuda-partial.md", "latest-gpu.md"), ("latest-e2e-cuda-partial.md", "latest-gpu-e2e.md")):
             if os.path.exists(os.path.join(tmp, src)):
                 with open(os.path.join(tmp, src)) as f, open(os.path.join(args.out, dst), "w") as g:
                     g.write(f"{header}\n\n{f.read()}")
