@@ -6,7 +6,7 @@ PINS    := requirements/pins.txt
 CPU_SRC := $(wildcard csrc/cpu/*.cpp csrc/cpu/*.h)
 FMNIST  := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: all venv build data demo test bench bench-e2e bench-pytest info clean
+.PHONY: all venv build data demo test bench bench-e2e bench-pytest gpu-check info clean
 
 all: test
 
@@ -52,6 +52,11 @@ BENCH_ARGS ?=
 bench-pytest: build
 	env $$($(PY) -c 'from benchmarks.run import ALLOCATOR_ENV as e; print(*(f"{k}={v}" for k, v in e.items()))') \
 	  $(PY) -m pytest benchmarks --benchmark-only --benchmark-autosave $(BENCH_ARGS)
+
+# On a machine with one CUDA GPU: op tests on CUDA tensors, op benchmark, one iteration of every trainer
+# (benchmarks/gpu_check.py, <= 8 min); elsewhere it says there is no GPU and exits 0.
+gpu-check: build data
+	$(PY) -m benchmarks.gpu_check
 
 info: build
 	$(PY) -m ddkernels.info

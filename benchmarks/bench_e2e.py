@@ -124,7 +124,13 @@ class Profile:
         return (self.op_s[op] if op else sum(self.op_s.values())) / self.total_s
 
 
-def profile_step(step: Callable[[], float], top: int = 3) -> tuple[float, Profile]:
+def profile_step(step: Callable[[], float], top: int = 3, device: torch.device | None = None) -> tuple[float, Profile]:
+    """On CUDA the op shares are host-side times (launches, not kernels) and the peak is
+    ``torch.cuda.max_memory_allocated`` over the iteration."""
+    cuda = device is not None and device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
     with op_ranges(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         with record_function("e2e::step"):
             loss = float(step())
@@ -157,7 +163,7 @@ def profile_step(step: Callable[[], float], top: int = 3) -> tuple[float, Profil
                 op_s[seqs[e.sequence_nr]] += e.cpu_time_total
     ranked = sorted(((k.key, k.self_cpu_time_total) for k in prof.key_averages()
                      if k.key.startswith("aten::")), key=lambda kv: -kv[1])[:top]
-    prof_peak = harness.peak_from_events(events)
+    prof_peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else harness.peak_from_events(events)
     return loss, Profile(total / 1e6, {k: v / 1e6 for k, v in op_s.items()}, backward / 1e6, prof_peak,
                          [(k.replace("aten::", ""), v / total) for k, v in ranked])
 
@@ -305,7 +311,7 @@ class Result:
 
 
 def compare(method: str, case: str, steps: dict[str, Callable[[], float]], iterations: int,
-            progress: Callable[[str], None]) -> Result:
+            progress: Callable[[str], None], device: torch.device | None = None) -> Result:
     """Per provider: one warm-up iteration (one-time costs: first kernel calls, allocator growth),
     ``iterations`` timed ones, then one profiled one; providers interleaved. Every iteration's loss
     is kept for the comparison."""
@@ -320,7 +326,7 @@ def compare(method: str, case: str, steps: dict[str, Callable[[], float]], itera
             progress(f"e2e | {method} | {case} | {p:<10} iteration {i + 1}: {res.seconds[p][-1]:.3f} s, "
                      f"loss {res.losses[p][-1]:.6g}")
     for p, step in steps.items():
-        loss, res.profiles[p] = profile_step(step)
+        loss, res.profiles[p] = profile_step(step, device=device)
         res.losses[p].append(loss)
     return res
 
@@ -338,21 +344,23 @@ def trainer_cases(ds: Dataset, quick: bool, widths=tuple(WIDTHS)) -> list[tuple[
     return out
 
 
-def run_trainers(ds: Dataset, quick: bool, iterations: int, methods, progress, widths=tuple(WIDTHS)) -> list[Result]:
+def run_trainers(ds: Dataset, quick: bool, iterations: int, methods, progress, widths=tuple(WIDTHS),
+                 device: torch.device = torch.device("cpu")) -> list[Result]:
     results = []
+    fused = "triton" if device.type == "cuda" else FUSED
     for method, ipc, width, hp in trainer_cases(ds, quick, widths):
         if methods is not None and method not in methods:
             continue
         steps, case = {}, ""
         try:
             extra = SETUP.get(method, lambda *a: {})(ds, quick, method, hp)
-            for p in ("reference", FUSED):
-                d = make_distiller(method, ds, ipc, "quick", backend=p, seed=0, **{**extra, **hp})
+            for p in ("reference", fused):
+                d = make_distiller(method, ds, ipc, "quick", backend=p, seed=0, device=device, **{**extra, **hp})
                 steps[p] = d.step
             tags = [f"width {d.hp['width']}" + (" (preset)" if width is None else " (paper)")]
             tags += [f"{k}={v}" for k, v in extra.items() if k != "expert_dir"]
             case = f"FMNIST IPC {ipc}, " + ", ".join(tags)
-            results.append(compare(method, case, steps, iterations, progress))
+            results.append(compare(method, case, steps, iterations, progress, device))
         except Exception as e:  # a trainer this benchmark cannot set up yet: say so in the table
             results.append(Result(method, case or f"FMNIST IPC {ipc}", skipped=f"{type(e).__name__}: {e}"))
             progress(f"e2e | {method} | skipped: {results[-1].skipped}")
@@ -448,32 +456,41 @@ def main(argv=None) -> None:
                     help="network widths: the preset's and/or the papers' 128 (default both)")
     ap.add_argument("--no-original", action="store_true", help="skip the original-style DC loop")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--device", default="cpu", help="where the trainers run: cpu (default), cuda, cuda:N; on CUDA "
+                                                    "the fused provider is triton and the original-style loop is skipped")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     args = ap.parse_args(argv)
-    run(args.quick, args.iterations, args.methods, not args.no_original, args.threads, args.out, args.widths)
+    run(args.quick, args.iterations, args.methods, not args.no_original, args.threads, args.out, args.widths,
+        device=args.device)
 
 
 def run(quick: bool, iterations: int | None, methods=None, original: bool = True, threads: int | None = None,
-        out: str = os.path.join(HERE, "results"), widths=tuple(WIDTHS)) -> str:
+        out: str = os.path.join(HERE, "results"), widths=tuple(WIDTHS), device="cpu") -> str:
+    from ddkernels.distill.device import resolve
+
+    device = resolve(device, what="--device")
+    original = original and device.type == "cpu"  # the transcribed original loop is CPU code
     if threads:
         torch.set_num_threads(threads)
     iterations = iterations or (1 if quick else 3)
     ds = load_dataset("fashion-mnist")
     t0 = time.perf_counter()
     progress = functools.partial(print, flush=True)
-    results = run_trainers(ds, quick, iterations, methods, progress, widths)
+    results = run_trainers(ds, quick, iterations, methods, progress, widths, device)
     if original:
         results += run_original_dc(ds, quick, iterations, progress)
-    header = (f"Measured on {harness.hardware()}, torch {torch.__version__}, git {harness.git_sha()}, "
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else harness.hardware()
+    header = (f"Measured on {where}, torch {torch.__version__}, git {harness.git_sha()}, "
               f"{'--quick' if quick else 'full'} run (per provider: a warm-up iteration, {iterations} timed "
-              f"(median), one profiled; {time.perf_counter() - t0:.0f} s in all). Fused = backend \"{FUSED}\". "
+              f"(median), one profiled; {time.perf_counter() - t0:.0f} s in all). "
+              f"Fused = backend \"{'triton' if device.type == 'cuda' else FUSED}\". "
               f"Shares are of one profiled iteration ({', '.join(f'{SHORT[op]} {op}' for op in OPS)}; "
               f"forward + their backward nodes).\n\n")
     table = header + markdown(results)
     os.makedirs(out, exist_ok=True)
     write_csv(out, results)
     complete = not quick and methods is None and original and set(widths) == set(WIDTHS)
-    path = harness.write_table(out, "latest-e2e-cpu", table, complete)
+    path = harness.write_table(out, f"latest-e2e-{device.type}", table, complete)
     print("\n" + table + f"\nwritten to {path}")
     return table
 

@@ -6,6 +6,10 @@ import torch
 # imported. On a GPU machine the real compiler is used instead.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# `make gpu-check` sets DDKERNELS_TEST_DEVICE=cuda: the op tests then make their tensors on the GPU.
+TEST_DEVICE = os.environ.get("DDKERNELS_TEST_DEVICE", "cpu")
+if TEST_DEVICE != "cpu":
+    torch.set_default_device(TEST_DEVICE)
 os.environ.pop("DDKERNELS_BACKEND", None)  # tests pick backends explicitly
 
 import pytest  # noqa: E402
@@ -14,7 +18,7 @@ import ddkernels  # noqa: E402,F401
 from ddkernels import dispatch  # noqa: E402
 
 
-def fused_backends(op: str, device: str = "cpu"):
+def fused_backends(op: str, device: str = TEST_DEVICE):
     """pytest params for every kernel backend ``op`` implements; one that cannot run here (no
     extension, no triton) is skipped with its reasons, never silently dropped."""
     params = []

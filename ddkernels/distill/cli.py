@@ -56,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--preset", choices=PRESET_NAMES, default=None, help="hyperparameters (default quick)")
     d.add_argument("--iterations", type=int, help="outer iterations (overrides the preset)")
     d.add_argument("--backend", default=None, help="ddkernels op backend: auto, reference, cpu, triton")
+    d.add_argument("--device", default=None, help="where to compute: auto (CUDA when visible, else CPU), cpu, cuda, cuda:N (default auto)")
     d.add_argument("--seed", type=int, default=None)
     d.add_argument("--data-dir", help="folder with the dataset's files (see ddkernels.distill.data)")
     d.add_argument("--out", help="run directory")
@@ -65,6 +66,8 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--eval-nets", type=int, help="networks per evaluation (default: the protocol's)")
     d.add_argument("--no-eval", action="store_true", help="skip evaluation")
     d.add_argument("--no-baseline", action="store_true", help="skip the random-real baseline")
+    d.add_argument("--eval-arch", help="comma-separated evaluation networks, get_network names in any case "
+                                       "(default convnet), e.g. convnet,resnet18,vgg11")
     d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one hyperparameter (JSON value), e.g. --set lr_img=0.001")
     d.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a busy machine)")
@@ -76,6 +79,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--preset", choices=PRESET_NAMES, help="evaluation budget (default: the run's preset)")
     e.add_argument("--eval-nets", type=int)
     e.add_argument("--no-baseline", action="store_true")
+    e.add_argument("--arch", help="comma-separated evaluation networks (default convnet), e.g. convnet,resnet18")
+    e.add_argument("--device", default="auto", help="where to compute: auto (CUDA when visible, else CPU), cpu, cuda, cuda:N (default auto)")
     e.add_argument("--threads", type=int)
     x = sub.add_parser("experts", help="train expert trajectories for MTT/HaBa (resumable)")
     x.add_argument("--dataset", choices=data.DATASETS, required=True)
@@ -85,6 +90,7 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("--epochs", type=int, help="epochs per expert (overrides the preset)")
     x.add_argument("--seed", type=int, default=0)
     x.add_argument("--data-dir", help="folder with the dataset's files (see ddkernels.distill.data)")
+    x.add_argument("--device", default="auto", help="where to compute: auto (CUDA when visible, else CPU), cpu, cuda, cuda:N (default auto)")
     x.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one setting (JSON value), e.g. --set width=64")
     x.add_argument("--threads", type=int)
@@ -97,7 +103,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 DISTILL_DEFAULTS = {"preset": "quick", "backend": "auto", "seed": 0, "checkpoint_every": 1,
-                    "dist_timeout": DEFAULT_TIMEOUT_S}
+                    "dist_timeout": DEFAULT_TIMEOUT_S, "device": "auto"}
 
 
 def load_config(path: str) -> dict:
@@ -236,18 +242,19 @@ def _command(args) -> None:
                           data_dir=o.get("data_dir"), resume=o.get("resume", False),
                           checkpoint_every=o["checkpoint_every"], evaluate_after=not o.get("no_eval", False),
                           eval_nets=o.get("eval_nets"), baseline=not o.get("no_baseline", False),
-                          overrides=o["overrides"], dist_timeout=o["dist_timeout"])
+                          overrides=o["overrides"], dist_timeout=o["dist_timeout"], device=o["device"],
+                          eval_arch=o.get("eval_arch"))
         _summary(metrics)
     elif args.command == "evaluate":
         from .runs import evaluate_dir
 
         _summary(evaluate_dir(args.run_dir, preset=args.preset, eval_nets=args.eval_nets,
-                              baseline=not args.no_baseline))
+                              baseline=not args.no_baseline, archs=args.arch, device=args.device))
     elif args.command == "experts":
         from .experts import train_experts
 
         files = train_experts(args.dataset, args.out, preset=args.preset, num_experts=args.num_experts,
-                              epochs=args.epochs, seed=args.seed, data_dir=args.data_dir,
+                              epochs=args.epochs, seed=args.seed, data_dir=args.data_dir, device=args.device,
                               **_parse_set(args.set, {}))
         print(f"{len(files)} experts in {args.out}")
     elif args.command == "info":
@@ -282,13 +289,21 @@ def _summary(m: dict) -> None:
     if "accuracy" not in m:
         return
     a = m["accuracy"]
-    print(f"\n{m.get('method', '?')} {m.get('dataset', '?')} IPC {m.get('ipc', '?')}: "
+    arch = f" {m['arch']}" if "arch" in m else ""
+    print(f"\n{m.get('method', '?')} {m.get('dataset', '?')} IPC {m.get('ipc', '?')}{arch}: "
           f"synthetic {a['mean']:.2f} ± {a['std']:.2f} % (n={a['n']}){_best(m.get('accuracy_best'))}", end="")
     if "random_real" in m:
         r = m["random_real"]
         print(f"  |  random real, same storage: {r['mean']:.2f} ± {r['std']:.2f} % (n={r['n']}){_best(r.get('best'))}",
               end="")
     print(f"  |  distillation {m.get('seconds', 0):.0f} s")
+    for name, r in m.get("architectures", {}).items():
+        a = r["accuracy"]
+        line = f"  {name}: synthetic {a['mean']:.2f} ± {a['std']:.2f} % (n={a['n']}){_best(r.get('accuracy_best'))}"
+        if "random_real" in r:
+            b = r["random_real"]
+            line += f"  |  random real {b['mean']:.2f} ± {b['std']:.2f} % (n={b['n']}){_best(b.get('best'))}"
+        print(line)
 
 
 def _best(b: dict | None) -> str:

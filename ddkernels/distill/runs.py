@@ -49,8 +49,10 @@ from ..dispatch import BACKENDS
 from . import data
 from ._args import check_choice, check_int, check_positive_number, check_settings
 from ._files import atomic_save, write_json
+from .device import describe as describe_device, dist_backend, resolve as resolve_device
 from .distributed import DEFAULT_TIMEOUT_S, Shard, join, launched_world, leave
 from .evaluate import evaluate, get_protocol
+from ..nn.networks import get_network, network_name
 from .data.imageio import class_grid, write_png
 from .methods import METHODS, PRESET_NAMES, make_distiller, preset as preset_hp
 from .data.zca import ZCA
@@ -86,8 +88,9 @@ def versions() -> dict:
 
 def random_real(dataset: data.Dataset, ipc: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``ipc`` random real training images per class (normalized), the same-storage baseline."""
-    sampler = data.ClassSampler(dataset.train_y, dataset.num_classes)
-    idx = sampler.indices_all(ipc, torch.Generator().manual_seed(seed)).flatten()
+    # drawn on the host, so every device evaluates the same baseline images
+    sampler = data.ClassSampler(dataset.train_y.cpu(), dataset.num_classes)
+    idx = sampler.indices_all(ipc, torch.Generator(device="cpu").manual_seed(seed)).flatten().to(dataset.device)
     return dataset.normalize(dataset.train_x[idx]), dataset.train_y[idx]
 
 
@@ -98,12 +101,39 @@ def eval_protocol(hp: dict, preset: str, n_nets: int | None = None, **overrides)
                         dc_aug=hp.get("eval_dc_aug"), width=hp.get("eval_width"), n_nets=n_nets, **overrides)
 
 
+def eval_archs(archs, dataset: data.Dataset | None = None) -> list[str]:
+    """Evaluation networks as registry names: None → ``["ConvNet"]``; a comma-separated string or a
+    list of get_network names (any case). ValueError naming ``--eval-arch``/``--arch`` otherwise,
+    or, given ``dataset``, for a network its images are too small for (checked before any work)."""
+    if archs is None:
+        return ["ConvNet"]
+    items = archs.split(",") if isinstance(archs, str) else list(archs)
+    names = [a.strip() for a in items if isinstance(a, str) and a.strip()]
+    if not names or len(names) != len(items):
+        raise ValueError(f"--eval-arch/--arch: expected comma-separated network names, got {archs!r}")
+    try:
+        names = list(dict.fromkeys(network_name(a) for a in names))
+        if dataset is not None:
+            with torch.device("meta"):  # shapes only: no memory, no init
+                for a in names:
+                    get_network(a, dataset.channels, dataset.num_classes, dataset.im_size)
+    except ValueError as err:
+        raise ValueError(f"--eval-arch/--arch: {err}") from None
+    return names
+
+
 def distill(method: str, dataset: str, ipc: int, out: str, *, preset: str = "quick", iterations: int | None = None,
             backend: str = "auto", seed: int = 0, data_dir: str | None = None, resume: bool = False,
             checkpoint_every: int = 1, evaluate_after: bool = True, eval_nets: int | None = None,
             baseline: bool = True, overrides: dict | None = None, progress: bool = True,
-            dist_timeout: float = DEFAULT_TIMEOUT_S) -> dict:
+            dist_timeout: float = DEFAULT_TIMEOUT_S, device: str | torch.device | None = "auto",
+            eval_arch=None) -> dict:
     """Distill ``dataset`` with ``method`` into run directory ``out``; returns the metrics dict.
+
+    ``device``: where the run computes (``"auto"``: CUDA when visible, else the CPU; ``"cpu"``,
+    ``"cuda"``, ``"cuda:N"``; under torchrun ``cuda`` is ``cuda:$LOCAL_RANK`` and the ranks talk over
+    nccl, on CPUs over gloo). A run may be resumed on another device (see
+    :mod:`ddkernels.distill.device`).
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) the classes are split over the ranks (see
     :mod:`ddkernels.distill.distributed`): every rank distills its classes, rank 0 gathers the synthetic set,
@@ -124,6 +154,8 @@ def distill(method: str, dataset: str, ipc: int, out: str, *, preset: str = "qui
     hp_overrides = check_arguments(method, dataset, ipc, preset=preset, iterations=iterations, backend=backend,
                                    seed=seed, checkpoint_every=checkpoint_every, eval_nets=eval_nets,
                                    overrides=overrides, dist_timeout=dist_timeout)
+    dev = resolve_device(device, what="--device")
+    archs = eval_archs(eval_arch)  # names now; whether they fit the images once the data is loaded
     world, rank = launched_world()
     if world > 1 and not METHODS[method].class_parallel:
         raise ValueError(f"--method {method} cannot run on {world} ranks (torchrun): "
@@ -138,7 +170,8 @@ def distill(method: str, dataset: str, ipc: int, out: str, *, preset: str = "qui
         return _distill(method, dataset, ipc, out, ckpt, preset=preset, iterations=iterations, backend=backend,
                         seed=seed, data_dir=data_dir, resume=resume, checkpoint_every=checkpoint_every,
                         evaluate_after=evaluate_after, eval_nets=eval_nets, baseline=baseline,
-                        overrides=hp_overrides, progress=progress, dist_timeout=dist_timeout)
+                        overrides=hp_overrides, progress=progress, dist_timeout=dist_timeout, device=dev,
+                        archs=archs)
     except KeyboardInterrupt:
         interrupted = True
     if interrupted:  # raised here, not in the handler: the trainer's frames (and its progress bar) close first
@@ -222,7 +255,8 @@ def saved_options(out: str) -> dict:
 
 
 def _distill(method, dataset, ipc, out, ckpt, *, preset, iterations, backend, seed, data_dir, resume,
-             checkpoint_every, evaluate_after, eval_nets, baseline, overrides, progress, dist_timeout) -> dict:
+             checkpoint_every, evaluate_after, eval_nets, baseline, overrides, progress, dist_timeout, device,
+             archs) -> dict:
     world, rank = ckpt.world, ckpt.rank
     log = _logger(out) if rank == 0 and resume else None
     saved = state = None
@@ -234,18 +268,22 @@ def _distill(method, dataset, ipc, out, ckpt, *, preset, iterations, backend, se
             if saved.get(key) != value:
                 raise ValueError(f"--resume: the run in {out!r} has {key}={saved.get(key)!r}, this call has {value!r}")
     ds = data.load_dataset(dataset, data_dir)
+    eval_archs(archs, ds)
     shard = Shard.of(ds.num_classes, world, rank) if world > 1 else None  # fewer classes than ranks: fails here
     joined = shard is not None and not torch.distributed.is_initialized()
     if shard is not None:
-        join(world, rank, dist_timeout)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)  # nccl's collectives run on this rank's GPU
+        join(world, rank, dist_timeout, backend=dist_backend(device))
     try:
-        trainer = make_distiller(method, ds, ipc, preset, backend=backend, seed=seed, shard=shard, **overrides)
+        trainer = make_distiller(method, ds, ipc, preset, backend=backend, seed=seed, shard=shard, device=device,
+                                 **overrides)
         total = iterations if iterations is not None else trainer.hp["iterations"]
         os.makedirs(out, exist_ok=True)
         log = _logger(out) if rank == 0 else None
         say = log.info if log else (lambda msg: None)
         config = {"method": method, "dataset": dataset, "ipc": ipc, "preset": preset, "iterations": total,
-                  "backend": backend, "seed": seed, "data_dir": data_dir, "hp": trainer.hp,
+                  "backend": backend, "seed": seed, "data_dir": data_dir, "device": str(device), "hp": trainer.hp,
                   "checkpoint_every": checkpoint_every, "evaluate_after": evaluate_after, "eval_nets": eval_nets,
                   "baseline": baseline}
         if shard is not None:
@@ -261,6 +299,7 @@ def _distill(method, dataset, ipc, out, ckpt, *, preset, iterations, backend, se
             from ..info import report
             say(report())
             say(f"distill {json.dumps(config)}" + (f" on {world} ranks, classes {shard.blocks()}" if shard else ""))
+        say(f"device {json.dumps(describe_device(device))}")
         if rank == 0:
             write_json(config, os.path.join(out, "config.json"))  # on resume: records the new iteration total
 
@@ -278,7 +317,7 @@ def _distill(method, dataset, ipc, out, ckpt, *, preset, iterations, backend, se
     if rank != 0:
         return {"rank": rank}
     return finish(out, result, preset, evaluate_after=evaluate_after, eval_nets=eval_nets, baseline=baseline,
-                  progress=progress)
+                  progress=progress, archs=archs)
 
 
 class _Checkpoints:
@@ -375,65 +414,94 @@ class _Checkpoints:
 
 
 def finish(out: str, trainer, preset: str, *, evaluate_after: bool = True, eval_nets: int | None = None,
-           baseline: bool = True, progress: bool = True) -> dict:
+           baseline: bool = True, progress: bool = True, archs: list[str] | None = None) -> dict:
     """Write the synthetic set, its images and (optionally) its evaluation into ``out``."""
     log = _logger(out)
     ds = trainer.ds
-    images, labels = trainer.training_set()
+    images, labels = (t.detach().cpu() for t in trainer.training_set())  # run outputs live on the host
     factor = getattr(trainer, "factor", 1)
-    params = {k: v.detach().clone() for k, v in trainer.synthetic_params().items()}
+    params = {k: v.detach().cpu().clone() for k, v in trainer.synthetic_params().items()}
     storage = trainer.storage()
     eval_overrides = trainer.eval_overrides()
     atomic_save({"method": trainer.method, "dataset": ds.name, "ipc": trainer.ipc, "params": params,
-                 "stored": params.get("syn"), "labels": trainer.labels.clone(), "factor": factor,
+                 "stored": params.get("syn"), "labels": trainer.labels.cpu().clone(), "factor": factor,
                  "space": trainer.stored_space, "mean": ds.mean, "std": ds.std, "storage": storage,
                  "images": images.float(), "image_labels": labels, "eval_overrides": eval_overrides,
-                 "zca": ds.zca.state_dict() if ds.zca is not None else None}, os.path.join(out, "synthetic.pt"))
+                 "zca": _host_zca(ds)}, os.path.join(out, "synthetic.pt"))
     if ds.zca is not None:
-        atomic_save(ds.zca.state_dict(), os.path.join(out, ZCA_FILE))
+        atomic_save(_host_zca(ds), os.path.join(out, ZCA_FILE))
     atomic_save((images.float(), labels), os.path.join(out, "images_labels.pt"))
-    write_png(os.path.join(out, "synthetic.png"), class_grid(trainer.pixel_images(), trainer.labels, ds.num_classes))
+    write_png(os.path.join(out, "synthetic.png"),
+              class_grid(trainer.pixel_images().detach().cpu(), trainer.labels.cpu(), ds.num_classes))
     if trainer.decodes:
         write_png(os.path.join(out, "decoded.png"),
-                  class_grid(ds.denormalize(images).clamp(0, 1), labels, ds.num_classes))
+                  class_grid(ds.denormalize(images.to(ds.device)).clamp(0, 1).cpu(), labels, ds.num_classes))
     log.info(f"storage: {storage['stored_floats']} stored floats, budget {storage['budget_floats']} "
              f"({trainer.ipc} images/class), ratio {storage['ratio']}")
     metrics = {"method": trainer.method, "dataset": ds.name, "ipc": trainer.ipc, "preset": preset,
                "backend": trainer.backend, "iterations": trainer.iteration, "seconds": round(trainer.seconds, 2),
                "train_images": len(labels), "storage": storage, "eval_overrides": eval_overrides,
-               "versions": versions()}
+               "versions": versions(), "device": describe_device(trainer.device)}
     if evaluate_after:
         metrics.update(evaluate_run(out, trainer.hp, preset, images, labels, ds, ipc=trainer.ipc, seed=trainer.seed,
                                     eval_nets=eval_nets, baseline=baseline, progress=progress,
-                                    overrides=eval_overrides, backend=trainer.backend))
+                                    overrides=eval_overrides, backend=trainer.backend, device=trainer.device,
+                                    archs=archs))
     write_json(metrics, os.path.join(out, "metrics.json"))
     log.info(f"metrics {json.dumps({k: v for k, v in metrics.items() if k != 'versions'})}")
     return metrics
 
 
 def evaluate_run(out, hp, preset, images, labels, ds, *, ipc, seed, eval_nets=None, baseline=True,
-                 progress=True, overrides: dict | None = None, backend: str = "auto") -> dict:
-    """Evaluate ``(images, labels)`` and, with ``baseline``, ``ipc`` random real images per class.
-    ``overrides`` (the trainer's ``eval_overrides()``) change the protocol for the synthetic set only;
-    the baseline keeps the preset's protocol. ``backend``: the evaluation networks'."""
+                 progress=True, overrides: dict | None = None, backend: str = "auto", device=None,
+                 archs: list[str] | None = None) -> dict:
+    """Evaluate ``(images, labels)`` and, with ``baseline``, ``ipc`` random real images per class,
+    on each network of ``archs`` (get_network names; default ConvNet). The first one's results are
+    the top-level keys, as with ConvNet alone; with other networks, ``"arch"`` names it and
+    ``"architectures"`` holds every network's results by name."""
+    archs = eval_archs(archs, ds)
+    results = {a: _evaluate_arch(out, hp, preset, images, labels, ds, ipc=ipc, seed=seed, eval_nets=eval_nets,
+                                 baseline=baseline, progress=progress, overrides=overrides, backend=backend,
+                                 device=device, arch=a)
+               for a in archs}
+    result = dict(results[archs[0]])
+    if archs != ["ConvNet"]:
+        result.update(arch=archs[0], architectures=results)
+    return result
+
+
+def _evaluate_arch(out, hp, preset, images, labels, ds, *, ipc, seed, eval_nets, baseline, progress, overrides,
+                   backend, device, arch) -> dict:
+    """One network's evaluation. ``overrides`` (the trainer's ``eval_overrides()``) change the
+    protocol for the synthetic set only; the baseline keeps the preset's protocol. ``backend``: the
+    evaluation networks'."""
     log = _logger(out)
     proto = eval_protocol(hp, preset, eval_nets, **(overrides or {}))
     t0 = time.perf_counter()
-    res = evaluate(images, labels, ds, proto, seed=seed, desc="eval synthetic", progress=progress, backend=backend)
+    res = evaluate(images, labels, ds, proto, seed=seed, desc=f"eval synthetic ({arch})", progress=progress,
+                   backend=backend, arch=arch, device=device)
     result = {"accuracy": _final(res), "eval_protocol": res["protocol"],
               "eval_seconds": round(time.perf_counter() - t0, 2)}
     if "best" in res:
         result["accuracy_best"] = _best(res)
-    log.info(f"synthetic set: {res['mean']:.2f} ± {res['std']:.2f} % over {res['n']} networks" + _best_text(res))
+    log.info(f"{arch}: synthetic set: {res['mean']:.2f} ± {res['std']:.2f} % over {res['n']} networks"
+             + _best_text(res))
     if baseline:
         rx, ry = random_real(ds, ipc, seed)
-        base = evaluate(rx, ry, ds, eval_protocol(hp, preset, eval_nets), seed=seed, desc="eval random real",
-                        progress=progress, backend=backend)
+        base = evaluate(rx, ry, ds, eval_protocol(hp, preset, eval_nets), seed=seed,
+                        desc=f"eval random real ({arch})", progress=progress, backend=backend, arch=arch,
+                        device=device)
         result["random_real"] = dict(_final(base), ipc=ipc)
         if "best" in base:
             result["random_real"]["best"] = _best(base)
-        log.info(f"random real ({ipc}/class, same storage): {base['mean']:.2f} ± {base['std']:.2f} %" + _best_text(base))
+        log.info(f"{arch}: random real ({ipc}/class, same storage): {base['mean']:.2f} ± {base['std']:.2f} %"
+                 + _best_text(base))
     return result
+
+
+def _host_zca(ds) -> dict | None:
+    return None if ds.zca is None else {k: v.cpu() if isinstance(v, torch.Tensor) else v
+                                        for k, v in ds.zca.state_dict().items()}
 
 
 def _final(res: dict) -> dict:
@@ -454,11 +522,14 @@ def _best_text(res: dict) -> str:
 
 
 def evaluate_dir(out: str, *, preset: str | None = None, eval_nets: int | None = None, baseline: bool = True,
-                 progress: bool = True) -> dict:
-    """Re-evaluate a finished run directory (its ``images_labels.pt``) and update ``metrics.json``."""
+                 progress: bool = True, device: str | torch.device | None = "auto", archs=None) -> dict:
+    """Re-evaluate a finished run directory (its ``images_labels.pt``) on ``device`` and update
+    ``metrics.json`` (``eval_device`` records where)."""
     if preset is not None:
         check_choice("--preset", preset, PRESET_NAMES)
     check_int("--eval-nets", eval_nets, optional=True)
+    dev = resolve_device(device, what="--device")
+    archs = eval_archs(archs)
     paths = [os.path.join(out, f) for f in ("config.json", "images_labels.pt")]
     for p in paths:
         if not os.path.isfile(p):
@@ -466,7 +537,7 @@ def evaluate_dir(out: str, *, preset: str | None = None, eval_nets: int | None =
     with open(paths[0]) as f:
         config = json.load(f)
     images, labels = torch.load(paths[1], map_location="cpu", weights_only=True)
-    ds = data.load_dataset(config["dataset"], config.get("data_dir"))
+    ds = data.load_dataset(config["dataset"], config.get("data_dir"))  # evaluate() moves what it needs to dev
     zca_path = os.path.join(out, ZCA_FILE)
     if os.path.isfile(zca_path):  # the synthetic set lives in whitened space: whiten the test set alike
         ds = ds.whitened(ZCA.from_state_dict(torch.load(zca_path, map_location="cpu", weights_only=True)))
@@ -474,7 +545,10 @@ def evaluate_dir(out: str, *, preset: str | None = None, eval_nets: int | None =
         raise FileNotFoundError(f"RUN_DIR {out!r} was distilled with zca but has no {ZCA_FILE}")
     mpath = os.path.join(out, "metrics.json")
     metrics = json.load(open(mpath)) if os.path.isfile(mpath) else {}
-    metrics.pop("accuracy_best", None)  # a protocol that tests once leaves none: drop a stale one
+    if baseline is False and metrics.get("arch", "ConvNet") != archs[0]:
+        metrics.pop("random_real", None)  # kept without --no-baseline's re-run only for the same network
+    for stale in ("accuracy_best", "arch", "architectures"):  # this evaluation may not write them: drop old ones
+        metrics.pop(stale, None)
     for key in ("method", "dataset", "ipc", "preset"):  # a run whose first evaluation was killed has no metrics yet
         metrics.setdefault(key, config[key])
     spath = os.path.join(out, "synthetic.pt")
@@ -482,10 +556,12 @@ def evaluate_dir(out: str, *, preset: str | None = None, eval_nets: int | None =
         metrics["eval_overrides"] = torch.load(spath, map_location="cpu", weights_only=False).get("eval_overrides", {})
     metrics.update(evaluate_run(out, config["hp"], preset or config["preset"], images, labels, ds, ipc=config["ipc"],
                                 seed=config["seed"], eval_nets=eval_nets, baseline=baseline, progress=progress,
-                                overrides=metrics.get("eval_overrides"), backend=config.get("backend", "auto")))
+                                overrides=metrics.get("eval_overrides"), backend=config.get("backend", "auto"),
+                                device=dev, archs=archs))
+    metrics["eval_device"] = describe_device(dev)
     write_json(metrics, mpath)
     return metrics
 
 
-__all__ = ["Interrupted", "atomic_save", "check_arguments", "distill", "evaluate_dir", "finish", "random_real",
+__all__ = ["Interrupted", "atomic_save", "check_arguments", "distill", "eval_archs", "evaluate_dir", "finish", "random_real",
            "saved_options", "versions"]

@@ -134,6 +134,21 @@ class Dataset:
         mean, std = self._stats(x)
         return x * std + mean
 
+    @property
+    def device(self) -> torch.device:
+        return self.train_x.device
+
+    def to(self, device) -> "Dataset":
+        """This dataset with its images, labels (and ZCA matrices) on ``device``: one copy, made when
+        a run starts (the field's datasets are at most ~200 MB as float32; one that does not fit
+        the GPU fails here, with CUDA's out-of-memory error, before any work)."""
+        device = torch.device(device)
+        if self.train_x.device == device:
+            return self
+        return dataclasses.replace(self, train_x=self.train_x.to(device), train_y=self.train_y.to(device),
+                                   test_x=self.test_x.to(device), test_y=self.test_y.to(device),
+                                   zca=None if self.zca is None else self.zca.to(device))
+
     def whitened(self, zca: ZCA | float = 0.1, *, progress: bool = False) -> "Dataset":
         """This dataset with ZCA whitening as its normalization.
 
@@ -164,7 +179,8 @@ def _make(name, train, test, num_classes=None, classes=()):
 
 def _load_digits_split() -> Dataset:
     x, y = load_digits()
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))  # fixed split for every run
+    # a fixed split for every run and device, drawn on the CPU
+    perm = torch.randperm(len(x), generator=torch.Generator(device="cpu").manual_seed(0), device="cpu")
     cut = int(0.8 * len(x))
     return _make("digits", (x[perm[:cut]], y[perm[:cut]]), (x[perm[cut:]], y[perm[cut:]]), 10)
 
@@ -313,22 +329,25 @@ class ClassSampler:
 
     def __init__(self, labels: torch.Tensor, num_classes: int):
         self.order = torch.argsort(labels, stable=True)
-        self.counts = torch.bincount(labels, minlength=num_classes)
-        self.offsets = torch.cumsum(self.counts, 0) - self.counts
+        counts = torch.bincount(labels, minlength=num_classes)
+        # class sizes and offsets are read by Python on every draw: keep them as host ints, so a
+        # draw on a GPU costs no device-to-host copy
+        self.sizes = [int(v) for v in counts.tolist()]
+        self.starts = [int(v) for v in (torch.cumsum(counts, 0) - counts).tolist()]
+        self.counts, self.offsets = counts, torch.cumsum(counts, 0) - counts
         self.num_classes = num_classes
 
     def check(self, n: int, what: str = "n") -> None:
         """Raise if some class holds fewer than ``n`` images."""
-        smallest = int(self.counts.min())
+        smallest = min(self.sizes)
         if n > smallest:
-            c = int(self.counts.argmin())
+            c = self.sizes.index(smallest)
             raise ValueError(f"{what}={n} is larger than class {c}, which holds {smallest} images")
 
     def indices(self, c: int, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """``n`` distinct random indices of class ``c`` (all of them, shuffled, if the class is smaller)."""
-        count = int(self.counts[c])
-        pick = torch.randperm(count, generator=generator)[:n]
-        return self.order[int(self.offsets[c]) + pick]
+        pick = torch.randperm(self.sizes[c], generator=generator, device=self.order.device)[:n]
+        return self.order[self.starts[c] + pick]
 
     def indices_all(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """``(num_classes, n)`` indices, ``n`` distinct images per class, class-major."""

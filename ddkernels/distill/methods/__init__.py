@@ -23,6 +23,8 @@ kfs      CodesDecoders               DiscriminativeDistributionMatching
 """
 from __future__ import annotations
 
+import torch
+
 from ..data import Dataset
 from ..distributed import Shard
 from .base import Distiller
@@ -43,9 +45,11 @@ PRESET_NAMES = preset_names()
 
 
 def make_distiller(method: str, dataset: Dataset, ipc: int, preset_name: str = "quick", *, backend: str = "auto",
-                   seed: int = 0, shard: Shard | None = None, **overrides) -> Distiller:
+                   seed: int = 0, shard: Shard | None = None, device: str | torch.device | None = "auto",
+                   **overrides) -> Distiller:
     """A trainer for ``method`` with preset ``preset_name``; ``overrides`` replace preset entries;
-    ``shard``: the classes this process owns in a class-parallel run (see :mod:`ddkernels.distill.distributed`)."""
+    ``shard``: the classes this process owns in a class-parallel run (see :mod:`ddkernels.distill.distributed`);
+    ``device``: where it runs (see :class:`Distiller`)."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
     hp = preset(method, dataset.name, ipc, preset_name)
@@ -53,7 +57,7 @@ def make_distiller(method: str, dataset: Dataset, ipc: int, preset_name: str = "
     if unknown:
         raise ValueError(f"unknown hyperparameter(s) {unknown} for {method}; known: {sorted(hp)}")
     hp.update(overrides)
-    return METHODS[method](dataset, ipc, hp, backend=backend, seed=seed, shard=shard)
+    return METHODS[method](dataset, ipc, hp, backend=backend, seed=seed, shard=shard, device=device)
 
 
 __all__ = ["AddressableMemories", "BPTT", "BasesHallucinators", "CodesDecoders", "DC", "DM", "DSA",

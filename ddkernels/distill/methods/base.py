@@ -11,6 +11,8 @@ from tqdm import tqdm
 
 from ..data.augment import DiffAugment, strategy_for
 from ..data import ClassSampler, Dataset
+from ..device import (generator as device_generator, generator_state, load_generator_state,
+                      resolve as resolve_device)
 from ..distributed import Shard
 from ...nn.convnet import ConvNet
 from ..data.zca import zca_reg
@@ -52,6 +54,9 @@ class Distiller:
         hp: hyperparameters (see :mod:`ddkernels.distill.methods.presets`).
         backend: passed to every ``ddkernels`` op call.
         seed: seeds the generator.
+        device: where the run computes (``"auto"``: CUDA when visible, else the CPU; ``"cpu"``,
+            ``"cuda"``, ``"cuda:N"``). The real data is moved there once; every stored tensor,
+            network and random stream lives there (see :mod:`ddkernels.distill.device`).
         shard: the classes this process owns in a class-parallel run (``None``: all, one process).
         parameterization, objective: replace the method's (a combination no named method uses).
     """
@@ -92,13 +97,15 @@ class Distiller:
 
     def __init__(self, dataset: Dataset, ipc: int, hp: dict, *, backend: str = "auto", seed: int = 0,
                  shard: Shard | None = None, parameterization: type[Parameterization] | None = None,
-                 objective: type[Objective] | None = None):
+                 objective: type[Objective] | None = None, device: str | torch.device | None = "auto"):
         if isinstance(ipc, bool) or not isinstance(ipc, int) or ipc < 1:
             raise ValueError(f"ipc must be a positive int, got {ipc!r}")
+        self.device = resolve_device(device)
         param_cls, objective_cls = self._parts(hp, parameterization, objective)
         reg = zca_reg(hp.get("zca", False))
         if reg is not None and dataset.zca is None:
             dataset = dataset.whitened(reg)
+        dataset = dataset.to(self.device)  # the one copy of the real data to the run's device
         self.ds, self.ipc, self.hp, self.backend, self.seed = dataset, ipc, dict(hp), backend, seed
         self.num_classes = dataset.num_classes
         self.sampler = ClassSampler(dataset.train_y, dataset.num_classes)
@@ -106,7 +113,7 @@ class Distiller:
         self.batch_real = min(int(hp["batch_real"]), int(self.sampler.counts.min()))
         self.shard = shard
         if shard is None:
-            self.gen = torch.Generator().manual_seed(seed)
+            self.gen = device_generator(self.device, seed)
             self.rank_gen, self._class_gens = self.gen, None
             self.classes = list(range(self.num_classes))
         else:
@@ -116,7 +123,7 @@ class Distiller:
                 raise ValueError(f"{self.method} cannot split classes over ranks: {refusal}{self._split_hint(param_cls)}")
             if shard.num_classes != self.num_classes:
                 raise ValueError(f"shard is for {shard.num_classes} classes, the dataset has {self.num_classes}")
-            self.gen, self._class_gens, self.rank_gen = shard.generators(seed)
+            self.gen, self._class_gens, self.rank_gen = shard.generators(seed, self.device)
             self.classes = list(shard.classes)
         self._slot = {c: i for i, c in enumerate(self.classes)}
         self.iteration, self.seconds, self.history = 0, 0.0, []
@@ -269,8 +276,9 @@ class Distiller:
     def init_randn(self, n: int, shape: tuple[int, ...]) -> torch.Tensor:
         """``(len(classes)·n, *shape)`` standard normal rows, class-major."""
         if self._class_gens is None:
-            return torch.randn((self.num_classes * n, *shape), generator=self.gen)
-        return torch.cat([torch.randn((n, *shape), generator=self.class_gen(c)) for c in self.classes])
+            return torch.randn((self.num_classes * n, *shape), generator=self.gen, device=self.device)
+        return torch.cat([torch.randn((n, *shape), generator=self.class_gen(c), device=self.device)
+                          for c in self.classes])
 
     def local_share(self, total: int) -> int:
         """This rank's part of ``total`` samples drawn from the real data of all classes, split over
@@ -288,7 +296,7 @@ class Distiller:
     def local_pool(self) -> torch.Tensor:
         """Indices of every real training image of the owned classes."""
         s = self.sampler
-        return torch.cat([s.order[int(s.offsets[c]):int(s.offsets[c] + s.counts[c])] for c in self.classes])
+        return torch.cat([s.order[s.starts[c]:s.starts[c] + s.sizes[c]] for c in self.classes])
 
     def sum_grads(self, params) -> None:
         """Sum the gradients of a shared network's parameters over ranks (missing ones count as 0), so
@@ -322,12 +330,17 @@ class Distiller:
 
     # -- shared helpers -------------------------------------------------------------------------
     def fresh_net(self, width: int | None = None) -> ConvNet:
-        """A freshly initialised ConvNet-3, seeded from the run's generator."""
-        seed = int(torch.randint(2 ** 62, (1,), generator=self.gen))
-        with torch.random.fork_rng():
+        """A freshly initialised ConvNet-3 on the run's device, seeded from the run's generator."""
+        seed = int(torch.randint(2 ** 62, (1,), generator=self.gen, device=self.device))
+        return self.seeded(seed, lambda: ConvNet(self.ds.channels, self.num_classes, width=width or self.hp["width"],
+                                                 im_size=self.ds.im_size, backend=self.backend))
+
+    def seeded(self, seed: int, build):
+        """``build()`` (a module) initialised from the CPU's global RNG seeded with ``seed``, the
+        caller's RNG untouched, then moved to the run's device: the same weights on every device."""
+        with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return ConvNet(self.ds.channels, self.num_classes, width=width or self.hp["width"], im_size=self.ds.im_size,
-                           backend=self.backend)
+            return build().to(self.device)
 
     def real_init(self, n: int) -> torch.Tensor:
         """``n`` distinct random real images per owned class, normalized, class-major (``pix_init`` real)."""
@@ -382,7 +395,7 @@ class Distiller:
         if self.shard is not None:
             return self._train_net_sharded(net, opt, x, y, epochs, batch, aug)
         for _ in range(epochs):
-            for idx in torch.randperm(len(x), generator=self.gen).split(batch):
+            for idx in torch.randperm(len(x), generator=self.gen, device=self.device).split(batch):
                 xb = aug(x[idx], generator=self.gen) if aug is not None else x[idx]
                 loss = F.cross_entropy(net(xb), y[idx])
                 opt.zero_grad(set_to_none=True)
@@ -400,7 +413,7 @@ class Distiller:
         # tensor_split gives the first n % m chunks one extra row: the batch sizes every rank can compute.
         totals = [sum(n // n_batches + (j < n % n_batches) for n in sizes) for j in range(n_batches)]
         for _ in range(epochs):
-            chunks = torch.randperm(len(x), generator=self.rank_gen).tensor_split(n_batches)
+            chunks = torch.randperm(len(x), generator=self.rank_gen, device=self.device).tensor_split(n_batches)
             for idx, total in zip(chunks, totals):
                 opt.zero_grad(set_to_none=True)
                 if len(idx):
@@ -413,7 +426,7 @@ class Distiller:
         """The step's loss over all ranks' classes (each rank's ``loss`` covers its own)."""
         if self.shard is None or not self.shard.communicates:
             return loss
-        parts = self.shard.gather_floats(loss)
+        parts = self.shard.gather_floats(loss, self.device)
         if self.loss_over_classes == "sum":
             return sum(parts)
         return sum(p * len(b) for p, b in zip(parts, self.shard.blocks())) / self.num_classes
@@ -438,10 +451,10 @@ class Distiller:
         state = {"method": self.method, "iteration": self.iteration, "seconds": self.seconds,
                  "params": {k: v.detach().clone() for k, v in self.synthetic_params().items()},
                  "optimizer": self.opt.state_dict(), "extra": self.extra_state(),
-                 "generator": self.gen.get_state(), "history": list(self.history)}
+                 "generator": generator_state(self.gen), "history": list(self.history)}
         if self.shard is not None:
-            state.update(shard=self._shard_id(), rank_generator=self.rank_gen.get_state(),
-                         class_generators={c: g.get_state() for c, g in self._class_gens.items()})
+            state.update(shard=self._shard_id(), rank_generator=generator_state(self.rank_gen),
+                         class_generators={c: generator_state(g) for c, g in self._class_gens.items()})
         return state
 
     def _shard_id(self) -> dict | None:
@@ -466,11 +479,14 @@ class Distiller:
                 t.copy_(saved[k])
         self.opt.load_state_dict(state["optimizer"])
         self.load_extra_state(state.get("extra", {}))
-        self.gen.set_state(state["generator"])
+        it = state["iteration"]
+        load_generator_state(self.gen, state["generator"], seed=self.seed, iteration=it)
         if self.shard is not None:
-            self.rank_gen.set_state(state["rank_generator"])
+            load_generator_state(self.rank_gen, state["rank_generator"], seed=self.seed + 1, iteration=it,
+                                 name="rank generator")
             for c, g in self._class_gens.items():
-                g.set_state(state["class_generators"][c])
+                load_generator_state(g, state["class_generators"][c], seed=self.seed + 2 + c, iteration=it,
+                                     name=f"class {c} generator")
         self.iteration, self.seconds, self.history = state["iteration"], state["seconds"], list(state["history"])
 
 

@@ -125,10 +125,11 @@ class BasesHallucinators(Parameterization):
             raise ValueError(f"base_downsample must be a positive int dividing the image size {h}x{w}, got {s!r}")
         k = hp["kernel_size"]
         self.bank = HallucinatorBank(hp["hallucinators"], c, hp["mid_channels"], c, k, (h - k + 1, w - k + 1),
-                                     normalize=hp["normalize"], backend=t.backend)
-        with torch.random.fork_rng():
-            torch.manual_seed(int(torch.randint(2 ** 62, (1,), generator=t.gen)))
+                                     normalize=hp["normalize"], backend=t.backend, device="cpu")  # init on the host
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(torch.randint(2 ** 62, (1,), generator=t.gen, device=t.device)))
             self.bank.reset_parameters()
+        self.bank.to(t.device)
         if hp["hallucinator_init"] == "identity":
             self._identity_init()
         elif hp["hallucinator_init"] != "default":
@@ -167,10 +168,10 @@ class BasesHallucinators(Parameterization):
         if mid < c:
             raise ValueError(f"hallucinator_init='identity' needs mid_channels >= image channels ({c}), got {mid}")
         for w in (bank.enc_weight, bank.dec_weight):
-            w.copy_(0.01 * torch.randn(w.shape, generator=self.t.gen))
+            w.copy_(0.01 * torch.randn(w.shape, generator=self.t.gen, device=self.t.device))
         bank.enc_bias.zero_()
         bank.dec_bias.zero_()
-        counts = torch.bincount(torch.arange(mid) % c, minlength=c)
+        counts = torch.bincount(torch.arange(mid, device="cpu") % c, minlength=c)  # host ints for the loop
         for h in range(bank.num_hallucinators):
             for j in range(mid):
                 bank.enc_weight[h * mid + j, j % c, k // 2, k // 2] += 1.0
@@ -184,14 +185,14 @@ class BasesHallucinators(Parameterization):
     def hallucinate(self, idx: torch.Tensor, style: int) -> torch.Tensor:
         """Hallucinator ``style`` applied to bases ``idx`` (HaBa's per-step sampling)."""
         b = self.upsampled(self.bases[idx])
-        return self.bank(b, index=torch.full((len(idx),), style, dtype=torch.long))
+        return self.bank(b, index=torch.full((len(idx),), style, dtype=torch.long, device=b.device))
 
     def decode_all(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Every hallucinator on every base, base-major (row ``b·Hn + k``), and the labels."""
         return self.bank(self.upsampled(self.bases)), self.bank.targets(self.t.labels)
 
     def random_style(self) -> int:
-        return int(torch.randint(self.bank.num_hallucinators, (1,), generator=self.t.gen))
+        return int(torch.randint(self.bank.num_hallucinators, (1,), generator=self.t.gen, device=self.t.device))
 
     def num_slots(self):
         return len(self.bases)
@@ -204,9 +205,10 @@ class BasesHallucinators(Parameterization):
         """Per class, its bases through one random hallucinator (drawn per call, as a student step)."""
         t = self.t
         if list(classes) == t.classes:
-            idx = torch.arange(len(self.bases))
+            idx = torch.arange(len(self.bases), device=t.device)
         else:
-            idx = torch.cat([torch.arange(t._slot[c] * self.n, (t._slot[c] + 1) * self.n) for c in classes])
+            idx = torch.cat([torch.arange(t._slot[c] * self.n, (t._slot[c] + 1) * self.n, device=t.device)
+                             for c in classes])
         return list(self.hallucinate(idx, self.random_style()).split(self.n))
 
     # -- the adversarial contrastive constraint ------------------------------------------------
@@ -219,8 +221,8 @@ class BasesHallucinators(Parameterization):
         # plain run): the contrastive batch over all ranks is world × batch_con.
         gen = self.t.rank_gen
         m = self.t.hp["batch_con"] or len(self.bases)
-        idx = torch.randperm(len(self.bases), generator=gen)[:m]
-        s0, s1 = torch.randperm(self.bank.num_hallucinators, generator=gen)[:2].tolist()
+        idx = torch.randperm(len(self.bases), generator=gen, device=self.t.device)[:m]
+        s0, s1 = torch.randperm(self.bank.num_hallucinators, generator=gen, device=self.t.device)[:2].tolist()
         with torch.set_grad_enabled(into_synthetic):
             x = torch.cat([self.hallucinate(idx, s0), self.hallucinate(idx, s1)])
         if self.aug is not None:

@@ -52,7 +52,7 @@ def mix_init(images: torch.Tensor, sampler: ClassSampler, ipc: int, factor: int,
     k = indices.shape[0]
     src = images[indices.flatten()]
     src = src.view(k * ipc, factor * factor, c, h, w)
-    out = torch.empty(k * ipc, c, h, w, dtype=images.dtype)
+    out = torch.empty(k * ipc, c, h, w, dtype=images.dtype, device=images.device)
     for t in range(factor * factor):
         i, j = divmod(t, factor)
         y0, x0 = sum(rows[:i]), sum(cols[:j])
@@ -128,7 +128,7 @@ class MultiFormation(Parameterization):
         else:
             groups = [self.decode(t.class_rows(self.syn, c))[0] for c in classes]
         cap = t.hp["batch_syn_max"]
-        return [g[torch.randperm(len(g), generator=t.class_gen(c))[:cap]] if len(g) > cap else g
+        return [g[torch.randperm(len(g), generator=t.class_gen(c), device=t.device)[:cap]] if len(g) > cap else g
                 for c, g in zip(classes, groups)]
 
     def class_batches(self, classes):

@@ -68,15 +68,14 @@ class CodesDecoders(Parameterization):
         elif m > fit:
             raise ValueError(f"codes_per_class={m} does not fit the budget of ipc={t.ipc} ({budget} floats): "
                              f"at most {fit} codes per class beside {hp['num_decoders']} decoders")
-        seed = int(torch.randint(2 ** 62, (1,), generator=t.gen))
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            self.bank = LatentDecoderBank(t.num_classes, m, image_size=(h, w), residual=hp["residual"],
-                                          residual_init=hp["residual_init"], backend=t.backend, **geometry)
+        seed = int(torch.randint(2 ** 62, (1,), generator=t.gen, device=t.device))
+        self.bank = t.seeded(seed, lambda: LatentDecoderBank(t.num_classes, m, image_size=(h, w),
+                                                             residual=hp["residual"], residual_init=hp["residual_init"],
+                                                             backend=t.backend, device="cpu", **geometry))
         if len(t.classes) < t.num_classes:
             # Built for every class above, so the decoders' initial draw does not depend on the split;
             # the rank keeps its classes' codes.
-            rows = torch.cat([torch.arange(c * m, (c + 1) * m) for c in t.classes])
+            rows = torch.cat([torch.arange(c * m, (c + 1) * m, device=t.device) for c in t.classes])
             self.bank = _with_codes(self.bank, self.bank.codes.detach()[rows])
         if hp["init"] == "real":
             t.sampler.check(m, "codes_per_class")
@@ -96,7 +95,7 @@ class CodesDecoders(Parameterization):
 
     def stored_labels(self):
         # One label per stored code (synthetic.png rows, synthetic.pt).
-        return torch.tensor(self.t.classes, dtype=torch.int64)[self.bank.code_labels()]
+        return torch.tensor(self.t.classes, dtype=torch.int64, device=self.t.device)[self.bank.code_labels()]
 
     def replace(self, params):
         # A new bank for the gathered set (every class's codes), so the rank's own bank is untouched.
@@ -148,7 +147,7 @@ class DiscriminativeDistributionMatching(DistributionMatching):
         (``(C, d)``), temperature ``div_temp``; ``syn_feat`` is ``(C, n, d)``, row ``c`` of class ``c``."""
         k, n, _ = syn_feat.shape
         logits = F.normalize(syn_feat, dim=-1) @ F.normalize(real_mean, dim=-1).T / self.t.hp["div_temp"]
-        return F.cross_entropy(logits.reshape(k * n, k), torch.arange(k).repeat_interleave(n))
+        return F.cross_entropy(logits.reshape(k * n, k), torch.arange(k, device=logits.device).repeat_interleave(n))
 
 
 def paper(dataset: str, ipc: int) -> dict:

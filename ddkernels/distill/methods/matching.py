@@ -153,9 +153,9 @@ class RealNetGradientMatching(GradientMatching):
             opt.zero_grad(set_to_none=True)
             if n_local:
                 if pool is None:
-                    idx = torch.randint(len(t.ds.train_y), (n_local,), generator=t.gen)
+                    idx = torch.randint(len(t.ds.train_y), (n_local,), generator=t.gen, device=t.device)
                 else:
-                    idx = pool[torch.randint(len(pool), (n_local,), generator=t.rank_gen)]
+                    idx = pool[torch.randint(len(pool), (n_local,), generator=t.rank_gen, device=t.device)]
                 x, y = t.ds.normalize(t.ds.train_x[idx]), t.ds.train_y[idx]
                 if self.net_aug is not None:
                     x = self.net_aug(x, generator=t.rank_gen)

@@ -56,13 +56,13 @@ class TrajectoryMatching(Objective):
                                     min_epochs=hp["max_start_epoch"] + hp["expert_epochs"],
                                     zca=zca_reg(hp.get("zca", False)), data_dir=ds.data_dir)
         self.student = ConvNet(ds.channels, ds.num_classes, width=hp["width"], im_size=ds.im_size,
-                               backend=self.t.backend)
+                               backend=self.t.backend).to(self.t.device)
         names = [k for k, _ in self.student.named_parameters()]
         if names != self.experts.names:
             raise ValueError(f"experts in {hp['expert_dir']!r} have parameters {self.experts.names}, "
                              f"the student has {names}")
         self.student.requires_grad_(False)
-        self.syn_lr = torch.tensor(float(hp["lr_teacher"])).requires_grad_(True)
+        self.syn_lr = torch.tensor(float(hp["lr_teacher"]), device=self.t.device).requires_grad_(True)
         self.aug = self.t.augment(hp["aug"])
         self._chunks: list[torch.Tensor] = []
 
@@ -79,7 +79,7 @@ class TrajectoryMatching(Objective):
         """The next minibatch of ``n`` slots (``batch_syn`` of them; all when it is null)."""
         if not self._chunks:
             bs = self.t.hp["batch_syn"] or n
-            self._chunks = list(torch.randperm(n, generator=self.t.gen).split(bs))
+            self._chunks = list(torch.randperm(n, generator=self.t.gen, device=self.t.device).split(bs))
         return self._chunks.pop()
 
     def student_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,9 +92,12 @@ class TrajectoryMatching(Objective):
     def trajectory_loss(self) -> torch.Tensor:
         """Unroll the student from a random expert epoch and return the normalized distance."""
         hp, gen = self.t.hp, self.t.gen
-        traj = self.experts.trajectories[int(torch.randint(len(self.experts), (1,), generator=gen))]
-        t = int(torch.randint(hp["max_start_epoch"], (1,), generator=gen))
-        start, target = traj[t], traj[t + hp["expert_epochs"]]
+        dev = self.t.device
+        traj = self.experts.trajectories[int(torch.randint(len(self.experts), (1,), generator=gen, device=dev))]
+        t = int(torch.randint(hp["max_start_epoch"], (1,), generator=gen, device=dev))
+        # The experts stay in host memory (100 of them at width 128 are ~6 GB, as in MTT's own
+        # buffers): the two vectors an iteration needs are its one host-to-device copy.
+        start, target = traj[t].to(dev), traj[t + hp["expert_epochs"]].to(dev)
         theta = start.clone().requires_grad_(True)
         for _ in range(hp["syn_steps"]):
             x, y = self.student_batch()
@@ -118,7 +121,7 @@ class TrajectoryMatching(Objective):
         return {"chunks": [c.clone() for c in self._chunks]}
 
     def load_extra_state(self, state: dict) -> None:
-        self._chunks = [c.clone() for c in state.get("chunks", [])]
+        self._chunks = [c.to(self.t.device, copy=True) for c in state.get("chunks", [])]
 
     def eval_overrides(self) -> dict:
         # Evaluation with the learned student lr (docs/spec.md §0.5).

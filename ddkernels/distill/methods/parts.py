@@ -73,7 +73,8 @@ class Parameterization(_Part):
         return self.t.ipc
 
     def stored_labels(self) -> torch.Tensor:
-        return torch.tensor(self.t.classes, dtype=torch.int64).repeat_interleave(self.rows_per_class())
+        return torch.tensor(self.t.classes, dtype=torch.int64, device=self.t.device).repeat_interleave(
+            self.rows_per_class())
 
     def class_batches(self, classes: list[int]) -> list[torch.Tensor]:
         """Per class in ``classes`` (owned ones), its current normalized synthetic batch, differentiable

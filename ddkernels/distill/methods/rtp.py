@@ -167,7 +167,7 @@ class AddressableMemories(Parameterization):
         if not isinstance(r, int) or isinstance(r, bool) or not 1 <= r <= budget_r:
             raise ValueError(f"rows_per_class must be an int in [1, {budget_r}] (what the budget of ipc={t.ipc} "
                              f"leaves after {k} bases), or None for the budget's maximum; got {r!r}")
-        self.memory = AddressableMemory(t.num_classes, k, r, shape, ds, generator=t.gen)
+        self.memory = AddressableMemory(t.num_classes, k, r, shape, ds, generator=t.gen, device=t.device)
         if hp["init"] == "real":
             t.sampler.check(r, "rows_per_class (init='real' draws one real image per row)")
             idx = t.sampler.indices_all(r, t.gen).flatten()
