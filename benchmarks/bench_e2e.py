@@ -299,8 +299,10 @@ class OriginalDCLoop:
 # DatasetFactorization (scale/rotate with align_corners=True, the flag named batchmode, an extra
 # ratio_noise), transcribed in the originals' style (docs/spec.md §0.3): per-image Python lists for
 # the affine matrices, index grids for crop and cutout, the Siamese draw copied over the batch in place.
-# One change: that copy goes through .clone(), without which the original raises on current PyTorch
-# at batch 1 (IPC 1). @FLAG@, @AC@ and @EXTRA@ select the repository.
+# Two changes, without which the original fails on current PyTorch: that copy goes through .clone()
+# (else it raises at batch 1, IPC 1), and the result gets plain NCHW strides (a 1-channel crop keeps
+# channels_last-like ones through .contiguous(), conv propagates them and ConvNet's .view raises).
+# @FLAG@, @AC@ and @EXTRA@ select the repository.
 ORIGINAL_DSA = """
 import math
 import torch
@@ -331,7 +333,8 @@ def DiffAugment(x, strategy='', seed=-1, param=None):
     for p in groups:
         for f in AUGMENT_FNS[p]:
             x = f(x, param)
-    return x.contiguous()
+    x = x.contiguous()
+    return x.view(-1).view(x.shape)
 
 def _siamese(t, param):
     if param.@FLAG@:

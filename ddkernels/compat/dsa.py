@@ -13,8 +13,10 @@ original's shape, dtype and device, so the same global RNG state gives the same 
 What differs: the parameters are applied vectorized (no per-image Python lists for the affine
 matrices, no index grids), a Siamese draw is broadcast from the first image instead of copied over
 the batch in place — the original's ``randb[:] = randb[0]`` raises on current PyTorch for a batch of
-one (IPC 1) — and unknown strategies or modes raise ``ValueError`` (the original calls ``exit`` or
-fails on a ``KeyError``).
+one (IPC 1) —, the result has plain NCHW strides — the original's 1-channel ``crop`` output keeps
+channels_last-like strides that current PyTorch's conv propagates, so the original ``ConvNet``'s
+``view`` raises on (Fashion-)MNIST — and unknown strategies or modes raise ``ValueError`` (the
+original calls ``exit`` or fails on a ``KeyError``).
 
 The one difference between the repositories: mtt-distillation and DatasetFactorization resample
 ``scale``/``rotate`` with ``align_corners=True``, VICO with PyTorch's default (``False``). A
@@ -29,6 +31,7 @@ from typing import Callable
 import torch
 
 from ..augment import GROUPS, apply_transform
+from ..nn.convnet import nchw
 
 
 class ParamDiffAug:
@@ -167,7 +170,9 @@ def DiffAugment(x: torch.Tensor, strategy: str = "", seed: int = -1, param=None)
     for g in groups:
         for f in AUGMENT_FNS[g]:
             x = f(x, param)
-    return x.contiguous()
+    # Plain NCHW strides: the original's .contiguous() keeps a 1-channel crop's channels_last-like
+    # strides, current PyTorch's conv keeps them, and the original ConvNet's .view then raises.
+    return nchw(x)
 
 
 __all__ = ["AUGMENT_FNS", "DiffAugment", "MTTParamDiffAug", "ParamDiffAug", "rand_brightness", "rand_contrast",

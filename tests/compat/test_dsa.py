@@ -188,6 +188,19 @@ def test_original_fails_at_one_image_where_compat_does_not():
     assert torch.equal(out, OriginalDSA()(x, "color", seed=3))
 
 
+def test_one_channel_crop_feeds_a_plain_convnet():
+    """The original's 1-channel crop output has channels_last-like strides that current PyTorch's conv
+    keeps, and the original ConvNet's .view raises on it; compat's output is plain NCHW."""
+    from tests.compat.test_compat import DCConvNet
+
+    net = DCConvNet(1, 10, 8, 3, "relu", "instancenorm", "avgpooling", (28, 28))
+    x = _images(4, 1, 28, 28)
+    with pytest.raises(RuntimeError, match="view size is not compatible"):
+        net(OriginalDSA()(x, "crop", 3))
+    out = compat.DiffAugment(x, "crop", 3, compat.ParamDiffAug())
+    assert out.stride() == (784, 784, 28, 1) and net(out).shape == (4, 10)
+
+
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_gradients_match(strategy):
     # DSA is used inside the distillation loss: the image gradient must match the original's.
