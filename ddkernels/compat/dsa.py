@@ -78,73 +78,123 @@ def set_seed_DiffAug(param) -> None:
         param.latestseed += 1
 
 
-def _draw(param, sample: Callable[[], torch.Tensor]) -> torch.Tensor:
-    set_seed_DiffAug(param)
+def _generator(device: torch.device) -> torch.Generator | None:
+    if device.type == "cpu":
+        return torch.default_generator
+    if device.type == "cuda":
+        return torch.cuda.default_generators[device.index if device.index is not None else torch.cuda.current_device()]
+    return None
+
+
+def _draw(param, sample: Callable[[], torch.Tensor], device: torch.device) -> torch.Tensor:
+    """One of the original's draws: with a seed, reseed first — only the generator the draw uses
+    (``torch.random.manual_seed`` reseeds every device, ~0.2 ms each on CPU); :func:`_settled` then
+    leaves the global RNG as the original's per-draw reseeds would."""
+    if param.latestseed != -1:
+        gen = _generator(device)
+        if gen is None:
+            torch.random.manual_seed(param.latestseed)
+        else:
+            gen.manual_seed(param.latestseed)
+        param.latestseed += 1
     t = sample()
     return t[:1] if _siamese(param) else t  # Siamese: the first image's draw, broadcast by the transform
 
 
-def rand_scale(x: torch.Tensor, param) -> torch.Tensor:
+def _settled(param, devices, fn):
+    """Run ``fn`` and, if it reseeded, leave every generator as the original leaves it: the used ones as
+    they are after their draws, every other one seeded with the last seed."""
+    first = param.latestseed
+    out = fn()
+    if first != -1 and param.latestseed != first:
+        gens = [g for g in (_generator(torch.device(d)) for d in dict.fromkeys(devices)) if g is not None]
+        states = [g.get_state() for g in gens]
+        torch.random.manual_seed(param.latestseed - 1)
+        for g, st in zip(gens, states):
+            g.set_state(st)
+    return out
+
+
+_CPU = torch.device("cpu")
+
+
+def _scale(x: torch.Tensor, param) -> torch.Tensor:
     r, n = param.ratio_scale, x.shape[0]
-    sx = _draw(param, lambda: torch.rand(n) * (r - 1.0 / r) + 1.0 / r)
-    sy = _draw(param, lambda: torch.rand(n) * (r - 1.0 / r) + 1.0 / r)
+    sx = _draw(param, lambda: torch.rand(n) * (r - 1.0 / r) + 1.0 / r, _CPU)
+    sy = _draw(param, lambda: torch.rand(n) * (r - 1.0 / r) + 1.0 / r, _CPU)
     theta = torch.zeros(sx.shape[0], 2, 3)
     theta[:, 0, 0], theta[:, 1, 1] = sx, sy
     return apply_transform("scale", x, {"theta": theta.to(x.device)}, align_corners=_align_corners(param))
 
 
-def rand_rotate(x: torch.Tensor, param) -> torch.Tensor:
+def _rotate(x: torch.Tensor, param) -> torch.Tensor:
     n = x.shape[0]
     # the original's operation order, so the float32 angles are bit-identical
-    phi = _draw(param, lambda: (torch.rand(n) - 0.5) * 2 * param.ratio_rotate / 180 * math.pi)
+    phi = _draw(param, lambda: (torch.rand(n) - 0.5) * 2 * param.ratio_rotate / 180 * math.pi, _CPU)
     theta = torch.zeros(phi.shape[0], 2, 3)
     theta[:, 0, 0], theta[:, 0, 1] = phi.cos(), (-phi).sin()
     theta[:, 1, 0], theta[:, 1, 1] = phi.sin(), phi.cos()
     return apply_transform("rotate", x, {"theta": theta.to(x.device)}, align_corners=_align_corners(param))
 
 
-def rand_flip(x: torch.Tensor, param) -> torch.Tensor:
-    u = _draw(param, lambda: torch.rand(x.shape[0], 1, 1, 1, device=x.device))
+def _flip(x: torch.Tensor, param) -> torch.Tensor:
+    u = _draw(param, lambda: torch.rand(x.shape[0], 1, 1, 1, device=x.device), x.device)
     return apply_transform("flip", x, {"flip": u.view(-1) < param.prob_flip})
 
 
 def _uniform(x: torch.Tensor, param) -> torch.Tensor:
-    return _draw(param, lambda: torch.rand(x.shape[0], 1, 1, 1, dtype=x.dtype, device=x.device)).view(-1)
+    return _draw(param, lambda: torch.rand(x.shape[0], 1, 1, 1, dtype=x.dtype, device=x.device), x.device).view(-1)
 
 
-def rand_brightness(x: torch.Tensor, param) -> torch.Tensor:
+def _brightness(x: torch.Tensor, param) -> torch.Tensor:
     return apply_transform("brightness", x, {"shift": (_uniform(x, param) - 0.5) * param.brightness})
 
 
-def rand_saturation(x: torch.Tensor, param) -> torch.Tensor:
+def _saturation(x: torch.Tensor, param) -> torch.Tensor:
     return apply_transform("saturation", x, {"factor": _uniform(x, param) * param.saturation})
 
 
-def rand_contrast(x: torch.Tensor, param) -> torch.Tensor:
+def _contrast(x: torch.Tensor, param) -> torch.Tensor:
     return apply_transform("contrast", x, {"factor": _uniform(x, param) + param.contrast})
 
 
 def _randint(x: torch.Tensor, param, low: int, high: int) -> torch.Tensor:
-    return _draw(param, lambda: torch.randint(low, high, size=[x.shape[0], 1, 1], device=x.device)).view(-1)
+    return _draw(param, lambda: torch.randint(low, high, size=[x.shape[0], 1, 1], device=x.device), x.device).view(-1)
 
 
-def rand_crop(x: torch.Tensor, param) -> torch.Tensor:
+def _crop(x: torch.Tensor, param) -> torch.Tensor:
     sh, sw = int(x.shape[2] * param.ratio_crop_pad + 0.5), int(x.shape[3] * param.ratio_crop_pad + 0.5)
     dy = _randint(x, param, -sh, sh + 1)
     dx = _randint(x, param, -sw, sw + 1)
     return apply_transform("crop", x, {"dy": dy, "dx": dx})
 
 
-def rand_cutout(x: torch.Tensor, param) -> torch.Tensor:
+def _cutout(x: torch.Tensor, param) -> torch.Tensor:
     ch, cw = int(x.shape[2] * param.ratio_cutout + 0.5), int(x.shape[3] * param.ratio_cutout + 0.5)
     oy = _randint(x, param, 0, x.shape[2] + 1 - ch % 2)
     ox = _randint(x, param, 0, x.shape[3] + 1 - cw % 2)
     return apply_transform("cutout", x, {"oy": oy, "ox": ox, "size": torch.tensor([ch, cw])})
 
 
-_RAND = {"scale": rand_scale, "rotate": rand_rotate, "flip": rand_flip, "brightness": rand_brightness,
-         "saturation": rand_saturation, "contrast": rand_contrast, "crop": rand_crop, "cutout": rand_cutout}
-AUGMENT_FNS = {g: [_RAND[t] for t in ts] for g, ts in GROUPS.items()}
+_TRANSFORMS = {"scale": _scale, "rotate": _rotate, "flip": _flip, "brightness": _brightness,
+               "saturation": _saturation, "contrast": _contrast, "crop": _crop, "cutout": _cutout}
+
+
+def _public(name: str):
+    fn = _TRANSFORMS[name]
+
+    def rand(x: torch.Tensor, param) -> torch.Tensor:
+        return _settled(param, (_CPU, x.device), lambda: fn(x, param))
+
+    rand.__name__ = rand.__qualname__ = f"rand_{name}"
+    rand.__doc__ = (f"The original ``rand_{name}(x, param)``: one draw set (Siamese per ``param.Siamese``, "
+                    f"reseeded from ``param.latestseed``), applied.")
+    return rand
+
+
+rand_scale, rand_rotate, rand_flip, rand_brightness = (_public(n) for n in ("scale", "rotate", "flip", "brightness"))
+rand_saturation, rand_contrast, rand_crop, rand_cutout = (_public(n) for n in ("saturation", "contrast", "crop", "cutout"))
+AUGMENT_FNS = {g: [globals()[f"rand_{t}"] for t in ts] for g, ts in GROUPS.items()}
 
 
 def DiffAugment(x: torch.Tensor, strategy: str = "", seed: int = -1, param=None) -> torch.Tensor:
@@ -164,12 +214,16 @@ def DiffAugment(x: torch.Tensor, strategy: str = "", seed: int = -1, param=None)
         raise ValueError(f"param.aug_mode must be 'S' or 'M', got {param.aug_mode!r}")
     param.Siamese = param.batchmode = seed != -1
     param.latestseed = seed
+    return _settled(param, (_CPU, x.device), lambda: _augment(x, groups, param))
+
+
+def _augment(x: torch.Tensor, groups: list[str], param) -> torch.Tensor:
     if param.aug_mode == "S":
-        set_seed_DiffAug(param)
-        groups = [groups[torch.randint(0, len(groups), size=(1,)).item()]]
+        pick = _draw(param, lambda: torch.randint(0, len(groups), size=(1,)), _CPU)
+        groups = [groups[pick.item()]]
     for g in groups:
-        for f in AUGMENT_FNS[g]:
-            x = f(x, param)
+        for t in GROUPS[g]:
+            x = _TRANSFORMS[t](x, param)
     # Plain NCHW strides: the original's .contiguous() keeps a 1-channel crop's channels_last-like
     # strides, current PyTorch's conv keeps them, and the original ConvNet's .view then raises.
     return nchw(x)
