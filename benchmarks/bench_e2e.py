@@ -563,18 +563,20 @@ class OriginalHaBaLoop:
 
 
 class OriginalDSAOnly:
-    """Only the augmentation of the DSA loop: per class, the real batch and the synthetic images through
-    ``utils.DiffAugment`` with one Siamese seed, forward and backward (the images' gradient)."""
+    """Only the augmentation of the DSA loop: per class, a real batch (drawn once, so the row times DSA,
+    not data loading) and the synthetic images through ``utils.DiffAugment`` with one Siamese seed,
+    forward and backward (the images' gradient)."""
 
     def __init__(self, utils: types.ModuleType, ds: Dataset, ipc: int, batch_real: int, seed: int,
                  dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"):
         self.loop = OriginalDCLoop(utils, ds, ipc, batch_real, seed, dsa_strategy)
+        self.reals = [self.loop.real(c, batch_real) for c in range(ds.num_classes)]
 
     def step(self) -> float:
         lp, total = self.loop, 0.0
         for c in range(lp.ds.num_classes):
             seed = int(torch.randint(100000, (1,), generator=lp.gen))
-            img_real = lp.real(c, lp.batch_real)
+            img_real = self.reals[c]
             img_syn = lp.image_syn[c * lp.ipc:(c + 1) * lp.ipc]
             a = lp.utils.DiffAugment(img_real, lp.dsa_strategy, seed=seed, param=lp.dsa_param)
             b = lp.utils.DiffAugment(img_syn, lp.dsa_strategy, seed=seed, param=lp.dsa_param)
