@@ -86,6 +86,9 @@ def _generator(device: torch.device) -> torch.Generator | None:
     return None
 
 
+_last_reseeded: list = [None]  # the generator the latest reseeded draw used (None: all were reseeded)
+
+
 def _draw(param, sample: Callable[[], torch.Tensor], device: torch.device) -> torch.Tensor:
     """One of the original's draws: with a seed, reseed first — only the generator the draw uses
     (``torch.random.manual_seed`` reseeds every device, ~0.2 ms each on CPU); :func:`_settled` then
@@ -96,22 +99,24 @@ def _draw(param, sample: Callable[[], torch.Tensor], device: torch.device) -> to
             torch.random.manual_seed(param.latestseed)
         else:
             gen.manual_seed(param.latestseed)
+        _last_reseeded[0] = gen
         param.latestseed += 1
     t = sample()
     return t[:1] if _siamese(param) else t  # Siamese: the first image's draw, broadcast by the transform
 
 
-def _settled(param, devices, fn):
-    """Run ``fn`` and, if it reseeded, leave every generator as the original leaves it: the used ones as
-    they are after their draws, every other one seeded with the last seed."""
+def _settled(param, fn):
+    """Run ``fn`` and, if it reseeded, leave the generators as the original leaves them: every one
+    seeded with the last seed (the original reseeds all before each draw), but the one the last
+    draw used, which stays as that draw left it."""
     first = param.latestseed
+    _last_reseeded[0] = None
     out = fn()
-    if first != -1 and param.latestseed != first:
-        gens = [g for g in (_generator(torch.device(d)) for d in dict.fromkeys(devices)) if g is not None]
-        states = [g.get_state() for g in gens]
+    gen = _last_reseeded[0]
+    if first != -1 and param.latestseed != first and gen is not None:
+        state = gen.get_state()
         torch.random.manual_seed(param.latestseed - 1)
-        for g, st in zip(gens, states):
-            g.set_state(st)
+        gen.set_state(state)
     return out
 
 
@@ -184,7 +189,7 @@ def _public(name: str):
     fn = _TRANSFORMS[name]
 
     def rand(x: torch.Tensor, param) -> torch.Tensor:
-        return _settled(param, (_CPU, x.device), lambda: fn(x, param))
+        return _settled(param, lambda: fn(x, param))
 
     rand.__name__ = rand.__qualname__ = f"rand_{name}"
     rand.__doc__ = (f"The original ``rand_{name}(x, param)``: one draw set (Siamese per ``param.Siamese``, "
@@ -214,7 +219,7 @@ def DiffAugment(x: torch.Tensor, strategy: str = "", seed: int = -1, param=None)
         raise ValueError(f"param.aug_mode must be 'S' or 'M', got {param.aug_mode!r}")
     param.Siamese = param.batchmode = seed != -1
     param.latestseed = seed
-    return _settled(param, (_CPU, x.device), lambda: _augment(x, groups, param))
+    return _settled(param, lambda: _augment(x, groups, param))
 
 
 def _augment(x: torch.Tensor, groups: list[str], param) -> torch.Tensor:
