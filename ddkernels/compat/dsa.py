@@ -231,7 +231,10 @@ def _augment(x: torch.Tensor, groups: list[str], param) -> torch.Tensor:
             x = _TRANSFORMS[t](x, param)
     # Plain NCHW strides: the original's .contiguous() keeps a 1-channel crop's channels_last-like
     # strides, current PyTorch's conv keeps them, and the original ConvNet's .view then raises.
-    return nchw(x)
+    # (Only then: the two views would be two more autograd nodes.)
+    x = x.contiguous()
+    c, h, w = x.shape[1:]
+    return x if x.stride() == (c * h * w, h * w, w, 1) else nchw(x)
 
 
 __all__ = ["AUGMENT_FNS", "DiffAugment", "MTTParamDiffAug", "ParamDiffAug", "rand_brightness", "rand_contrast",
