@@ -1,7 +1,5 @@
-"""Build ddkernels' native extensions.
-
-* ``ddkernels._C``: the CPU kernels in ``csrc/cpu/*.cpp`` (always built).
-* ``ddkernels._C_cuda``: ``csrc/cuda/*.cu``, only when torch is a CUDA build and nvcc is found.
+"""Build ddkernels' native extension ``ddkernels._C``: the CPU kernels in ``csrc/cpu/*.cpp``.
+GPUs run the Triton kernels (Python, compiled at first use), so nothing here needs CUDA.
 
 Environment:
   DDKERNELS_NO_EXT=1     pure-Python install (reference + Triton backends only)
@@ -22,10 +20,9 @@ def _flag(name: str) -> bool:
 
 def _extensions():
     if _flag("DDKERNELS_NO_EXT"):
-        print("ddkernels: DDKERNELS_NO_EXT set, skipping native extensions")
+        print("ddkernels: DDKERNELS_NO_EXT set, skipping the native extension")
         return [], {}
-    import torch
-    from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+    from torch.utils.cpp_extension import BuildExtension, CppExtension
 
     os.environ.setdefault("MAX_JOBS", str(os.cpu_count() or 1))
     # at::parallel_for expands to `#pragma omp parallel` in our own object files, so OpenMP
@@ -41,15 +38,6 @@ def _extensions():
             extra_link_args=["-fopenmp"],
         )
     ]
-    cuda_sources = sorted(glob.glob(os.path.join(ROOT, "csrc/cuda/*.cu")))
-    if cuda_sources and torch.version.cuda is not None and CUDA_HOME is not None:
-        exts.append(
-            CUDAExtension(
-                "ddkernels._C_cuda",
-                [os.path.relpath(p, ROOT) for p in cuda_sources],
-                extra_compile_args={"cxx": ["-O3", "-std=c++17"], "nvcc": ["-O3", "--use_fast_math"]},
-            )
-        )
     return exts, {"build_ext": BuildExtension.with_options(use_ninja=True)}
 
 

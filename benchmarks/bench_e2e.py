@@ -8,7 +8,7 @@ with the ``quick`` preset, at the preset's network width and at the papers' widt
 backends start from the same seed and, after a warm-up iteration each, run their outer iterations
 interleaved (so a busy machine slows both alike). Reported: median seconds per outer iteration,
 speedup, the largest relative difference between the two runs' losses, and, from one profiled
-iteration each (torch.profiler), peak memory and the share of the iteration spent in the three ops
+iteration each (torch.profiler), peak memory and the share of the iteration spent in the public ops
 (forward inside a ``record_function("e2e_op::<op>")`` range the benchmark wraps around every call,
 backward as the autograd nodes those calls created, matched by sequence number), the share of all
 backward work, and the aten ops with the most self time: where the rest goes.
@@ -17,8 +17,8 @@ backward work, and the aten ops with the most self time: where the rest goes.
     OMP_NUM_THREADS=1 python -m benchmarks.run --ops --e2e --threads 1     # full run = make bench-e2e
 
 Rows are appended to ``results/results.csv`` (op ``e2e``, mode ``iteration``) and, with every
-column, to ``results/e2e.csv``; the table goes to ``results/latest-e2e-cpu.md`` and, for a full
-run, between the README's ``e2e:begin``/``e2e:end`` markers.
+column, to ``results/e2e.csv``; the table of a full run goes to ``results/latest-e2e-cpu.md``, that
+of a partial one (``--quick``, a subset of methods or widths) to ``results/latest-e2e-cpu-partial.md``.
 """
 from __future__ import annotations
 
@@ -41,20 +41,19 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 import ddkernels
 import ddkernels.compat
+from ddkernels import ops
 from ddkernels.distill.data import Dataset, load_dataset
 from ddkernels.distill.methods import METHODS, make_distiller
 
 from . import harness
 
-OPS = ("multi_formation", "grad_distance", "scale_shift", "norm_relu_pool")
+OPS = ops.names(public_only=True)
 # match_loss: the original-style loop's own range around utils.match_loss (patched or not).
 RANGES = OPS + ("match_loss",)
-SHORT = {"multi_formation": "mf", "grad_distance": "gd", "scale_shift": "ss", "norm_relu_pool": "nrp",
-         "match_loss": "match_loss"}
+# the table's short names: initials (multi_formation -> mf)
+SHORT = {**{op: "".join(w[0] for w in op.split("_")) for op in OPS}, "match_loss": "match_loss"}
 FUSED = "auto"
 HERE = os.path.dirname(os.path.abspath(__file__))
-README = os.path.join(os.path.dirname(HERE), "README.md")
-BEGIN, END = "<!-- e2e:begin -->", "<!-- e2e:end -->"
 
 
 def _idc_setup(ds: Dataset, quick: bool, method: str, hp: dict) -> dict:
@@ -84,7 +83,7 @@ SETUP: dict[str, Callable[[Dataset, bool, str, dict], dict]] = {"idc": _idc_setu
 # --- profiling ---------------------------------------------------------------------------------
 @contextlib.contextmanager
 def op_ranges():
-    """Wrap every binding of the three public ops in loaded ``ddkernels``/``benchmarks`` modules in a
+    """Wrap every binding of the public ops in loaded ``ddkernels``/``benchmarks`` modules in a
     ``record_function("e2e_op::<op>")`` range (trainers import the ops by name), then restore."""
     originals = {name: getattr(ddkernels, name) for name in OPS}
 
@@ -125,7 +124,13 @@ class Profile:
         return (self.op_s[op] if op else sum(self.op_s.values())) / self.total_s
 
 
-def profile_step(step: Callable[[], float], top: int = 3) -> tuple[float, Profile]:
+def profile_step(step: Callable[[], float], top: int = 3, device: torch.device | None = None) -> tuple[float, Profile]:
+    """On CUDA the op shares are host-side times (launches, not kernels) and the peak is
+    ``torch.cuda.max_memory_allocated`` over the iteration."""
+    cuda = device is not None and device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
     with op_ranges(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         with record_function("e2e::step"):
             loss = float(step())
@@ -158,7 +163,7 @@ def profile_step(step: Callable[[], float], top: int = 3) -> tuple[float, Profil
                 op_s[seqs[e.sequence_nr]] += e.cpu_time_total
     ranked = sorted(((k.key, k.self_cpu_time_total) for k in prof.key_averages()
                      if k.key.startswith("aten::")), key=lambda kv: -kv[1])[:top]
-    prof_peak = harness.peak_from_events(events)
+    prof_peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else harness.peak_from_events(events)
     return loss, Profile(total / 1e6, {k: v / 1e6 for k, v in op_s.items()}, backward / 1e6, prof_peak,
                          [(k.replace("aten::", ""), v / total) for k, v in ranked])
 
@@ -605,7 +610,7 @@ class Result:
 
 
 def compare(method: str, case: str, steps: dict[str, Callable[[], float]], iterations: int,
-            progress: Callable[[str], None]) -> Result:
+            progress: Callable[[str], None], device: torch.device | None = None) -> Result:
     """Per provider: one warm-up iteration (one-time costs: first kernel calls, allocator growth),
     ``iterations`` timed ones, then one profiled one; providers interleaved. Every iteration's loss
     is kept for the comparison."""
@@ -620,7 +625,7 @@ def compare(method: str, case: str, steps: dict[str, Callable[[], float]], itera
             progress(f"e2e | {method} | {case} | {p:<10} iteration {i + 1}: {res.seconds[p][-1]:.3f} s, "
                      f"loss {res.losses[p][-1]:.6g}")
     for p, step in steps.items():
-        loss, res.profiles[p] = profile_step(step)
+        loss, res.profiles[p] = profile_step(step, device=device)
         res.losses[p].append(loss)
     return res
 
@@ -638,21 +643,23 @@ def trainer_cases(ds: Dataset, quick: bool, widths=tuple(WIDTHS)) -> list[tuple[
     return out
 
 
-def run_trainers(ds: Dataset, quick: bool, iterations: int, methods, progress, widths=tuple(WIDTHS)) -> list[Result]:
+def run_trainers(ds: Dataset, quick: bool, iterations: int, methods, progress, widths=tuple(WIDTHS),
+                 device: torch.device = torch.device("cpu")) -> list[Result]:
     results = []
+    fused = "triton" if device.type == "cuda" else FUSED
     for method, ipc, width, hp in trainer_cases(ds, quick, widths):
         if methods is not None and method not in methods:
             continue
         steps, case = {}, ""
         try:
             extra = SETUP.get(method, lambda *a: {})(ds, quick, method, hp)
-            for p in ("reference", FUSED):
-                d = make_distiller(method, ds, ipc, "quick", backend=p, seed=0, **{**extra, **hp})
+            for p in ("reference", fused):
+                d = make_distiller(method, ds, ipc, "quick", backend=p, seed=0, device=device, **{**extra, **hp})
                 steps[p] = d.step
             tags = [f"width {d.hp['width']}" + (" (preset)" if width is None else " (paper)")]
             tags += [f"{k}={v}" for k, v in extra.items() if k != "expert_dir"]
             case = f"FMNIST IPC {ipc}, " + ", ".join(tags)
-            results.append(compare(method, case, steps, iterations, progress))
+            results.append(compare(method, case, steps, iterations, progress, device))
         except Exception as e:  # a trainer this benchmark cannot set up yet: say so in the table
             results.append(Result(method, case or f"FMNIST IPC {ipc}", skipped=f"{type(e).__name__}: {e}"))
             progress(f"e2e | {method} | skipped: {results[-1].skipped}")
@@ -795,39 +802,43 @@ def main(argv=None) -> None:
                     help="network widths: the preset's and/or the papers' 128 (default both)")
     ap.add_argument("--no-original", action="store_true", help="skip the original-style loops (DC, DSA, HaBa)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    ap.add_argument("--no-readme", action="store_true", help="do not rewrite the README's end-to-end table")
+    ap.add_argument("--device", default="cpu", help="where the trainers run: cpu (default), cuda, cuda:N; on CUDA "
+                                                    "the fused provider is triton and the original-style loop is skipped")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     args = ap.parse_args(argv)
-    run(args.quick, args.iterations, args.methods, not args.no_original, args.threads, not args.no_readme, args.out,
-        args.widths)
+    run(args.quick, args.iterations, args.methods, not args.no_original, args.threads, args.out, args.widths,
+        device=args.device)
 
 
 def run(quick: bool, iterations: int | None, methods=None, original: bool = True, threads: int | None = None,
-        readme: bool = True, out: str = os.path.join(HERE, "results"), widths=tuple(WIDTHS)) -> str:
+        out: str = os.path.join(HERE, "results"), widths=tuple(WIDTHS), device="cpu") -> str:
+    from ddkernels.distill.device import resolve
+
+    device = resolve(device, what="--device")
+    original = original and device.type == "cpu"  # the transcribed original loop is CPU code
     if threads:
         torch.set_num_threads(threads)
     iterations = iterations or (1 if quick else 3)
     ds = load_dataset("fashion-mnist")
     t0 = time.perf_counter()
     progress = functools.partial(print, flush=True)
-    results = run_trainers(ds, quick, iterations, methods, progress, widths)
+    results = run_trainers(ds, quick, iterations, methods, progress, widths, device)
     if original:
         results += run_original_dc(ds, quick, iterations, progress)
         results += run_original_dsa_haba(ds, quick, iterations, progress)
-    header = (f"Measured on {harness.hardware()}, torch {torch.__version__}, git {harness.git_sha()}, "
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else harness.hardware()
+    header = (f"Measured on {where}, torch {torch.__version__}, git {harness.git_sha()}, "
               f"{'--quick' if quick else 'full'} run (per provider: a warm-up iteration, {iterations} timed "
-              f"(median), one profiled; {time.perf_counter() - t0:.0f} s in all). Fused = backend \"{FUSED}\". "
-              f"Shares are of one profiled iteration (mf multi_formation, gd grad_distance, ss scale_shift, "
-              f"nrp norm_relu_pool; forward + their backward nodes).\n\n")
+              f"(median), one profiled; {time.perf_counter() - t0:.0f} s in all). "
+              f"Fused = backend \"{'triton' if device.type == 'cuda' else FUSED}\". "
+              f"Shares are of one profiled iteration ({', '.join(f'{SHORT[op]} {op}' for op in OPS)}; "
+              f"forward + their backward nodes).\n\n")
     table = header + markdown(results)
     os.makedirs(out, exist_ok=True)
     write_csv(out, results)
-    with open(os.path.join(out, "latest-e2e-cpu.md"), "w") as f:
-        f.write(table)
     complete = not quick and methods is None and original and set(widths) == set(WIDTHS)
-    if readme and complete:  # only a full run replaces the README table
-        harness.replace_block(README, BEGIN, END, table)
-    print("\n" + table)
+    path = harness.write_table(out, f"latest-e2e-{device.type}", table, complete)
+    print("\n" + table + f"\nwritten to {path}")
     return table
 
 

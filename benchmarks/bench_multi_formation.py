@@ -9,7 +9,7 @@ from ddkernels.ops.multi_formation import reference
 
 from .harness import Case, Provider
 
-FUSED = "cpu"  # the provider the README's ratio column is about, on CPU machines
+FUSED = "cpu"  # the provider the table's ratio column is about, on CPU machines
 EAGER = ("reference", "eager-vectorized", "torch.compile")
 
 DATASETS = {"FMNIST 1x28x28": (1, 28), "CIFAR 3x32x32": (3, 32)}

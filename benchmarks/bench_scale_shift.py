@@ -18,7 +18,7 @@ from ddkernels.ops.scale_shift import reference
 
 from .harness import Case, Provider
 
-FUSED = "cpu"  # the provider the README's ratio column is about, on CPU machines
+FUSED = "cpu"  # the provider the table's ratio column is about, on CPU machines
 EAGER = ("reference", "broadcast-eager", "torch.compile")
 
 HN, C, FEAT, KERNEL = 5, 3, 30, 3

@@ -9,7 +9,7 @@ so N processes can use N cores. An iteration's time is the median over the timed
 iteration ends with the loss all-reduce, so it includes waiting for the slowest rank; the slowest
 rank's median is reported). Rows go to ``results/results.csv`` (op ``scaling``, the harness's CSV
 columns; ``median_ms``/``iqr_ms`` per iteration), the table to ``results/latest-scaling-<device>.md``
-and, unless ``--no-readme``, to the README between the ``scaling`` markers.
+(a run with other methods, IPCs or world size than the defaults: ``latest-scaling-<device>-partial.md``).
 """
 from __future__ import annotations
 
@@ -26,8 +26,6 @@ import torch.multiprocessing as mp
 from . import harness
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-README = os.path.join(os.path.dirname(HERE), "README.md")
-BEGIN, END = "<!-- scaling:begin -->", "<!-- scaling:end -->"
 DATASET = "fashion-mnist"
 
 
@@ -96,7 +94,6 @@ def main(argv=None) -> None:
     ap.add_argument("--world", type=int, default=2, help="processes of the parallel run")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--iterations", type=int, default=5, help="timed outer iterations")
-    ap.add_argument("--no-readme", action="store_true")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     args = ap.parse_args(argv)
 
@@ -124,11 +121,9 @@ def main(argv=None) -> None:
              f"median (± IQR) of {args.iterations} outer iterations after {args.warmup} warm-up; ms / class = "
              f"ms / iteration ÷ {classes} classes; efficiency = speed-up ÷ processes.\n\n" + markdown(rows))
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    with open(os.path.join(args.out, f"latest-scaling-{device}.md"), "w") as f:
-        f.write(table + "\n")
-    if not args.no_readme:
-        harness.replace_block(README, BEGIN, END, table)
-    print("\n" + table)
+    complete = all(getattr(args, k) == ap.get_default(k) for k in ("methods", "ipc", "world"))
+    path = harness.write_table(args.out, f"latest-scaling-{device}", table, complete)
+    print("\n" + table + f"\nwritten to {path}")
 
 
 if __name__ == "__main__":

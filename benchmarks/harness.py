@@ -11,7 +11,6 @@ import csv
 import datetime as _dt
 import os
 import platform
-import re
 import statistics
 import subprocess
 from dataclasses import dataclass, field
@@ -46,7 +45,7 @@ class Case:
     upstream: str = "randn"            # the backward's upstream gradient: "randn" or "ones" (a summed loss)
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
 
@@ -105,7 +104,13 @@ def peak_from_events(events) -> float:
     return peak / 2**20
 
 
-def _mode_callable(p: Provider, mode: str, upstream: str = "randn"):
+def warm_up(p: Provider) -> None:
+    """The provider's warm-up calls, forward and backward (torch.compile providers compile here)."""
+    for _ in range(p.warmup):
+        torch.autograd.grad(p.fn(), p.inputs, torch.ones_like(p.fn()))
+
+
+def mode_callable(p: Provider, mode: str, upstream: str = "randn"):
     if mode == "forward":
         return p.fn
     y = p.fn()
@@ -125,16 +130,15 @@ def run_case(case: Case, bandwidth_gbs: float, min_run_time: float = 0.5,
              modes: Sequence[str] = MODES, progress: Callable[[str], None] = lambda s: None) -> list[dict]:
     rows = []
     for p in case.providers:
-        for _ in range(p.warmup):
-            torch.autograd.grad(p.fn(), p.inputs, torch.ones_like(p.fn()))
+        warm_up(p)
     for mode in modes:
-        fns = [_mode_callable(p, mode, case.upstream) for p in case.providers]
+        fns = [mode_callable(p, mode, case.upstream) for p in case.providers]
         times: list[list[float]] = [[] for _ in fns]
         for _ in range(ROUNDS):
             for p, fn, ts in zip(case.providers, fns, times):
                 device = p.inputs[0].device
-                _sync(device)
-                m = Timer("fn(); sync()", globals={"fn": fn, "sync": lambda d=device: _sync(d)}).blocked_autorange(
+                sync(device)
+                m = Timer("fn(); sync()", globals={"fn": fn, "sync": lambda d=device: sync(d)}).blocked_autorange(
                     min_run_time=min_run_time / ROUNDS)
                 ts.extend(m.times)
         for p, fn, ts in zip(case.providers, fns, times):
@@ -166,18 +170,15 @@ def append_csv(path: str, rows: list[dict], bandwidth_gbs: float) -> None:
             w.writerow({**meta, **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}})
 
 
-def replace_block(path: str, begin: str, end: str, text: str) -> bool:
-    """Replace what stands between the markers ``begin`` and ``end`` in file ``path`` (e.g. the
-    README's tables); False when the file or a marker is missing."""
-    if not os.path.exists(path):
-        return False
-    old = open(path).read()
-    if begin not in old or end not in old:
-        return False
-    new = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: f"{begin}\n{text}\n{end}", old, flags=re.S)
+def write_table(out: str, name: str, text: str, complete: bool) -> str:
+    """Write a generated Markdown table to ``out/<name>.md``, the file the docs quote, or, for a
+    partial run (``--quick``, a subset, an override), to ``out/<name>-partial.md`` so that a smoke
+    run never replaces it. Returns the path. The benchmarks never edit the README or docs/."""
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, f"{name}{'' if complete else '-partial'}.md")
     with open(path, "w") as f:
-        f.write(new)
-    return True
+        f.write(text.rstrip("\n") + "\n")
+    return path
 
 
 def markdown(rows: list[dict], fused: str, eager: Sequence[str]) -> str:

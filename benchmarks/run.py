@@ -1,9 +1,13 @@
-"""``make bench``: run every op's benchmark, append to results/results.csv, write results/latest.md
-and refresh the README's benchmark section. ``--e2e`` adds the end-to-end benchmark
+"""``make bench``: run every public op's benchmark (``benchmarks/bench_<op>.py``, ops from the
+registry :data:`ddkernels.ops.OPS`) side by side, append to results/results.csv and write the table
+to results/latest-<device>.md (a partial run: ``--quick``, a subset of ops, ``--upstream``, to
+results/latest-<device>-partial.md). ``--e2e`` adds the end-to-end benchmark
 (:mod:`benchmarks.bench_e2e`: one outer iteration of every trainer, reference vs fused, and the
-original-style DC loop before/after ``ddkernels.compat.patch``) with its own README table.
+original-style DC loop before/after ``ddkernels.compat.patch``), table in results/latest-e2e-cpu.md.
+The same cases run as a pytest-benchmark suite: ``pytest benchmarks --benchmark-only``
+(:mod:`benchmarks.test_ops`, ``make bench-pytest``).
 
-    python -m benchmarks.run [--quick] [--ops multi_formation ...] [--min-run-time 0.5] [--no-readme]
+    python -m benchmarks.run [--quick] [--ops multi_formation ...] [--min-run-time 0.5]
     python -m benchmarks.run --ops --e2e --threads 1     # only the end-to-end benchmark
 """
 from __future__ import annotations
@@ -15,12 +19,12 @@ import sys
 
 import torch
 
+from ddkernels import ops
+
 from . import harness
 
-OPS = ["multi_formation", "grad_distance", "scale_shift", "norm_relu_pool"]
+OPS = list(ops.names(public_only=True))  # each has benchmarks/bench_<op>.py (tests/benchmarks checks)
 HERE = os.path.dirname(os.path.abspath(__file__))
-README = os.path.join(os.path.dirname(HERE), "README.md")
-BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 
 
 # glibc returns allocations above its mmap threshold (at most 32 MB) to the kernel on free, so every
@@ -47,7 +51,6 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--upstream", choices=("randn", "ones"), default=None,
                     help="override every case's upstream gradient (default: each op's own; grad_distance uses ones)")
-    ap.add_argument("--no-readme", action="store_true", help="do not rewrite the README table")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     args = ap.parse_args(argv)
 
@@ -60,7 +63,7 @@ def main(argv=None) -> None:
         run_ops(args)
     if args.e2e:
         from . import bench_e2e
-        bench_e2e.run(args.quick, None, threads=args.threads, readme=not args.no_readme, out=args.out)
+        bench_e2e.run(args.quick, None, threads=args.threads, out=args.out)
 
 
 def run_ops(args) -> None:
@@ -84,11 +87,9 @@ def run_ops(args) -> None:
               f"(see benchmarks/run.py). Median ms; ratios are the fused kernel's speed-up over the fastest "
               f"of the eager providers; % roofline = bytes a perfect kernel moves / time / copy bandwidth.\n\n")
     table = header + "\n".join(sections)
-    with open(os.path.join(args.out, f"latest-{device.type}.md"), "w") as f:
-        f.write(table)
-    if not args.no_readme and not args.quick and not args.upstream:
-        harness.replace_block(README, BEGIN, END, table)
-    print("\n" + table)
+    complete = not args.quick and not args.upstream and set(args.ops) == set(OPS)
+    path = harness.write_table(args.out, f"latest-{device.type}", table, complete)
+    print("\n" + table + f"\nwritten to {path}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """ddkernels: fused kernels for factorization-based dataset distillation.
 
-Public ops dispatch per call to a backend (``"reference"``, ``"cpu"``, ``"triton"``, ``"cuda"``);
-``python -m ddkernels.info`` shows which are available and why not.
+Public ops dispatch per call to a backend (``"reference"``, ``"cpu"``, ``"triton"``; see
+:mod:`ddkernels.dispatch`); ``python -m ddkernels.info`` shows which are available and why not.
 """
 from . import nn
 from .dispatch import BackendUnavailable

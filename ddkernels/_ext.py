@@ -1,4 +1,5 @@
-"""Loading of the native extensions, once, with a single warning when they are missing."""
+"""Loading of the native extension (the CPU kernels; GPUs run Triton, see :mod:`ddkernels.dispatch`),
+once, with a single warning when it is missing."""
 from __future__ import annotations
 
 import functools
@@ -6,33 +7,24 @@ import importlib
 import os
 import warnings
 
-import torch
-
 
 @functools.lru_cache(maxsize=None)
 def load(name: str = "_C") -> tuple[bool, str]:
     """Import ``ddkernels.<name>``; return ``(loaded, reason_if_not)``.
 
-    The import registers the extension's ops under ``torch.ops.ddkernels``. A missing CPU extension
+    The import registers the extension's ops under ``torch.ops.ddkernels``. A missing extension
     warns once and leaves the reference backend in charge; it never fails the import of ddkernels.
     """
     if os.environ.get("DDKERNELS_NO_EXT", "0").lower() in ("1", "true", "yes", "on"):
         return False, "DDKERNELS_NO_EXT is set"
-    if name == "_C_cuda" and torch.version.cuda is None:
-        return False, "ddkernels._C_cuda is not built: torch is a CPU-only build"
     try:
         importlib.import_module(f"ddkernels.{name}")
     except ImportError as e:
         reason = f"ddkernels.{name} is not built ({e}); build it with `make build` or `pip install --no-build-isolation -e .`"
-        if name == "_C":
-            warnings.warn(f"ddkernels: {reason}. CPU calls fall back to the reference backend.", stacklevel=3)
+        warnings.warn(f"ddkernels: {reason}. CPU calls fall back to the reference backend.", stacklevel=3)
         return False, reason
     return True, ""
 
 
 def cpu_available() -> tuple[bool, str]:
     return load("_C")
-
-
-def cuda_available() -> tuple[bool, str]:
-    return load("_C_cuda")

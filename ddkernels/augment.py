@@ -45,6 +45,11 @@ class DSAConfig:
     contrast: float = 0.5
 
 
+def _device_of(gen: torch.Generator | None):
+    # A scalar draw lands on its generator's device (a CUDA generator cannot fill a CPU tensor).
+    return gen.device if gen is not None else None
+
+
 def _rand(n, gen, device):
     return torch.rand(n, generator=gen, device=device)
 
@@ -169,7 +174,7 @@ class DiffAugment:
     def _choose(self, gen) -> list[str]:
         """The transforms one call applies, in order (the group draw is shared by the batch)."""
         def pick(options):
-            return options[int(torch.randint(len(options), (1,), generator=gen))]
+            return options[int(torch.randint(len(options), (1,), generator=gen, device=_device_of(gen)))]
         if not self.groups:
             return []
         if self.mode == "single":

@@ -6,6 +6,10 @@ reasons. ``backend="auto"`` (or the ``DDKERNELS_BACKEND`` environment variable, 
 ``auto``) takes the first backend, in the device's preference order, that has no reasons. An
 explicit backend that cannot run the call raises :class:`BackendUnavailable` listing every reason.
 The choice is made per call, so CPU and GPU tensors can be mixed freely.
+
+GPUs are Triton's: every GPU kernel is a Triton kernel (``backend="triton"``, picked by ``auto`` for
+CUDA tensors), and an op without one runs its reference (PyTorch) on GPUs. There is no separate
+CUDA backend; the C++ extension holds the CPU kernels only.
 """
 from __future__ import annotations
 
@@ -18,14 +22,22 @@ import torch
 
 from . import _ext
 
-BACKENDS = ("reference", "cpu", "triton", "cuda")
+BACKENDS = ("reference", "cpu", "triton")
 # Fastest first. Triton on CPU tensors runs in the interpreter (tests only), so auto never picks it.
-AUTO_ORDER = {"cpu": ("cpu", "reference"), "cuda": ("cuda", "triton", "reference")}
-_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+AUTO_ORDER = {"cpu": ("cpu", "reference"), "cuda": ("triton", "reference")}
+FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 class BackendUnavailable(RuntimeError):
     """An explicitly requested backend cannot run this call; the message lists every reason."""
+
+
+def check_backend_name(backend: str, what: str = "backend") -> None:
+    """Raise ValueError, naming ``what``, unless ``backend`` is ``"auto"`` or one of :data:`BACKENDS`."""
+    if backend == "auto" or backend in BACKENDS:
+        return
+    raise ValueError(f"{what} must be one of 'auto', {', '.join(map(repr, BACKENDS))} "
+                     f"(GPUs run 'triton'; there is no 'cuda' backend); got {backend!r}")
 
 
 def triton_interpret() -> bool:
@@ -63,7 +75,7 @@ class Backend:
 
 
 def reference_backend() -> Backend:
-    return Backend("reference", ("cpu", "cuda", "mps", "xpu", "meta"), _FLOATS)
+    return Backend("reference", ("cpu", "cuda", "mps", "xpu", "meta"), FLOATS)
 
 
 def cpu_backend(dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.float64)) -> Backend:
@@ -74,7 +86,7 @@ def cpu_backend(dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.float64)
     return Backend("cpu", ("cpu",), dtypes, unavailable)
 
 
-def triton_backend(dtypes: tuple[torch.dtype, ...] = _FLOATS) -> Backend:
+def triton_backend(dtypes: tuple[torch.dtype, ...] = FLOATS) -> Backend:
     def unavailable() -> list[str]:
         return [] if _triton_importable() else ["the triton package is not installed (pip install triton)"]
 
@@ -92,14 +104,14 @@ def no_kernel(name: str, why: str) -> Backend:
     return Backend(name, (), (), lambda: [why])
 
 
-def op_backends(op: str, *, triton: bool = True, gpu_note: str = "the Triton backend covers GPUs") -> "OpBackends":
-    """The usual declaration: reference, the C++ CPU kernel (float32/float64), the Triton kernel
-    when the op has one, and no CUDA kernel; ``gpu_note`` says what runs on GPUs instead."""
+def op_backends(op: str, *, triton: bool = True, gpu_note: str = "") -> "OpBackends":
+    """The usual declaration: reference, the C++ CPU kernel (float32/float64) and the Triton kernel;
+    an op without a Triton kernel (``triton=False``) says in ``gpu_note`` what runs on GPUs instead."""
+    assert triton or gpu_note, f"{op}: an op without a Triton kernel must say what runs on GPUs (gpu_note)"
     return OpBackends(op, [
         reference_backend(),
         cpu_backend(),
         triton_backend() if triton else no_kernel("triton", f"no Triton kernel for {op} ({gpu_note})"),
-        no_kernel("cuda", f"no CUDA kernel for {op} ({gpu_note})"),
     ])
 
 
@@ -129,6 +141,7 @@ class OpBackends:
             raise TypeError(f"backend must be a string, got {type(backend).__name__}")
         if backend == "auto":
             backend = os.environ.get("DDKERNELS_BACKEND", "auto") or "auto"
+            check_backend_name(backend, "DDKERNELS_BACKEND")
         if backend == "auto":
             order = AUTO_ORDER.get(device.type, ("reference",))
             for name in order:
@@ -136,8 +149,7 @@ class OpBackends:
                     return name
             tried = "; ".join(f"{n}: {', '.join(self.reasons(n, device, dtype, extra))}" for n in order)
             raise BackendUnavailable(f"{self.op}: no backend can run this call ({tried})")
-        if backend not in self.backends:
-            raise ValueError(f"backend must be one of 'auto', {', '.join(repr(b) for b in BACKENDS)}; got {backend!r}")
+        check_backend_name(backend)
         why = self.reasons(backend, device, dtype, extra)
         if why:
             raise BackendUnavailable(f"{self.op}: backend {backend!r} cannot run this call: " + "; ".join(why))

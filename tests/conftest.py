@@ -6,6 +6,10 @@ import torch
 # imported. On a GPU machine the real compiler is used instead.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# `make gpu-check` sets DDKERNELS_TEST_DEVICE=cuda: the op tests then make their tensors on the GPU.
+TEST_DEVICE = os.environ.get("DDKERNELS_TEST_DEVICE", "cpu")
+if TEST_DEVICE != "cpu":
+    torch.set_default_device(TEST_DEVICE)
 os.environ.pop("DDKERNELS_BACKEND", None)  # tests pick backends explicitly
 
 import pytest  # noqa: E402
@@ -14,13 +18,13 @@ import ddkernels  # noqa: E402,F401
 from ddkernels import dispatch  # noqa: E402
 
 
-def fused_backends(op: str, device: str = "cpu"):
+def fused_backends(op: str, device: str = TEST_DEVICE):
     """pytest params for every kernel backend ``op`` implements; one that cannot run here (no
     extension, no triton) is skipped with its reasons, never silently dropped."""
     params = []
     backends = dispatch.OpBackends.registry[op].backends
-    for name in ("cpu", "triton", "cuda"):
-        if not backends[name].devices:  # declared as not implemented for this op
+    for name in dispatch.BACKENDS:
+        if name == "reference" or not backends[name].devices:  # not a kernel / not implemented for this op
             continue
         why = dispatch.OpBackends.registry[op].reasons(name, torch.device(device), torch.float32)
         marks = [pytest.mark.skip(reason=f"{name}: {'; '.join(why)}")] if why else []

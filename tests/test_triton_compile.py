@@ -11,8 +11,9 @@ import pytest
 
 pytest.importorskip("triton")
 
-TRITON_MODULES = ["ddkernels.ops.multi_formation.triton", "ddkernels.ops.grad_distance.triton",
-                  "ddkernels.ops.scale_shift.triton", "ddkernels.ops.norm_relu_pool.triton"]
+from ddkernels import ops  # noqa: E402
+
+TRITON_MODULES = [f"ddkernels.ops.{op}.triton" for op in ops.names() if ops.has_triton(op)]
 
 SCRIPT = r"""
 import importlib, sys, triton

@@ -11,6 +11,9 @@
 //              writes dx for each and accumulates dscale/dshift in a private buffer. Each output
 //              element has exactly one writer and a fixed summation order, so there are no
 //              atomics and results are bitwise repeatable (and independent of the thread count).
+//              Three algorithms, one function each, picked by bwd_dispatch: plain per-pixel
+//              (bwd_plain_pixel), per-channel with or without normalize (bwd_per_channel), and
+//              normalized per-pixel (bwd_norm_pixel).
 // Plane-wide sums use plane.h's fixed-order lane sums.
 // Per-pixel dscale/dshift sum over up to B samples: scalar_t partial sums over CHUNK samples are
 // folded into double, which keeps the inner loop at full vector width with the accuracy of a
@@ -146,6 +149,185 @@ void flush(int64_t L, T* __restrict__ ps, T* __restrict__ pt, A* __restrict__ to
     tot_t[i] += pt[i];
     ps[i] = pt[i] = 0;
   }
+}
+
+// The backward's tensors as raw pointers, for the three algorithms below.
+template <typename T>
+struct BwdArgs {
+  int64_t C, L, Hn;
+  const T* G;         // grad_y (N, C, L)
+  const T* X;         // x (N, C, L)
+  const T* SC;        // scale (Hn, C, S)
+  const T* M;         // mean, rstd (N, C); null without normalize
+  const T* R;
+  const int64_t* ord;  // segment table: ord[off[k]:off[k + 1]] are the rows using hallucinator k
+  const int64_t* off;
+  T* GX;              // grad_x (N, C, L)
+  T* GS;              // grad_scale, grad_shift (Hn, C, S)
+  T* GT;
+  bool stream;        // grad_x is large enough for non-temporal stores
+};
+
+// Per-pixel dscale/dshift of one task: T partial sums over CHUNK samples (the inner loops stay at
+// full vector width) folded into double totals (the accuracy of a CHUNK-long sum).
+template <typename T>
+class PixelSums {
+ public:
+  explicit PixelSums(int64_t width) : w_(width), tot_(2 * width), part_(2 * width) {}
+  T* ps() { return part_.data(); }
+  T* pt() { return part_.data() + w_; }
+  void start() {
+    std::fill(tot_.begin(), tot_.end(), 0.0);
+    std::fill(part_.begin(), part_.end(), T(0));
+    in_chunk_ = 0;
+  }
+  // After each sample's n partial sums were added.
+  void sample_done(int64_t n) {
+    if (++in_chunk_ == CHUNK) {
+      flush(n, ps(), pt(), tot_.data(), tot_.data() + w_);
+      in_chunk_ = 0;
+    }
+  }
+  void finish(int64_t n, T* __restrict__ gs, T* __restrict__ gt) {
+    flush(n, ps(), pt(), tot_.data(), tot_.data() + w_);
+    for (int64_t i = 0; i < n; ++i) {
+      gs[i] = T(tot_[i]);
+      gt[i] = T(tot_[w_ + i]);
+    }
+  }
+
+ private:
+  int64_t w_, in_chunk_ = 0;
+  std::vector<double> tot_;
+  std::vector<T> part_;
+};
+
+// One plane with a per-channel scale s0 (S = 1): Σdy and Σdy·n(x) (the plane's shares of dshift
+// and dscale) and dx. n(x) is x itself or, with normalize, x̂ = (x − m)·r, formed in xhat.
+template <typename T>
+void channel_plane_bwd(int64_t L, T s0, const T* __restrict__ g, const T* __restrict__ x,
+                       bool normalize, T m, T r, T* __restrict__ xhat, T* __restrict__ gx,
+                       double& sum_g, double& sum_gx) {
+  const T* xn = x;
+  if (normalize) {
+    for (int64_t i = 0; i < L; ++i) xhat[i] = (x[i] - m) * r;
+    xn = xhat;
+  }
+  sum_g = lane_sum<T>(L, [&](int64_t i) { return g[i]; });
+  sum_gx = lane_sum<T>(L, [&](int64_t i) { return g[i] * xn[i]; });
+  if (normalize) {
+    // dx = rstd * (d - mean(d) - xhat * mean(d * xhat)) with d = scale * dy, written as
+    // s0 * (g - mean(g)) so constant planes cancel exactly (dx = 0) despite FMA contraction.
+    const T mg = T(sum_g / L), mdx = T(double(s0) * sum_gx / L);
+    for (int64_t i = 0; i < L; ++i) gx[i] = r * (s0 * (g[i] - mg) - xn[i] * mdx);
+  } else {
+    for (int64_t i = 0; i < L; ++i) gx[i] = s0 * g[i];
+  }
+}
+
+// One normalized plane with per-pixel parameters s: the same formula as channel_plane_bwd, with
+// d = s·dy stored first (norm_bwd_pass) so that d − mean(d) cancels exactly where it must.
+template <typename T>
+void norm_pixel_plane_bwd(int64_t L, const T* s, const T* g, const T* x, T m, T r, T* xhat,
+                          T* d, T* ps, T* pt, T* gx, const T* next_g, const T* next_x,
+                          bool stream) {
+  double sum_d, sum_dx;
+  norm_bwd_pass(L, s, g, x, m, r, xhat, d, ps, pt, sum_d, sum_dx, next_g, next_x);
+  const T md = T(sum_d / L), mdx = T(sum_dx / L);
+  using V = typename Vec<T>::type;
+  write_each(
+      gx, L, stream, [](int64_t) {},
+      [&](int64_t i) {
+        V dv, xv;
+        DDK_VLOAD(dv, d + i);
+        DDK_VLOAD(xv, xhat + i);
+        return V(r * ((dv - md) - xv * mdx));
+      },
+      [&](int64_t i) { return r * ((d[i] - md) - xhat[i] * mdx); });
+}
+
+// HaBa's default: per-pixel parameters, no normalization, hence no plane-wide sums. Every
+// (c, pixel) column is independent, so a task is (hallucinator, block of the flattened C·L row)
+// and each sample is one long contiguous run (~25% faster than per-channel planes: fewer
+// prefetch restarts). Columns are summed in the same sample order and chunks as bwd_norm_pixel.
+template <typename T>
+void bwd_plain_pixel(const BwdArgs<T>& a) {
+  const int64_t CL = a.C * a.L, nblk = (CL + 4095) / 4096, width = (CL + nblk - 1) / nblk;
+  at::parallel_for(0, a.Hn * nblk, 1, [&](int64_t begin, int64_t end) {
+    PixelSums<T> sums(width);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t k = task / nblk, lo = (task % nblk) * width, w = std::min(width, CL - lo);
+      sums.start();
+      for (int64_t q = a.off[k]; q < a.off[k + 1]; ++q) {
+        const int64_t row = a.ord[q] * CL + lo;
+        const int64_t next = q + 1 < a.off[k + 1] ? a.ord[q + 1] * CL + lo : -1;
+        bwd_sweep(w, a.SC + k * CL + lo, a.G + row, a.X + row, a.GX + row, sums.ps(), sums.pt(),
+                  next < 0 ? nullptr : a.G + next, next < 0 ? nullptr : a.X + next, a.stream);
+        sums.sample_done(w);
+      }
+      sums.finish(w, a.GS + k * CL + lo, a.GT + k * CL + lo);
+    }
+    if (a.stream) stream_fence();
+  });
+}
+
+// Per-channel parameters (S = 1), with or without normalize: one task per (k, c), whose dscale
+// and dshift are double sums of the planes' lane sums.
+template <typename T>
+void bwd_per_channel(const BwdArgs<T>& a, bool normalize) {
+  at::parallel_for(0, a.Hn * a.C, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> xhat(normalize ? a.L : 0);
+    for (int64_t kc = begin; kc < end; ++kc) {
+      const int64_t k = kc / a.C, c = kc % a.C;
+      double gs = 0, gt = 0;
+      for (int64_t q = a.off[k]; q < a.off[k + 1]; ++q) {
+        const int64_t p = a.ord[q] * a.C + c;
+        double sum_g, sum_gx;
+        channel_plane_bwd(a.L, a.SC[kc], a.G + p * a.L, a.X + p * a.L, normalize,
+                          normalize ? a.M[p] : T(0), normalize ? a.R[p] : T(1), xhat.data(),
+                          a.GX + p * a.L, sum_g, sum_gx);
+        gs += sum_gx;
+        gt += sum_g;
+      }
+      a.GS[kc] = T(gs);
+      a.GT[kc] = T(gt);
+    }
+  });
+}
+
+// Normalized planes with per-pixel parameters: one task per (k, c).
+template <typename T>
+void bwd_norm_pixel(const BwdArgs<T>& a) {
+  const int64_t C = a.C, L = a.L;
+  at::parallel_for(0, a.Hn * C, 1, [&](int64_t begin, int64_t end) {
+    PixelSums<T> sums(L);
+    std::vector<T> xhat(L), d(L);
+    for (int64_t kc = begin; kc < end; ++kc) {
+      const int64_t k = kc / C, c = kc % C;
+      sums.start();
+      for (int64_t q = a.off[k]; q < a.off[k + 1]; ++q) {
+        const int64_t p = a.ord[q] * C + c;
+        const int64_t pn = q + 1 < a.off[k + 1] ? a.ord[q + 1] * C + c : -1;
+        norm_pixel_plane_bwd(L, a.SC + kc * L, a.G + p * L, a.X + p * L, a.M[p], a.R[p],
+                             xhat.data(), d.data(), sums.ps(), sums.pt(), a.GX + p * L,
+                             pn < 0 ? nullptr : a.G + pn * L, pn < 0 ? nullptr : a.X + pn * L,
+                             a.stream);
+        sums.sample_done(L);
+      }
+      sums.finish(L, a.GS + kc * L, a.GT + kc * L);
+    }
+    if (a.stream) stream_fence();
+  });
+}
+
+template <typename T>
+void bwd_dispatch(const BwdArgs<T>& a, int64_t S, bool normalize) {
+  if (S == 1)
+    bwd_per_channel(a, normalize);
+  else if (normalize)
+    bwd_norm_pixel(a);
+  else
+    bwd_plain_pixel(a);
 }
 
 void check_params(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& shift) {
@@ -289,135 +471,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> scale_shift_bwd_cpu(
   if (x.numel() == 0) return {grad_x, grad_scale, grad_shift};
 
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "scale_shift_bwd_cpu", [&] {
-    using acc_t = double;
-    const scalar_t* __restrict__ G = grad_y.data_ptr<scalar_t>();
-    const scalar_t* __restrict__ X = x.data_ptr<scalar_t>();
-    const scalar_t* __restrict__ SC = scale.data_ptr<scalar_t>();
-    const scalar_t* M = normalize ? mean.data_ptr<scalar_t>() : nullptr;
-    const scalar_t* R = normalize ? rstd.data_ptr<scalar_t>() : nullptr;
-    scalar_t* __restrict__ GX = grad_x.data_ptr<scalar_t>();
-    scalar_t* __restrict__ GS = grad_scale.data_ptr<scalar_t>();
-    scalar_t* __restrict__ GT = grad_shift.data_ptr<scalar_t>();
-
-    const bool stream = grad_x.numel() * int64_t(sizeof(scalar_t)) >= kStreamBytes;
-    if (!normalize && S != 1) {
-      // HaBa's default: per-pixel parameters, no plane-wide sums. Every (c, pixel) column is
-      // independent, so a task is (hallucinator, block of the flattened C·L row) and each sample
-      // is one long contiguous run (~25% faster than per-channel planes: fewer prefetch
-      // restarts). Columns are summed in the same sample order and chunks as the general path.
-      const int64_t CL = C * L, nblk = (CL + 4095) / 4096, width = (CL + nblk - 1) / nblk;
-      at::parallel_for(0, Hn * nblk, 1, [&](int64_t begin, int64_t end) {
-        std::vector<acc_t> acc(2 * width);
-        std::vector<scalar_t> part(2 * width);
-        for (int64_t task = begin; task < end; ++task) {
-          const int64_t k = task / nblk, lo = (task % nblk) * width, w = std::min(width, CL - lo);
-          acc_t* tot_s = acc.data();
-          acc_t* tot_t = acc.data() + width;
-          scalar_t* ps = part.data();
-          scalar_t* pt = part.data() + width;
-          std::fill(acc.begin(), acc.end(), acc_t(0));
-          std::fill(part.begin(), part.end(), scalar_t(0));
-          for (int64_t q = off[k], in_chunk = 0; q < off[k + 1]; ++q) {
-            const int64_t row = ord[q] * CL + lo, next = q + 1 < off[k + 1] ? ord[q + 1] * CL + lo : -1;
-            bwd_sweep(w, SC + k * CL + lo, G + row, X + row, GX + row, ps, pt,
-                      next < 0 ? nullptr : G + next, next < 0 ? nullptr : X + next, stream);
-            if (++in_chunk == CHUNK) {
-              flush(w, ps, pt, tot_s, tot_t);
-              in_chunk = 0;
-            }
-          }
-          flush(w, ps, pt, tot_s, tot_t);
-          for (int64_t i = 0; i < w; ++i) {
-            GS[k * CL + lo + i] = scalar_t(tot_s[i]);
-            GT[k * CL + lo + i] = scalar_t(tot_t[i]);
-          }
-        }
-        if (stream) stream_fence();
-      });
-      return;
-    }
-
-    at::parallel_for(0, Hn * C, 1, [&](int64_t begin, int64_t end) {
-      const int64_t P = S == 1 ? 0 : L;  // per-pixel buffers are unused for per-channel parameters
-      std::vector<acc_t> acc(2 * P);
-      std::vector<scalar_t> part(2 * P), xhat(normalize ? L : 0), dbuf(normalize ? P : 0);
-      for (int64_t kc = begin; kc < end; ++kc) {
-        const int64_t k = kc / C, c = kc % C;
-        const scalar_t* __restrict__ s = SC + kc * S;
-        acc_t* tot_s = acc.data();
-        acc_t* tot_t = acc.data() + P;
-        scalar_t* ps = part.data();
-        scalar_t* pt = part.data() + P;
-        std::fill(acc.begin(), acc.end(), acc_t(0));
-        std::fill(part.begin(), part.end(), scalar_t(0));
-        acc_t gs1 = 0, gt1 = 0;  // per-channel totals
-        for (int64_t q = off[k], in_chunk = 0; q < off[k + 1]; ++q) {
-          const int64_t p = ord[q] * C + c;
-          const scalar_t* __restrict__ g = G + p * L;
-          const scalar_t* __restrict__ xp = X + p * L;
-          scalar_t* __restrict__ gx = GX + p * L;
-          const scalar_t* __restrict__ xn = xp;  // n(x): x itself or its normalized plane
-          scalar_t m = 0, r = 1;
-          const int64_t pn = q + 1 < off[k + 1] ? ord[q + 1] * C + c : -1;
-          const scalar_t* next_g = pn < 0 ? nullptr : G + pn * L;
-          const scalar_t* next_x = pn < 0 ? nullptr : X + pn * L;
-          if (normalize) {
-            m = M[p];
-            r = R[p];
-            xn = xhat.data();
-            if (S == 1)
-              for (int64_t i = 0; i < L; ++i) xhat[i] = (xp[i] - m) * r;
-          }
-          if (S == 1) {
-            const acc_t sg = lane_sum<scalar_t>(L, [&](int64_t i) { return g[i]; });
-            const acc_t sgx = lane_sum<scalar_t>(L, [&](int64_t i) { return g[i] * xn[i]; });
-            gs1 += sgx;
-            gt1 += sg;
-            const scalar_t s0 = s[0];
-            if (!normalize) {
-              for (int64_t i = 0; i < L; ++i) gx[i] = s0 * g[i];
-              continue;
-            }
-            // dx = rstd * (d - mean(d) - xhat * mean(d * xhat)) with d = scale * dy, written as
-            // s0 * (g - mean(g)) so constant planes cancel exactly (dx = 0) despite FMA contraction.
-            const scalar_t mg = scalar_t(sg / L), mdx = scalar_t(acc_t(s0) * sgx / L);
-            for (int64_t i = 0; i < L; ++i) gx[i] = r * (s0 * (g[i] - mg) - xn[i] * mdx);
-            continue;
-          }
-          // Per-pixel parameters reach here only with normalize (the plain case returned above).
-          // Same formula; d is stored first so that d - mean(d) cancels exactly where it must.
-          scalar_t* __restrict__ d = dbuf.data();
-          double sum_d, sum_dx;
-          norm_bwd_pass(L, s, g, xp, m, r, xhat.data(), d, ps, pt, sum_d, sum_dx, next_g, next_x);
-          if (++in_chunk == CHUNK) {
-            flush(L, ps, pt, tot_s, tot_t);
-            in_chunk = 0;
-          }
-          const scalar_t md = scalar_t(sum_d / L), mdx = scalar_t(sum_dx / L);
-          using V = typename Vec<scalar_t>::type;
-          write_each(
-              gx, L, stream, [](int64_t) {},
-              [&](int64_t i) {
-                V dv, xv;
-                DDK_VLOAD(dv, d + i);
-                DDK_VLOAD(xv, xn + i);
-                return V(r * ((dv - md) - xv * mdx));
-              },
-              [&](int64_t i) { return r * ((d[i] - md) - xn[i] * mdx); });
-        }
-        if (S == 1) {
-          GS[kc] = scalar_t(gs1);
-          GT[kc] = scalar_t(gt1);
-        } else {
-          flush(L, ps, pt, tot_s, tot_t);
-          for (int64_t i = 0; i < L; ++i) {
-            GS[kc * L + i] = scalar_t(tot_s[i]);
-            GT[kc * L + i] = scalar_t(tot_t[i]);
-          }
-        }
-      }
-      if (stream) stream_fence();
-    });
+    const BwdArgs<scalar_t> args{
+        C, L, Hn, grad_y.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), scale.data_ptr<scalar_t>(),
+        normalize ? mean.data_ptr<scalar_t>() : nullptr,
+        normalize ? rstd.data_ptr<scalar_t>() : nullptr, ord, off, grad_x.data_ptr<scalar_t>(),
+        grad_scale.data_ptr<scalar_t>(), grad_shift.data_ptr<scalar_t>(),
+        grad_x.numel() * int64_t(sizeof(scalar_t)) >= kStreamBytes};
+    bwd_dispatch(args, S, normalize);
   });
   return {grad_x, grad_scale, grad_shift};
 }

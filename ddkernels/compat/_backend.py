@@ -4,17 +4,15 @@ from __future__ import annotations
 import contextlib
 from typing import Iterator
 
-from ..dispatch import BACKENDS
+from ..dispatch import check_backend_name
 
-_CHOICES = ("auto",) + BACKENDS
 _backend = "auto"
 
 
 def set_backend(name: str) -> None:
     """Backend every compat call uses unless it is given ``backend=`` (default ``"auto"``)."""
     global _backend
-    if name not in _CHOICES:
-        raise ValueError(f"backend must be one of {', '.join(map(repr, _CHOICES))}, got {name!r}")
+    check_backend_name(name)
     _backend = name
 
 

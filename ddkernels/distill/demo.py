@@ -29,13 +29,14 @@ def main(argv=None) -> int:
     # One thread by default: on a shared 2-core machine two contended threads ran IDC 3.5x slower.
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a hyperparameter")
+    ap.add_argument("--device", default="auto", help="auto (CUDA when visible, else CPU), cpu, cuda, cuda:N")
     args = ap.parse_args(argv)
     if not args.resume and os.path.isfile(os.path.join(args.out, "config.json")):
         shutil.rmtree(args.out)  # a previous demo run: start over (only folders holding a run are removed)
     t0 = time.time()
     print("ddkernels demo: IDC distills Fashion-MNIST to 1 image per class (quick preset, fused backends)\n")
     cmd = ["distill", "--method", "idc", "--dataset", "fashion-mnist", "--ipc", "1", "--preset", "quick",
-           "--backend", "auto", "--data-dir", args.data_dir, "--out", args.out]
+           "--backend", "auto", "--device", args.device, "--data-dir", args.data_dir, "--out", args.out]
     cmd += ["--resume"] if args.resume else []
     cmd += ["--threads", str(args.threads)] if args.threads else []
     for item in args.set:

@@ -78,11 +78,14 @@ class Shard:
         """Every rank's classes, in rank order."""
         return [class_block(self.num_classes, self.world_size, r) for r in range(self.world_size)]
 
-    def generators(self, seed: int) -> tuple[torch.Generator, dict[int, torch.Generator], torch.Generator]:
-        """(shared, per-class for the owned classes, per-rank) generators; see the module docstring."""
-        shared = torch.Generator().manual_seed(seed)
-        per_class = {c: torch.Generator().manual_seed(_stream_seed(seed, 1, c)) for c in self.classes}
-        return shared, per_class, torch.Generator().manual_seed(_stream_seed(seed, 2, self.rank))
+    def generators(self, seed: int, device: torch.device | str = "cpu"
+                   ) -> tuple[torch.Generator, dict[int, torch.Generator], torch.Generator]:
+        """(shared, per-class for the owned classes, per-rank) generators on ``device``; see the
+        module docstring."""
+        def gen(s):
+            return torch.Generator(device=device).manual_seed(s)
+        per_class = {c: gen(_stream_seed(seed, 1, c)) for c in self.classes}
+        return gen(seed), per_class, gen(_stream_seed(seed, 2, self.rank))
 
     # -- collectives (no-ops on one process) ----------------------------------------------------
     def sum_(self, tensors: list[torch.Tensor]) -> None:
@@ -112,11 +115,11 @@ class Shard:
         dist.all_gather(parts, padded.contiguous())
         return torch.cat([p[:n] for p, n in zip(parts, sizes)])
 
-    def gather_floats(self, value: float) -> list[float]:
-        """One float from every rank, in rank order."""
+    def gather_floats(self, value: float, device: torch.device | str = "cpu") -> list[float]:
+        """One float from every rank, in rank order (through a tensor on ``device``: nccl needs CUDA)."""
         if not self.communicates:
             return [value]
-        out = torch.zeros(self.world_size, dtype=torch.float64)
+        out = torch.zeros(self.world_size, dtype=torch.float64, device=device)
         out[self.rank] = value
         dist.all_reduce(out)
         return out.tolist()
@@ -141,8 +144,8 @@ def launched_world() -> tuple[int, int]:
 def join(world_size: int, rank: int, timeout_s: float = DEFAULT_TIMEOUT_S, backend: str = "gloo") -> None:
     """Join the process group torchrun describes (``env://``: MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE).
 
-    The trainers compute on CPU tensors, so the group uses gloo; nccl is accepted for callers whose
-    tensors are on CUDA devices. Raises ``RuntimeError`` naming the rendezvous and ``--dist-timeout``
+    ``backend``: gloo for a run on CPUs, nccl for one on CUDA GPUs (one GPU per process,
+    ``cuda:$LOCAL_RANK``; :func:`ddkernels.distill.device.dist_backend` picks it). Raises ``RuntimeError`` naming the rendezvous and ``--dist-timeout``
     when not every rank joins within ``timeout_s`` seconds (a node not started, a wrong
     ``--rdzv_endpoint``/``MASTER_ADDR``, a firewall).
     """

@@ -1,4 +1,5 @@
-"""Evaluation protocol: train fresh ConvNets on a (synthetic) training set, report test accuracy.
+"""Evaluation protocol: train fresh ConvNets (or another network of :func:`ddkernels.nn.get_network`,
+``arch``) on a (synthetic) training set, report test accuracy.
 
 Three protocols from the papers (docs/spec.md §0.5, §1b and §5b), each with a ``paper`` budget and a ``quick``
 budget for a CPU:
@@ -30,7 +31,8 @@ from tqdm import tqdm
 
 from .data.augment import DiffAugment, cutmix, cutmix_loss, dc_augment, strategy_for
 from .data import Dataset
-from ..nn.convnet import ConvNet
+from .device import generator as device_generator, resolve as resolve_device
+from ..nn.networks import NETWORKS, get_network, network_name
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,7 @@ class Protocol:
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    width: int = 128
+    width: int = 128  # of the ConvNet entries whose name leaves it open (ConvNet, ConvNetD2, ...)
     n_nets: int = 5
     test_limit: int | None = None  # evaluate on the first N test images (a fixed, shuffled subset)
     test_checkpoints: int = 1  # test every epochs//k epochs (IDC test.py: k = 4) and at the end; 1: end only
@@ -103,16 +105,23 @@ def test_accuracy(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch:
 
 
 def train_network(images: torch.Tensor, labels: torch.Tensor, dataset: Dataset, protocol: Protocol,
-                  seed: int, progress: bool = False, on_epoch=None, backend: str = "auto") -> torch.nn.Module:
-    """Train one fresh ConvNet on normalized ``images`` with ``protocol``; returns the network.
+                  seed: int, progress: bool = False, on_epoch=None, backend: str = "auto",
+                  arch: str = "convnet") -> torch.nn.Module:
+    """Train one fresh network on normalized ``images`` with ``protocol``; returns the network.
 
-    ``on_epoch(epoch, net)``, if given, runs after every epoch (1-based; the "half" schedule runs
-    ``epochs + 1`` of them). ``backend`` is the network's (its fused block epilogue)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)  # network init uses the global RNG; keep the caller's untouched
-        net = ConvNet(dataset.channels, dataset.num_classes, width=protocol.width, im_size=dataset.im_size,
-                      backend=backend)
+    The network, its batches and its random draws live on ``images.device``. ``on_epoch(epoch,
+    net)``, if given, runs after every epoch (1-based; the "half" schedule runs ``epochs + 1`` of
+    them). ``backend`` is the network's (its fused layers). ``arch``: a
+    :func:`ddkernels.nn.get_network` name (any case), ``protocol.width`` wide where the name leaves
+    the width open."""
+    arch = network_name(arch)
+    device = images.device
+    gen = device_generator(device, seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # network init uses the CPU's global RNG (same weights on every device)
+        width = protocol.width if NETWORKS[arch].width is not None else None
+        net = get_network(arch, dataset.channels, dataset.num_classes, dataset.im_size, width=width, backend=backend)
+    net.to(device)
     aug = DiffAugment(strategy_for(protocol.aug, dataset.name), mode=protocol.aug_mode)
 
     def make_opt(lr):
@@ -130,10 +139,11 @@ def train_network(images: torch.Tensor, labels: torch.Tensor, dataset: Dataset, 
             opt = make_opt(protocol.lr * 0.1)  # VICO re-creates the optimizer: momentum resets
         if protocol.choose > 1:
             groups = n // protocol.choose
-            rows = torch.arange(groups) * protocol.choose + torch.randint(protocol.choose, (groups,), generator=gen)
-            perm = rows[torch.randperm(groups, generator=gen)]
+            rows = (torch.arange(groups, device=device) * protocol.choose
+                    + torch.randint(protocol.choose, (groups,), generator=gen, device=device))
+            perm = rows[torch.randperm(groups, generator=gen, device=device)]
         else:
-            perm = torch.randperm(n, generator=gen)
+            perm = torch.randperm(n, generator=gen, device=device)
         for idx in perm.split(protocol.batch):
             x, y = aug(images[idx], generator=gen), labels[idx]
             if protocol.dc_aug:
@@ -156,7 +166,8 @@ def _mean_std(accs: list[float]) -> tuple[float, float]:
 
 
 def evaluate(images: torch.Tensor, labels: torch.Tensor, dataset: Dataset, protocol: Protocol, *,
-             seed: int = 0, desc: str = "evaluate", progress: bool = True, backend: str = "auto") -> dict:
+             seed: int = 0, desc: str = "evaluate", progress: bool = True, backend: str = "auto",
+             arch: str = "convnet", device: str | torch.device | None = None) -> dict:
     """Train ``protocol.n_nets`` fresh networks on ``(images, labels)`` and test each.
 
     Args:
@@ -166,6 +177,9 @@ def evaluate(images: torch.Tensor, labels: torch.Tensor, dataset: Dataset, proto
         protocol: see :data:`PROTOCOLS`.
         seed: network ``i`` uses seed ``seed + i``.
         backend: the networks' backend (see :class:`ddkernels.nn.convnet.ConvNet`).
+        arch: the networks, by a :func:`ddkernels.nn.get_network` name (any case; default ConvNet-3).
+        device: where the networks train and test (``"auto"``, ``"cpu"``, ``"cuda[:N]"``; default: the
+            device ``images`` are on). The images and the test split are moved there once.
 
     Returns:
         ``{"mean", "std", "n", "accuracies", "protocol"}`` with the final accuracies in %; with
@@ -178,14 +192,18 @@ def evaluate(images: torch.Tensor, labels: torch.Tensor, dataset: Dataset, proto
                          f"got {tuple(images.shape)}")
     if labels.shape != (len(images),):
         raise ValueError(f"labels must be ({len(images)},), got {tuple(labels.shape)}")
+    network_name(arch)  # an unknown name fails before any work
     if len(images) % protocol.choose:
         raise ValueError(f"protocol.choose={protocol.choose} must divide the number of images, got {len(images)}")
+    device = images.device if device is None else resolve_device(device)
     test_x, test_y = dataset.test_x, dataset.test_y
     if protocol.test_limit is not None and protocol.test_limit < len(test_y):
-        pick = torch.randperm(len(test_y), generator=torch.Generator().manual_seed(1234))[: protocol.test_limit]
+        # a fixed subset, drawn on the CPU so every device tests on the same images
+        pick = torch.randperm(len(test_y), generator=torch.Generator(device="cpu").manual_seed(1234), device="cpu")
+        pick = pick[: protocol.test_limit].to(test_x.device)
         test_x, test_y = test_x[pick], test_y[pick]
-    test_x = dataset.normalize(test_x)
-    images, labels = images.detach(), labels.detach()
+    test_x, test_y = dataset.normalize(test_x.to(device)), test_y.to(device)
+    images, labels = images.detach().to(device), labels.detach().to(device)
     total = protocol.epochs + 1 if protocol.schedule == "half" else protocol.epochs
     ticks = checkpoint_epochs(total, protocol.test_checkpoints)
     curves = []
@@ -197,7 +215,7 @@ def evaluate(images: torch.Tensor, labels: torch.Tensor, dataset: Dataset, proto
             if epoch in ticks:
                 curve.append(test_accuracy(net, test_x, test_y))
 
-        train_network(images, labels, dataset, protocol, seed + i, on_epoch=test_at, backend=backend)
+        train_network(images, labels, dataset, protocol, seed + i, on_epoch=test_at, backend=backend, arch=arch)
         curves.append(curve)
         bar.set_postfix(acc=f"{sum(c[-1] for c in curves) / len(curves):.2f}")
     accs = [c[-1] for c in curves]

@@ -23,14 +23,17 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shlex
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import data
+from ._args import check_settings
 from ._files import atomic_save as _atomic_save, write_json
 from .data.augment import DiffAugment, strategy_for
+from .device import generator as device_generator, generator_state, load_generator_state, resolve as resolve_device
 from .evaluate import test_accuracy
 from ..nn.convnet import ConvNet
 from .data.zca import zca_reg
@@ -51,8 +54,9 @@ EXPERT_PRESETS = {
 
 
 def flatten(net: torch.nn.Module) -> torch.Tensor:
-    """All parameters of ``net`` as one detached flat vector, in ``net.parameters()`` order."""
-    return torch.cat([p.detach().reshape(-1) for p in net.parameters()]).clone()
+    """All parameters of ``net`` as one detached flat vector on the CPU, in ``net.parameters()`` order
+    (a trajectory is checkpoint data)."""
+    return torch.cat([p.detach().reshape(-1) for p in net.parameters()]).cpu().clone()
 
 
 def unflatten(flat: torch.Tensor, names: list[str], shapes: list[tuple[int, ...]]) -> dict[str, torch.Tensor]:
@@ -69,7 +73,7 @@ def _expert_path(out: str, i: int) -> str:
 
 def train_experts(dataset: str, out: str, *, preset: str = "quick", num_experts: int | None = None,
                   epochs: int | None = None, seed: int = 0, data_dir: str | None = None, progress: bool = True,
-                  **overrides) -> list[str]:
+                  device: str | torch.device | None = "auto", **overrides) -> list[str]:
     """Train experts into run directory ``out`` (resuming what is there); returns the expert files.
 
     Args:
@@ -79,15 +83,16 @@ def train_experts(dataset: str, out: str, *, preset: str = "quick", num_experts:
         num_experts, epochs: override the preset's. Raising ``num_experts`` on an existing run adds
             experts; changing anything else raises.
         seed: expert ``i`` uses seed ``seed + i`` (initialization, batches, augmentation).
+        device: where the experts train (``"auto"``, ``"cpu"``, ``"cuda[:N]"``); the training set is
+            put there once. Trajectories are saved on the CPU, so experts made on a GPU serve a CPU
+            run and the reverse.
         overrides: any other :data:`EXPERT_PRESETS` key (``width``, ``lr_teacher``, ``batch``, ...).
     """
     if preset not in EXPERT_PRESETS:
         raise ValueError(f"--preset must be one of {sorted(EXPERT_PRESETS)}, got {preset!r}")
+    dev = resolve_device(device, what="--device")
     hp = dict(EXPERT_PRESETS[preset])
-    unknown = sorted(set(overrides) - set(hp))
-    if unknown:
-        raise ValueError(f"unknown expert setting(s) {unknown}; known: {sorted(hp)}")
-    hp.update(overrides)
+    hp.update(check_settings(hp, overrides, "expert setting", EXPERT_PRESETS.values()))
     if num_experts is not None:
         hp["num_experts"] = num_experts
     if epochs is not None:
@@ -95,7 +100,7 @@ def train_experts(dataset: str, out: str, *, preset: str = "quick", num_experts:
     for key in ("num_experts", "epochs", "width", "batch"):
         if isinstance(hp[key], bool) or not isinstance(hp[key], int) or hp[key] < 1:
             raise ValueError(f"--{key.replace('_', '-')} must be a positive int, got {hp[key]!r}")
-    ds = data.load_dataset(dataset, data_dir)
+    ds = data.load_dataset(dataset, data_dir).to(dev)
     reg = zca_reg(hp["zca"])
     if reg is not None:  # MTT's --zca: experts and the distillation must see the same whitened images
         ds = ds.whitened(reg, progress=progress)
@@ -116,27 +121,31 @@ def train_experts(dataset: str, out: str, *, preset: str = "quick", num_experts:
     bar = tqdm(range(hp["num_experts"]), desc="experts", disable=not progress)
     for i in bar:
         if not os.path.exists(_expert_path(out, i)):
-            _train_one(ds, out, i, hp, seed, test_x, test_y, progress)
+            _train_one(ds, out, i, hp, seed, test_x, test_y, progress, dev)
         bar.set_postfix(done=i + 1)
     return [_expert_path(out, i) for i in range(hp["num_experts"])]
 
 
-def _train_one(ds: data.Dataset, out: str, i: int, hp: dict, seed: int, test_x, test_y, progress: bool) -> None:
+def _train_one(ds: data.Dataset, out: str, i: int, hp: dict, seed: int, test_x, test_y, progress: bool,
+               device: torch.device) -> None:
     ppath = os.path.join(out, PARTIAL)
     net = None
     if os.path.exists(ppath):
-        state = torch.load(ppath, map_location="cpu", weights_only=False)
+        state = torch.load(ppath, map_location=device, weights_only=False)
         if state["index"] == i:
-            gen = torch.Generator()
-            gen.set_state(state["generator"])
-            net = ConvNet(ds.channels, ds.num_classes, width=hp["width"], im_size=ds.im_size)
+            gen = device_generator(device, seed + i)
+            load_generator_state(gen, state["generator"], seed=seed + i, iteration=len(state["trajectory"]) - 1,
+                                 name=f"expert {i}")
+            net = ConvNet(ds.channels, ds.num_classes, width=hp["width"], im_size=ds.im_size).to(device)
             net.load_state_dict(state["net"])
-            trajectory = state["trajectory"]
+            trajectory = [t.cpu() for t in state["trajectory"]]
     if net is None:
-        gen = torch.Generator().manual_seed(seed + i)
-        with torch.random.fork_rng():
-            torch.manual_seed(int(torch.randint(2 ** 62, (1,), generator=gen)))
+        gen = device_generator(device, seed + i)
+        with torch.random.fork_rng(devices=[]):
+            # init on the CPU from the CPU's RNG: the same weights on every device
+            torch.manual_seed(int(torch.randint(2 ** 62, (1,), generator=gen, device=device)))
             net = ConvNet(ds.channels, ds.num_classes, width=hp["width"], im_size=ds.im_size)
+        net.to(device)
         trajectory = [flatten(net)]
     opt = torch.optim.SGD(net.parameters(), lr=hp["lr_teacher"], momentum=hp["momentum"],
                           weight_decay=hp["weight_decay"])
@@ -147,7 +156,7 @@ def _train_one(ds: data.Dataset, out: str, i: int, hp: dict, seed: int, test_x, 
     per_epoch = min(hp["images_per_epoch"] or n, n)
     for epoch in tqdm(range(len(trajectory) - 1, hp["epochs"]), desc=f"expert {i}", leave=False,
                       disable=not progress, initial=len(trajectory) - 1, total=hp["epochs"]):
-        for idx in torch.randperm(n, generator=gen)[:per_epoch].split(hp["batch"]):
+        for idx in torch.randperm(n, generator=gen, device=device)[:per_epoch].split(hp["batch"]):
             x = ds.normalize(ds.train_x[idx])
             if aug is not None:
                 x = aug(x, generator=gen)
@@ -157,7 +166,7 @@ def _train_one(ds: data.Dataset, out: str, i: int, hp: dict, seed: int, test_x, 
             opt.step()
         trajectory.append(flatten(net))
         _atomic_save({"index": i, "net": net.state_dict(), "optimizer": opt.state_dict(),
-                      "generator": gen.get_state(), "trajectory": trajectory}, ppath)
+                      "generator": generator_state(gen), "trajectory": trajectory}, ppath)
     names = [k for k, _ in net.named_parameters()]
     shapes = [tuple(p.shape) for p in net.parameters()]
     acc = test_accuracy(net, test_x, test_y)
@@ -173,19 +182,21 @@ class ExpertBuffer:
     """The finished experts of a run directory, loaded once (each a ``(epochs + 1, P)`` tensor).
 
     Raises ``FileNotFoundError`` when ``expert_dir`` holds no experts (with the command that makes
-    them) and ``ValueError`` when they do not fit the network (dataset, width) or are too short.
+    them, from ``data_dir``: the folder the run reads the dataset from) and ``ValueError`` when they do
+    not fit the network (dataset, width) or are too short.
     """
 
     def __init__(self, expert_dir: str | None, *, dataset: str, width: int, min_epochs: int,
-                 zca: float | None = None):
+                 zca: float | None = None, data_dir: str | None = None):
+        make = f"ddkernels experts --dataset {dataset}" + (f" --data-dir {shlex.quote(data_dir)}" if data_dir else "")
         if not expert_dir:
             raise FileNotFoundError(
                 f"MTT/HaBa need expert trajectories: set hp expert_dir (--set expert_dir=DIR) to a directory "
-                f"made by `ddkernels experts --dataset {dataset} --out DIR`")
+                f"made by `{make} --out DIR`")
         files = sorted(glob.glob(os.path.join(expert_dir, "expert_*.pt")))
         if not files:
             raise FileNotFoundError(f"expert_dir {expert_dir!r} holds no expert_*.pt files; make them with "
-                                    f"`ddkernels experts --dataset {dataset} --out {expert_dir}`")
+                                    f"`{make} --out {shlex.quote(expert_dir)}`")
         self.trajectories = []
         for path in files:
             e = torch.load(path, map_location="cpu", weights_only=False)

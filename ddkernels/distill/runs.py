@@ -2,13 +2,16 @@
 
 A run directory holds:
 
-* ``config.json``        - the run's arguments and resolved hyperparameters;
+* ``config.json``        - the run's arguments and resolved hyperparameters (``--resume`` needs only
+  ``--out``: the CLI takes the rest from here, :func:`saved_options`);
 * ``checkpoint.pt``      - synthetic tensor, optimizer and generator state, history (written
   atomically every ``checkpoint_every`` iterations; ``--resume`` continues from it). A class-parallel
   run (torchrun, :mod:`ddkernels.distill.distributed`) writes one ``checkpoint-rank{r}.{slot}.pt`` per rank
   (its classes' rows, optimizer, random streams) and, once every rank has written, rank 0's
   ``checkpoint.pt`` naming the slot, the world size and the gathered synthetic tensors; the two slots
   alternate, so a run killed while writing resumes from the last complete set;
+* ``checkpoint.prev.pt`` - the checkpoint before ``checkpoint.pt`` (moved there by each new one): when
+  ``checkpoint.pt`` cannot be read, ``--resume`` continues from it with a warning;
 * ``synthetic.pt``       - the stored synthetic parameters: ``{"method", "dataset", "ipc", "params",
   "stored", "labels", "factor", "space", "mean", "std", "storage", "images", "image_labels"}``:
   ``params`` maps each stored tensor's name to it (factorized methods store several; ``stored`` is
@@ -36,20 +39,26 @@ import json
 import logging
 import os
 import platform
+import shlex
 import time
 
 import torch
 
 from .. import __version__
+from ..dispatch import BACKENDS
 from . import data
+from ._args import check_choice, check_int, check_positive_number, check_settings
 from ._files import atomic_save, write_json
+from .device import describe as describe_device, dist_backend, resolve as resolve_device
 from .distributed import DEFAULT_TIMEOUT_S, Shard, join, launched_world, leave
 from .evaluate import evaluate, get_protocol
+from ..nn.networks import get_network, network_name
 from .data.imageio import class_grid, write_png
-from .methods import METHODS, make_distiller
+from .methods import METHODS, PRESET_NAMES, make_distiller, preset as preset_hp
 from .data.zca import ZCA
 
 CHECKPOINT = "checkpoint.pt"
+PREV_CHECKPOINT = "checkpoint.prev.pt"
 ZCA_FILE = "zca.pt"
 
 
@@ -79,8 +88,9 @@ def versions() -> dict:
 
 def random_real(dataset: data.Dataset, ipc: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``ipc`` random real training images per class (normalized), the same-storage baseline."""
-    sampler = data.ClassSampler(dataset.train_y, dataset.num_classes)
-    idx = sampler.indices_all(ipc, torch.Generator().manual_seed(seed)).flatten()
+    # drawn on the host, so every device evaluates the same baseline images
+    sampler = data.ClassSampler(dataset.train_y.cpu(), dataset.num_classes)
+    idx = sampler.indices_all(ipc, torch.Generator(device="cpu").manual_seed(seed)).flatten().to(dataset.device)
     return dataset.normalize(dataset.train_x[idx]), dataset.train_y[idx]
 
 
@@ -91,12 +101,39 @@ def eval_protocol(hp: dict, preset: str, n_nets: int | None = None, **overrides)
                         dc_aug=hp.get("eval_dc_aug"), width=hp.get("eval_width"), n_nets=n_nets, **overrides)
 
 
+def eval_archs(archs, dataset: data.Dataset | None = None) -> list[str]:
+    """Evaluation networks as registry names: None → ``["ConvNet"]``; a comma-separated string or a
+    list of get_network names (any case). ValueError naming ``--eval-arch``/``--arch`` otherwise,
+    or, given ``dataset``, for a network its images are too small for (checked before any work)."""
+    if archs is None:
+        return ["ConvNet"]
+    items = archs.split(",") if isinstance(archs, str) else list(archs)
+    names = [a.strip() for a in items if isinstance(a, str) and a.strip()]
+    if not names or len(names) != len(items):
+        raise ValueError(f"--eval-arch/--arch: expected comma-separated network names, got {archs!r}")
+    try:
+        names = list(dict.fromkeys(network_name(a) for a in names))
+        if dataset is not None:
+            with torch.device("meta"):  # shapes only: no memory, no init
+                for a in names:
+                    get_network(a, dataset.channels, dataset.num_classes, dataset.im_size)
+    except ValueError as err:
+        raise ValueError(f"--eval-arch/--arch: {err}") from None
+    return names
+
+
 def distill(method: str, dataset: str, ipc: int, out: str, *, preset: str = "quick", iterations: int | None = None,
             backend: str = "auto", seed: int = 0, data_dir: str | None = None, resume: bool = False,
             checkpoint_every: int = 1, evaluate_after: bool = True, eval_nets: int | None = None,
             baseline: bool = True, overrides: dict | None = None, progress: bool = True,
-            dist_timeout: float = DEFAULT_TIMEOUT_S) -> dict:
+            dist_timeout: float = DEFAULT_TIMEOUT_S, device: str | torch.device | None = "auto",
+            eval_arch=None) -> dict:
     """Distill ``dataset`` with ``method`` into run directory ``out``; returns the metrics dict.
+
+    ``device``: where the run computes (``"auto"``: CUDA when visible, else the CPU; ``"cpu"``,
+    ``"cuda"``, ``"cuda:N"``; under torchrun ``cuda`` is ``cuda:$LOCAL_RANK`` and the ranks talk over
+    nccl, on CPUs over gloo). A run may be resumed on another device (see
+    :mod:`ddkernels.distill.device`).
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) the classes are split over the ranks (see
     :mod:`ddkernels.distill.distributed`): every rank distills its classes, rank 0 gathers the synthetic set,
@@ -104,55 +141,165 @@ def distill(method: str, dataset: str, ipc: int, out: str, *, preset: str = "qui
     ``{"rank": r}``. ``dist_timeout`` bounds how long ranks wait for each other (joining and every
     collective).
 
-    Raises ``ValueError``/``FileNotFoundError`` naming the argument for an unknown method or dataset,
-    an IPC larger than a class, a missing data dir, or an existing run without ``resume``; under
-    torchrun also for a method that does not split by class, fewer classes than ranks, or a resumed
-    run distilled on another number of ranks; ``RuntimeError`` when not every rank joins in time.
+    Every argument is checked before the data is loaded: a bad one raises ``ValueError`` naming it (as
+    its command-line flag) and the values it allows; ``overrides`` must be keys of the preset with values
+    of the preset's types. Also raises ``ValueError``/``FileNotFoundError`` for an IPC larger than a
+    class, a missing data dir, an existing run without ``resume``, or a checkpoint that cannot be read
+    (``checkpoint.pt`` and the previous one, ``checkpoint.prev.pt``; when only ``checkpoint.pt`` is bad
+    the run resumes from ``checkpoint.prev.pt`` with a warning); under torchrun also for a method that does
+    not split by class, fewer classes than ranks, or a resumed run distilled on another number of ranks;
+    ``RuntimeError`` when not every rank joins in time. Ctrl-C raises :class:`Interrupted` (a
+    ``KeyboardInterrupt``) naming the last checkpoint.
     """
-    if method not in METHODS:
-        raise ValueError(f"--method: unknown method {method!r}; expected one of {', '.join(METHODS)}")
-    if dataset not in data.DATASETS:
-        raise ValueError(f"--dataset: unknown dataset {dataset!r}; expected one of {', '.join(data.DATASETS)}")
+    hp_overrides = check_arguments(method, dataset, ipc, preset=preset, iterations=iterations, backend=backend,
+                                   seed=seed, checkpoint_every=checkpoint_every, eval_nets=eval_nets,
+                                   overrides=overrides, dist_timeout=dist_timeout)
+    dev = resolve_device(device, what="--device")
+    archs = eval_archs(eval_arch)  # names now; whether they fit the images once the data is loaded
     world, rank = launched_world()
     if world > 1 and not METHODS[method].class_parallel:
         raise ValueError(f"--method {method} cannot run on {world} ranks (torchrun): "
                          f"{METHODS[method].not_class_parallel_because}; run it as one process")
-    ckpt_path = os.path.join(out, CHECKPOINT)
-    if os.path.exists(ckpt_path) and not resume:
+    ckpt = _Checkpoints(out, world, rank)
+    if ckpt.exists() and not resume:
         raise FileExistsError(f"--out {out!r} already holds a run; pass --resume to continue it or pick another --out")
-    if resume and not os.path.exists(ckpt_path):
+    if resume and not ckpt.exists():
         raise FileNotFoundError(f"--resume: no {CHECKPOINT} in {out!r} to resume from")
+    interrupted = False
+    try:
+        return _distill(method, dataset, ipc, out, ckpt, preset=preset, iterations=iterations, backend=backend,
+                        seed=seed, data_dir=data_dir, resume=resume, checkpoint_every=checkpoint_every,
+                        evaluate_after=evaluate_after, eval_nets=eval_nets, baseline=baseline,
+                        overrides=hp_overrides, progress=progress, dist_timeout=dist_timeout, device=dev,
+                        archs=archs)
+    except KeyboardInterrupt:
+        interrupted = True
+    if interrupted:  # raised here, not in the handler: the trainer's frames (and its progress bar) close first
+        raise Interrupted(out, ckpt.last, ckpt.iteration, world, rank)
+
+
+def check_arguments(method: str, dataset: str, ipc: int, *, preset: str = "quick", iterations: int | None = None,
+                    backend: str = "auto", seed: int = 0, checkpoint_every: int = 1, eval_nets: int | None = None,
+                    overrides: dict | None = None, dist_timeout: float = DEFAULT_TIMEOUT_S) -> dict:
+    """Check :func:`distill`'s arguments without loading anything; returns the checked ``overrides``
+    (see :func:`~ddkernels.distill._args.check_settings`). Raises ``ValueError`` naming the bad one."""
+    if method not in METHODS:
+        raise ValueError(f"--method: unknown method {method!r}; expected one of {', '.join(METHODS)}")
+    if dataset not in data.DATASETS:
+        raise ValueError(f"--dataset: unknown dataset {dataset!r}; expected one of {', '.join(data.DATASETS)}")
+    check_choice("--preset", preset, PRESET_NAMES)
+    check_int("--ipc", ipc)
+    check_int("--iterations", iterations, 0, optional=True, note=" (0 evaluates the initialization)")
+    check_choice("--backend", backend, ("auto",) + BACKENDS)
+    check_int("--seed", seed, None)
+    check_int("--checkpoint-every", checkpoint_every)
+    check_int("--eval-nets", eval_nets, optional=True)
+    check_positive_number("--dist-timeout", dist_timeout)
+    if overrides is not None and not isinstance(overrides, dict):
+        raise ValueError(f"overrides must be a mapping of hyperparameters (got {type(overrides).__name__})")
+    hp = preset_hp(method, dataset, ipc, preset)
+    others = [preset_hp(method, dataset, ipc, p) for p in PRESET_NAMES if p != preset]
+    checked = check_settings(hp, overrides or {}, f"{method} hyperparameter", others)
+    check_int("--set iterations", checked.get("iterations", hp["iterations"]), 0)
+    return checked
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`distill`. ``checkpoint``: the last checkpoint file (``None``: none written yet),
+    ``iteration``: its iteration; ``str()`` is the one line the CLI prints (with the command that resumes)."""
+
+    def __init__(self, out: str, checkpoint: str | None, iteration: int | None, world: int = 1, rank: int = 0):
+        self.out, self.checkpoint, self.iteration, self.world, self.rank = out, checkpoint, iteration, world, rank
+        super().__init__(self.message())
+
+    def message(self) -> str:
+        if self.checkpoint is None:
+            return (f"interrupted before the first checkpoint; nothing to resume in {self.out}: "
+                    f"run the same command again")
+        launch = "ddkernels" if self.world == 1 else \
+            f"torchrun <the same launch options, {self.world} ranks> -m ddkernels"
+        return (f"interrupted; last checkpoint: {self.checkpoint} (iteration {self.iteration}). "
+                f"Resume with: {launch} distill --out {shlex.quote(self.out)} --resume")
+
+
+#: :func:`distill` arguments recorded in ``config.json`` besides the run's identity.
+RUN_OPTIONS = ("checkpoint_every", "evaluate_after", "eval_nets", "baseline")
+
+
+def saved_options(out: str) -> dict:
+    """The :func:`distill` arguments the run in ``out`` was started with, from its ``config.json`` (so that
+    resuming needs only ``--out``): method, dataset, ipc, preset, iterations, backend, seed, data_dir,
+    ``overrides`` (the hyperparameters that differ from the preset) and, for runs written since they are
+    recorded, checkpoint_every, evaluate_after, eval_nets and baseline."""
+    path = os.path.join(out, "config.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--resume: {out!r} has no config.json to take the run's settings from; "
+                                f"pass --method, --dataset and --ipc")
+    try:
+        with open(path) as f:
+            config = json.load(f)
+        opts = {k: config[k] for k in ("method", "dataset", "ipc", "preset", "iterations", "hp")}
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"--resume: {path} is not a run's config ({type(err).__name__}: {err}); "
+                         f"pass --method, --dataset and --ipc") from None
+    hp = opts.pop("hp")
+    check_arguments(opts["method"], opts["dataset"], opts["ipc"], preset=opts["preset"])
+    base = preset_hp(opts["method"], opts["dataset"], opts["ipc"], opts["preset"])
+    gone = sorted(set(hp) - set(base))
+    if gone:
+        raise ValueError(f"--resume: {path} has hyperparameter(s) {gone} that {opts['method']}'s "
+                         f"{opts['preset']} preset no longer has (the run was written by another version)")
+    opts["overrides"] = {k: v for k, v in hp.items() if base[k] != v}
+    opts.update({k: config[k] for k in ("backend", "seed", "data_dir", *RUN_OPTIONS) if k in config})
+    return opts
+
+
+def _distill(method, dataset, ipc, out, ckpt, *, preset, iterations, backend, seed, data_dir, resume,
+             checkpoint_every, evaluate_after, eval_nets, baseline, overrides, progress, dist_timeout, device,
+             archs) -> dict:
+    world, rank = ckpt.world, ckpt.rank
+    log = _logger(out) if rank == 0 and resume else None
+    saved = state = None
+    if resume:  # read before the data: a checkpoint that cannot be read fails at once
+        saved, state = ckpt.load(warn=log.warning if log else None)
+        for key in ("method", "dataset", "ipc", "preset", "seed", "backend"):
+            value = {"method": method, "dataset": dataset, "ipc": ipc, "preset": preset, "seed": seed,
+                     "backend": backend}[key]
+            if saved.get(key) != value:
+                raise ValueError(f"--resume: the run in {out!r} has {key}={saved.get(key)!r}, this call has {value!r}")
     ds = data.load_dataset(dataset, data_dir)
+    eval_archs(archs, ds)
     shard = Shard.of(ds.num_classes, world, rank) if world > 1 else None  # fewer classes than ranks: fails here
     joined = shard is not None and not torch.distributed.is_initialized()
     if shard is not None:
-        join(world, rank, dist_timeout)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)  # nccl's collectives run on this rank's GPU
+        join(world, rank, dist_timeout, backend=dist_backend(device))
     try:
-        trainer = make_distiller(method, ds, ipc, preset, backend=backend, seed=seed, shard=shard,
-                                 **(overrides or {}))
+        trainer = make_distiller(method, ds, ipc, preset, backend=backend, seed=seed, shard=shard, device=device,
+                                 **overrides)
         total = iterations if iterations is not None else trainer.hp["iterations"]
-        if total < 0:
-            raise ValueError(f"--iterations must be >= 0 (0 evaluates the initialization), got {total}")
         os.makedirs(out, exist_ok=True)
         log = _logger(out) if rank == 0 else None
         say = log.info if log else (lambda msg: None)
         config = {"method": method, "dataset": dataset, "ipc": ipc, "preset": preset, "iterations": total,
-                  "backend": backend, "seed": seed, "data_dir": data_dir, "hp": trainer.hp}
+                  "backend": backend, "seed": seed, "data_dir": data_dir, "device": str(device), "hp": trainer.hp,
+                  "checkpoint_every": checkpoint_every, "evaluate_after": evaluate_after, "eval_nets": eval_nets,
+                  "baseline": baseline}
         if shard is not None:
             config["world_size"] = world
-        ckpt = _Checkpoints(out, config, shard)
+        ckpt.config, ckpt.shard = config, shard
         if resume:
-            saved, state = ckpt.load()
-            for key in ("method", "dataset", "ipc", "preset", "seed", "backend", "hp"):
-                if saved.get(key) != config[key]:
-                    raise ValueError(f"--resume: the run in {out!r} has {key}={saved.get(key)!r}, "
-                                     f"this call has {config[key]!r}")
+            if saved.get("hp") != config["hp"]:
+                raise ValueError(f"--resume: the run in {out!r} has hp={saved.get('hp')!r}, this call has "
+                                 f"{config['hp']!r}")
             trainer.load_state_dict(state)
             say(f"resumed {out} at iteration {trainer.iteration}/{total}")
         else:
             from ..info import report
             say(report())
             say(f"distill {json.dumps(config)}" + (f" on {world} ranks, classes {shard.blocks()}" if shard else ""))
+        say(f"device {json.dumps(describe_device(device))}")
         if rank == 0:
             write_json(config, os.path.join(out, "config.json"))  # on resume: records the new iteration total
 
@@ -170,24 +317,37 @@ def distill(method: str, dataset: str, ipc: int, out: str, *, preset: str = "qui
     if rank != 0:
         return {"rank": rank}
     return finish(out, result, preset, evaluate_after=evaluate_after, eval_nets=eval_nets, baseline=baseline,
-                  progress=progress)
+                  progress=progress, archs=archs)
 
 
 class _Checkpoints:
     """``checkpoint.pt`` of a single-process run; per-rank files in alternating slots plus rank 0's
-    manifest for a class-parallel one (see the module docstring)."""
+    manifest for a class-parallel one (see the module docstring). Each new ``checkpoint.pt`` first moves
+    the one before it to ``checkpoint.prev.pt``, which :meth:`load` falls back to when ``checkpoint.pt``
+    cannot be read (a copy cut short, a full disk, a file from elsewhere)."""
 
-    def __init__(self, out: str, config: dict, shard: Shard | None):
-        self.out, self.config, self.shard, self.slot = out, config, shard, 1
-        self.path = os.path.join(out, CHECKPOINT)
+    def __init__(self, out: str, world: int = 1, rank: int = 0):
+        self.out, self.world, self.rank = out, world, rank
+        self.path, self.prev_path = os.path.join(out, CHECKPOINT), os.path.join(out, PREV_CHECKPOINT)
+        self.config, self.shard, self.slot = None, None, 1  # config and shard: set once the data is loaded
+        self.last, self.iteration = None, None  # the checkpoint file last written or loaded, its iteration
+        self.keep_previous = True  # False after falling back: keep the good previous one, overwrite the bad one
+
+    def exists(self) -> bool:
+        return os.path.exists(self.path) or os.path.exists(self.prev_path)
 
     def rank_path(self, rank: int, slot: int) -> str:
         return os.path.join(self.out, f"checkpoint-rank{rank}.{slot}.pt")
 
+    def _save_manifest(self, obj: dict, iteration: int) -> None:
+        def saved():  # with the renames: Ctrl-C during them names this file with its iteration
+            self.last, self.iteration, self.keep_previous = self.path, iteration, True
+        atomic_save(obj, self.path, keep_previous=self.prev_path if self.keep_previous else None, then=saved)
+
     def save(self, trainer) -> None:
         s = self.shard
         if s is None:
-            atomic_save({"config": self.config, "trainer": trainer.state_dict()}, self.path)
+            self._save_manifest({"config": self.config, "trainer": trainer.state_dict()}, trainer.iteration)
             return
         self.slot = 1 - self.slot  # never overwrite the set the manifest names
         atomic_save({"config": self.config, "rank": s.rank, "world_size": s.world_size,
@@ -196,23 +356,52 @@ class _Checkpoints:
         full = trainer.gathered()
         if s.rank == 0:
             params = {k: v.clone() for k, v in full.synthetic_params().items()}
-            atomic_save({"config": self.config, "world_size": s.world_size, "classes": s.blocks(), "slot": self.slot,
-                         "iteration": trainer.iteration, "params": params}, self.path)
+            self._save_manifest({"config": self.config, "world_size": s.world_size, "classes": s.blocks(),
+                                 "slot": self.slot, "iteration": trainer.iteration, "params": params},
+                                trainer.iteration)
+        else:
+            self.last, self.iteration = self.path, trainer.iteration
 
-    def load(self) -> tuple[dict, dict]:
-        """``(config, trainer state)`` of this process's part of the run in ``out``."""
-        manifest = torch.load(self.path, map_location="cpu", weights_only=False)
+    def load(self, warn=None) -> tuple[dict, dict]:
+        """``(config, trainer state)`` of this process's part of the run in ``out``, from ``checkpoint.pt`` or,
+        when that cannot be read, from ``checkpoint.prev.pt`` (``warn``: called with the one-line warning)."""
+        problems = []
+        for path in (self.path, self.prev_path):
+            if not os.path.exists(path):
+                problems.append(f"{path} is missing")
+                continue
+            try:
+                manifest = torch.load(path, map_location="cpu", weights_only=False)
+                if not isinstance(manifest, dict) or "config" not in manifest or \
+                        ("trainer" not in manifest and "slot" not in manifest):
+                    raise ValueError("not a ddkernels checkpoint")
+            except Exception as err:  # truncated, empty or foreign files fail in many ways (EOFError, OSError, ...)
+                why = str(err).split(". ")[0]  # torch's messages go on for several sentences
+                problems.append(f"{path} cannot be read ({type(err).__name__}: {why})")
+                continue
+            config, state = self._state(manifest)
+            self.last = path
+            if problems and warn is not None:
+                warn(f"warning: {problems[0]}; resuming from the previous checkpoint {path} "
+                     f"(iteration {self.iteration})")
+            self.keep_previous = not problems
+            return config, state
+        raise ValueError(f"--resume: no readable checkpoint in {self.out!r}: {'; '.join(problems)}. To start over, "
+                         f"delete {CHECKPOINT} and {PREV_CHECKPOINT} there and run without --resume "
+                         f"(or pick another --out)")
+
+    def _state(self, manifest: dict) -> tuple[dict, dict]:
         saved = manifest.get("world_size", 1)
-        world = self.shard.world_size if self.shard else 1
-        if saved != world:
+        if saved != self.world:
             how = "without torchrun" if saved == 1 else f"with torchrun, --nnodes × --nproc_per_node = {saved}"
             raise ValueError(f"--resume: the run in {self.out!r} was distilled on {saved} rank(s), this launch has "
-                             f"{world}; resume it {how}: each rank's checkpoint holds its own classes' synthetic "
+                             f"{self.world}; resume it {how}: each rank's checkpoint holds its own classes' synthetic "
                              f"rows, optimizer state and random streams, which cannot be re-split exactly")
-        if self.shard is None:
+        if self.world == 1:
+            self.iteration = manifest["trainer"]["iteration"]
             return manifest["config"], manifest["trainer"]
         self.slot = manifest["slot"]
-        path = self.rank_path(self.shard.rank, self.slot)
+        path = self.rank_path(self.rank, self.slot)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"--resume: {path!r} is missing: every rank's checkpoint file must be in --out "
                                     f"(on several nodes, a folder every node sees)")
@@ -220,69 +409,99 @@ class _Checkpoints:
         if state["trainer"]["iteration"] != manifest["iteration"]:
             raise ValueError(f"--resume: {path!r} is at iteration {state['trainer']['iteration']}, "
                              f"{CHECKPOINT} at {manifest['iteration']}")
+        self.iteration = manifest["iteration"]
         return manifest["config"], state["trainer"]
 
 
 def finish(out: str, trainer, preset: str, *, evaluate_after: bool = True, eval_nets: int | None = None,
-           baseline: bool = True, progress: bool = True) -> dict:
+           baseline: bool = True, progress: bool = True, archs: list[str] | None = None) -> dict:
     """Write the synthetic set, its images and (optionally) its evaluation into ``out``."""
     log = _logger(out)
     ds = trainer.ds
-    images, labels = trainer.training_set()
+    images, labels = (t.detach().cpu() for t in trainer.training_set())  # run outputs live on the host
     factor = getattr(trainer, "factor", 1)
-    params = {k: v.detach().clone() for k, v in trainer.synthetic_params().items()}
+    params = {k: v.detach().cpu().clone() for k, v in trainer.synthetic_params().items()}
     storage = trainer.storage()
     eval_overrides = trainer.eval_overrides()
     atomic_save({"method": trainer.method, "dataset": ds.name, "ipc": trainer.ipc, "params": params,
-                 "stored": params.get("syn"), "labels": trainer.labels.clone(), "factor": factor,
+                 "stored": params.get("syn"), "labels": trainer.labels.cpu().clone(), "factor": factor,
                  "space": trainer.stored_space, "mean": ds.mean, "std": ds.std, "storage": storage,
                  "images": images.float(), "image_labels": labels, "eval_overrides": eval_overrides,
-                 "zca": ds.zca.state_dict() if ds.zca is not None else None}, os.path.join(out, "synthetic.pt"))
+                 "zca": _host_zca(ds)}, os.path.join(out, "synthetic.pt"))
     if ds.zca is not None:
-        atomic_save(ds.zca.state_dict(), os.path.join(out, ZCA_FILE))
+        atomic_save(_host_zca(ds), os.path.join(out, ZCA_FILE))
     atomic_save((images.float(), labels), os.path.join(out, "images_labels.pt"))
-    write_png(os.path.join(out, "synthetic.png"), class_grid(trainer.pixel_images(), trainer.labels, ds.num_classes))
+    write_png(os.path.join(out, "synthetic.png"),
+              class_grid(trainer.pixel_images().detach().cpu(), trainer.labels.cpu(), ds.num_classes))
     if trainer.decodes:
         write_png(os.path.join(out, "decoded.png"),
-                  class_grid(ds.denormalize(images).clamp(0, 1), labels, ds.num_classes))
+                  class_grid(ds.denormalize(images.to(ds.device)).clamp(0, 1).cpu(), labels, ds.num_classes))
     log.info(f"storage: {storage['stored_floats']} stored floats, budget {storage['budget_floats']} "
              f"({trainer.ipc} images/class), ratio {storage['ratio']}")
     metrics = {"method": trainer.method, "dataset": ds.name, "ipc": trainer.ipc, "preset": preset,
                "backend": trainer.backend, "iterations": trainer.iteration, "seconds": round(trainer.seconds, 2),
                "train_images": len(labels), "storage": storage, "eval_overrides": eval_overrides,
-               "versions": versions()}
+               "versions": versions(), "device": describe_device(trainer.device)}
     if evaluate_after:
         metrics.update(evaluate_run(out, trainer.hp, preset, images, labels, ds, ipc=trainer.ipc, seed=trainer.seed,
                                     eval_nets=eval_nets, baseline=baseline, progress=progress,
-                                    overrides=eval_overrides, backend=trainer.backend))
+                                    overrides=eval_overrides, backend=trainer.backend, device=trainer.device,
+                                    archs=archs))
     write_json(metrics, os.path.join(out, "metrics.json"))
     log.info(f"metrics {json.dumps({k: v for k, v in metrics.items() if k != 'versions'})}")
     return metrics
 
 
 def evaluate_run(out, hp, preset, images, labels, ds, *, ipc, seed, eval_nets=None, baseline=True,
-                 progress=True, overrides: dict | None = None, backend: str = "auto") -> dict:
-    """Evaluate ``(images, labels)`` and, with ``baseline``, ``ipc`` random real images per class.
-    ``overrides`` (the trainer's ``eval_overrides()``) change the protocol for the synthetic set only;
-    the baseline keeps the preset's protocol. ``backend``: the evaluation networks'."""
+                 progress=True, overrides: dict | None = None, backend: str = "auto", device=None,
+                 archs: list[str] | None = None) -> dict:
+    """Evaluate ``(images, labels)`` and, with ``baseline``, ``ipc`` random real images per class,
+    on each network of ``archs`` (get_network names; default ConvNet). The first one's results are
+    the top-level keys, as with ConvNet alone; with other networks, ``"arch"`` names it and
+    ``"architectures"`` holds every network's results by name."""
+    archs = eval_archs(archs, ds)
+    results = {a: _evaluate_arch(out, hp, preset, images, labels, ds, ipc=ipc, seed=seed, eval_nets=eval_nets,
+                                 baseline=baseline, progress=progress, overrides=overrides, backend=backend,
+                                 device=device, arch=a)
+               for a in archs}
+    result = dict(results[archs[0]])
+    if archs != ["ConvNet"]:
+        result.update(arch=archs[0], architectures=results)
+    return result
+
+
+def _evaluate_arch(out, hp, preset, images, labels, ds, *, ipc, seed, eval_nets, baseline, progress, overrides,
+                   backend, device, arch) -> dict:
+    """One network's evaluation. ``overrides`` (the trainer's ``eval_overrides()``) change the
+    protocol for the synthetic set only; the baseline keeps the preset's protocol. ``backend``: the
+    evaluation networks'."""
     log = _logger(out)
     proto = eval_protocol(hp, preset, eval_nets, **(overrides or {}))
     t0 = time.perf_counter()
-    res = evaluate(images, labels, ds, proto, seed=seed, desc="eval synthetic", progress=progress, backend=backend)
+    res = evaluate(images, labels, ds, proto, seed=seed, desc=f"eval synthetic ({arch})", progress=progress,
+                   backend=backend, arch=arch, device=device)
     result = {"accuracy": _final(res), "eval_protocol": res["protocol"],
               "eval_seconds": round(time.perf_counter() - t0, 2)}
     if "best" in res:
         result["accuracy_best"] = _best(res)
-    log.info(f"synthetic set: {res['mean']:.2f} ± {res['std']:.2f} % over {res['n']} networks" + _best_text(res))
+    log.info(f"{arch}: synthetic set: {res['mean']:.2f} ± {res['std']:.2f} % over {res['n']} networks"
+             + _best_text(res))
     if baseline:
         rx, ry = random_real(ds, ipc, seed)
-        base = evaluate(rx, ry, ds, eval_protocol(hp, preset, eval_nets), seed=seed, desc="eval random real",
-                        progress=progress, backend=backend)
+        base = evaluate(rx, ry, ds, eval_protocol(hp, preset, eval_nets), seed=seed,
+                        desc=f"eval random real ({arch})", progress=progress, backend=backend, arch=arch,
+                        device=device)
         result["random_real"] = dict(_final(base), ipc=ipc)
         if "best" in base:
             result["random_real"]["best"] = _best(base)
-        log.info(f"random real ({ipc}/class, same storage): {base['mean']:.2f} ± {base['std']:.2f} %" + _best_text(base))
+        log.info(f"{arch}: random real ({ipc}/class, same storage): {base['mean']:.2f} ± {base['std']:.2f} %"
+                 + _best_text(base))
     return result
+
+
+def _host_zca(ds) -> dict | None:
+    return None if ds.zca is None else {k: v.cpu() if isinstance(v, torch.Tensor) else v
+                                        for k, v in ds.zca.state_dict().items()}
 
 
 def _final(res: dict) -> dict:
@@ -303,8 +522,14 @@ def _best_text(res: dict) -> str:
 
 
 def evaluate_dir(out: str, *, preset: str | None = None, eval_nets: int | None = None, baseline: bool = True,
-                 progress: bool = True) -> dict:
-    """Re-evaluate a finished run directory (its ``images_labels.pt``) and update ``metrics.json``."""
+                 progress: bool = True, device: str | torch.device | None = "auto", archs=None) -> dict:
+    """Re-evaluate a finished run directory (its ``images_labels.pt``) on ``device`` and update
+    ``metrics.json`` (``eval_device`` records where)."""
+    if preset is not None:
+        check_choice("--preset", preset, PRESET_NAMES)
+    check_int("--eval-nets", eval_nets, optional=True)
+    dev = resolve_device(device, what="--device")
+    archs = eval_archs(archs)
     paths = [os.path.join(out, f) for f in ("config.json", "images_labels.pt")]
     for p in paths:
         if not os.path.isfile(p):
@@ -312,7 +537,7 @@ def evaluate_dir(out: str, *, preset: str | None = None, eval_nets: int | None =
     with open(paths[0]) as f:
         config = json.load(f)
     images, labels = torch.load(paths[1], map_location="cpu", weights_only=True)
-    ds = data.load_dataset(config["dataset"], config.get("data_dir"))
+    ds = data.load_dataset(config["dataset"], config.get("data_dir"))  # evaluate() moves what it needs to dev
     zca_path = os.path.join(out, ZCA_FILE)
     if os.path.isfile(zca_path):  # the synthetic set lives in whitened space: whiten the test set alike
         ds = ds.whitened(ZCA.from_state_dict(torch.load(zca_path, map_location="cpu", weights_only=True)))
@@ -320,7 +545,10 @@ def evaluate_dir(out: str, *, preset: str | None = None, eval_nets: int | None =
         raise FileNotFoundError(f"RUN_DIR {out!r} was distilled with zca but has no {ZCA_FILE}")
     mpath = os.path.join(out, "metrics.json")
     metrics = json.load(open(mpath)) if os.path.isfile(mpath) else {}
-    metrics.pop("accuracy_best", None)  # a protocol that tests once leaves none: drop a stale one
+    if baseline is False and metrics.get("arch", "ConvNet") != archs[0]:
+        metrics.pop("random_real", None)  # kept without --no-baseline's re-run only for the same network
+    for stale in ("accuracy_best", "arch", "architectures"):  # this evaluation may not write them: drop old ones
+        metrics.pop(stale, None)
     for key in ("method", "dataset", "ipc", "preset"):  # a run whose first evaluation was killed has no metrics yet
         metrics.setdefault(key, config[key])
     spath = os.path.join(out, "synthetic.pt")
@@ -328,9 +556,12 @@ def evaluate_dir(out: str, *, preset: str | None = None, eval_nets: int | None =
         metrics["eval_overrides"] = torch.load(spath, map_location="cpu", weights_only=False).get("eval_overrides", {})
     metrics.update(evaluate_run(out, config["hp"], preset or config["preset"], images, labels, ds, ipc=config["ipc"],
                                 seed=config["seed"], eval_nets=eval_nets, baseline=baseline, progress=progress,
-                                overrides=metrics.get("eval_overrides"), backend=config.get("backend", "auto")))
+                                overrides=metrics.get("eval_overrides"), backend=config.get("backend", "auto"),
+                                device=dev, archs=archs))
+    metrics["eval_device"] = describe_device(dev)
     write_json(metrics, mpath)
     return metrics
 
 
-__all__ = ["atomic_save", "distill", "evaluate_dir", "finish", "random_real", "versions"]
+__all__ = ["Interrupted", "atomic_save", "check_arguments", "distill", "eval_archs", "evaluate_dir", "finish", "random_real",
+           "saved_options", "versions"]

@@ -1,5 +1,6 @@
 """Building blocks over the fused ops: ``nn.Module`` wrappers, the factorized synthetic-set
-parameterizations (hallucinator bank, latent decoders, addressable memory) and ConvNet-3.
+parameterizations (hallucinator bank, latent decoders, addressable memory), ConvNet-3 and the other
+evaluation networks (:func:`get_network`).
 
 This layer imports only :mod:`ddkernels.ops`; the distillation framework (:mod:`ddkernels.distill`)
 builds on it, never the reverse."""
@@ -8,6 +9,8 @@ from .hallucinator import HallucinatorBank
 from .latent import LatentDecoderBank
 from .memory import AddressableMemory
 from .modules import GradMatchLoss, MultiFormation, NormReluPool, bound_plan
+from .networks import MLP, NETWORKS, VGG, AlexNet, ConvNetVariant, LeNet, ResNet18, get_network, network_name
 
-__all__ = ["AddressableMemory", "ConvNet", "GradMatchLoss", "HallucinatorBank", "LatentDecoderBank", "MultiFormation",
-           "NormReluPool", "bound_plan"]
+__all__ = ["MLP", "NETWORKS", "VGG", "AddressableMemory", "AlexNet", "ConvNet", "ConvNetVariant", "GradMatchLoss",
+           "HallucinatorBank", "LatentDecoderBank", "LeNet", "MultiFormation", "NormReluPool", "ResNet18", "bound_plan",
+           "get_network", "network_name"]

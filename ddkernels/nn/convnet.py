@@ -9,6 +9,7 @@ from ..ops.norm_relu_pool import norm_relu_pool
 
 NORMS = ("instancenorm", "batchnorm", "none")
 POOLINGS = ("avgpooling", "maxpooling", "none")
+ACTIVATIONS = ("relu", "sigmoid", "leakyrelu", "swish")
 
 
 def _norm(kind: str, width: int) -> nn.Module:
@@ -18,6 +19,17 @@ def _norm(kind: str, width: int) -> nn.Module:
     if kind == "batchnorm":
         return nn.BatchNorm2d(width)
     return nn.Identity()
+
+
+def _activation(kind: str) -> nn.Module:
+    # The originals' options (VICO-UoE/DatasetCondensation networks.py): swish is x·σ(x), i.e. SiLU.
+    if kind == "sigmoid":
+        return nn.Sigmoid()
+    if kind == "leakyrelu":
+        return nn.LeakyReLU(0.01)
+    if kind == "swish":
+        return nn.SiLU()
+    return nn.ReLU(inplace=True)
 
 
 def _is_pool2(m: nn.Module) -> bool:
@@ -72,7 +84,7 @@ def run_features(features: nn.Sequential, x: torch.Tensor, backend: str = "auto"
 
 
 class ConvNet(nn.Module):
-    """ConvNet-D (default depth 3): ``depth × [Conv3x3(width) → norm → ReLU → pool(2)]`` → Linear.
+    """ConvNet-D (default depth 3): ``depth × [Conv3x3(width) → norm → act → pool(2)]`` → Linear.
 
     As in the original repos, 1-channel inputs get padding 3 in the first conv, so 28×28
     (Fashion-)MNIST images leave it as 32×32 and the classifier sees 128·4·4 = 2048 features.
@@ -85,6 +97,8 @@ class ConvNet(nn.Module):
         norm: ``"instancenorm"`` (``GroupNorm(width, width)``), ``"batchnorm"`` or ``"none"``.
         pooling: ``"avgpooling"``, ``"maxpooling"`` or ``"none"``.
         im_size: input ``(H, W)``.
+        act: ``"relu"`` (in place), ``"sigmoid"``, ``"leakyrelu"`` (slope 0.01) or ``"swish"``; only
+            ReLU blocks are fused.
         backend: backend of the fused block epilogue. With instance norm and average (or no)
             pooling, each block's ``norm → ReLU → pool`` runs as one
             :func:`ddkernels.ops.norm_relu_pool.norm_relu_pool` call on the ``GroupNorm``'s own
@@ -95,25 +109,33 @@ class ConvNet(nn.Module):
         input ``(B, channels, H, W)`` → logits ``(B, num_classes)``; :meth:`embed` → ``(B, feat_dim)``.
     """
 
+    NORMS = NORMS  # a subclass may accept more (ddkernels.nn.networks.ConvNetVariant)
+
+    def _norm_layer(self, kind: str, width: int, h: int, w: int) -> nn.Module:
+        """The norm after a conv whose output is ``(width, h, w)``."""
+        return _norm(kind, width)
+
     def __init__(self, channels: int, num_classes: int, width: int = 128, depth: int = 3,
                  norm: str = "instancenorm", pooling: str = "avgpooling", im_size: tuple[int, int] = (32, 32),
-                 backend: str = "auto"):
+                 backend: str = "auto", act: str = "relu"):
         super().__init__()
         check_int(channels, "channels", low=1)
         check_int(num_classes, "num_classes", low=1)
         check_int(width, "width", low=1)
         check_int(depth, "depth", low=1)
-        if norm not in NORMS:
-            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+        if norm not in self.NORMS:
+            raise ValueError(f"norm must be one of {self.NORMS}, got {norm!r}")
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        if act not in ACTIVATIONS:
+            raise ValueError(f"act must be one of {ACTIVATIONS}, got {act!r}")
         h, w = (im_size, im_size) if isinstance(im_size, int) else tuple(im_size)
         layers: list[nn.Module] = []
         c_in = channels
         for d in range(depth):
             pad = 3 if channels == 1 and d == 0 else 1
-            layers += [nn.Conv2d(c_in, width, 3, padding=pad), _norm(norm, width), nn.ReLU(inplace=True)]
             h, w = h + 2 * pad - 2, w + 2 * pad - 2
+            layers += [nn.Conv2d(c_in, width, 3, padding=pad), self._norm_layer(norm, width, h, w), _activation(act)]
             if pooling != "none":
                 layers.append(nn.AvgPool2d(2, 2) if pooling == "avgpooling" else nn.MaxPool2d(2, 2))
                 h, w = h // 2, w // 2
@@ -133,4 +155,4 @@ class ConvNet(nn.Module):
         return self.classifier(self.embed(x))
 
 
-__all__ = ["ConvNet", "nchw", "run_features"]
+__all__ = ["ACTIVATIONS", "ConvNet", "nchw", "run_features"]

@@ -48,7 +48,7 @@ class LatentDecoderBank(nn.Module):
     upsampling (only with ``residual``, which needs ``code_channels == out_channels``). The skip makes
     a code an image-like thumbnail (it can be initialised from downsampled real images) and the
     decoders learn per-decoder variations of it. [KFS's paper gives no decoder architecture; this is
-    our choice, see the README.]
+    our choice, see docs/methods.md, KFS.]
 
     All decoders run at once: every decoder sees every code, so the ``K`` transposed convs are one
     ungrouped ``conv_transpose2d`` with ``K·hidden`` output channels (PyTorch; it is strided, so the

@@ -158,7 +158,8 @@ class AddressableMemory(nn.Module):
         check_int(per_class, "per_class", low=1)
         classes = range(self.num_classes) if classes is None else classes
         r = self.rows_per_class
-        picks = [torch.randperm(r, generator=generator)[:per_class].sort().values + c * r for c in classes]
+        dev = generator.device if generator is not None else self.addressing.device  # drawn where the generator is
+        picks = [torch.randperm(r, generator=generator, device=dev)[:per_class].sort().values + c * r for c in classes]
         return torch.cat(picks).to(self.addressing.device)
 
     @torch.no_grad()

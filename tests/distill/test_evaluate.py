@@ -9,6 +9,7 @@ from ddkernels.distill.data.augment import dc_augment
 from ddkernels.distill.evaluate import PROTOCOLS, checkpoint_epochs, evaluate, get_protocol, train_network
 from ddkernels.distill.methods import preset
 from ddkernels.distill.runs import eval_protocol
+from ddkernels.nn import ConvNet, ResNet18
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -96,3 +97,19 @@ def test_dc_augment_ops(digits):
     assert (dc_augment(x, "noise", generator=g()) - x).abs().max() < 0.01
     with pytest.raises(ValueError, match="ops must be"):
         dc_augment(x, "crop_flip")
+
+
+def test_evaluation_architectures(digits):
+    """``arch`` picks the network by its get_network name; the default is today's ConvNet, protocol.width wide."""
+    idx = data.ClassSampler(digits.train_y, 10).indices_all(10, torch.Generator().manual_seed(0)).flatten()
+    x, y = digits.normalize(digits.train_x[idx]), digits.train_y[idx]
+    proto = get_protocol("rtp", "quick", epochs=2, width=16, n_nets=1, batch=50)
+    default, named = (train_network(x, y, digits, proto, seed=0, **kw) for kw in ({}, {"arch": "ConvNet"}))
+    assert type(default) is ConvNet and default.classifier.in_features == 16
+    assert all(torch.equal(a, b) for a, b in zip(default.state_dict().values(), named.state_dict().values()))
+    assert train_network(x, y, digits, proto, seed=0, arch="convnetw32").classifier.in_features == 32
+    assert isinstance(train_network(x, y, digits, proto, seed=0, arch="resnet18bn_ap"), ResNet18)
+    res = evaluate(x, y, digits, dataclasses.replace(proto, epochs=40), arch="mlp", progress=False)
+    assert res["mean"] > 50.0
+    with pytest.raises(ValueError, match="unknown network 'resnet50'"):
+        evaluate(x, y, digits, proto, arch="resnet50", progress=False)

@@ -144,3 +144,34 @@ def test_example_configs_parse():
         assert opts["method"] in METHODS and opts["dataset"] in data.DATASETS and opts["out"], f
         hp = preset(opts["method"], opts["dataset"], opts["ipc"], opts["preset"])
         assert set(opts["overrides"]) <= set(hp), f
+        # every value passes the checks distill runs before loading data (types of the preset's values)
+        runs.check_arguments(opts["method"], opts["dataset"], opts["ipc"], preset=opts["preset"],
+                             iterations=opts.get("iterations"), backend=opts["backend"], seed=opts["seed"],
+                             checkpoint_every=opts["checkpoint_every"], eval_nets=opts.get("eval_nets"),
+                             overrides=opts["overrides"])
+
+
+def test_cli_evaluation_architectures(tmp_path, capsys):
+    """--eval-arch / --arch: every network is reported; the first one's results stay the top-level keys."""
+    cfg = tmp_path / "run.json"
+    cfg.write_text(json.dumps({"method": "dm", "dataset": "digits", "ipc": 1, "iterations": 1, "eval_nets": 1,
+                               "overrides": {"width": 8, "batch_real": 8, "eval_epochs": 2}}))
+    out = str(tmp_path / "dm")
+    assert cli.main(["distill", "--config", str(cfg), "--out", out, "--eval-arch", "convnet,ResNet18BN_AP"]) == 0
+    m = json.loads(open(os.path.join(out, "metrics.json")).read())
+    assert m["arch"] == "ConvNet" and list(m["architectures"]) == ["ConvNet", "ResNet18BN_AP"]
+    assert m["accuracy"] == m["architectures"]["ConvNet"]["accuracy"]
+    assert all(r["accuracy"]["n"] == 1 and "random_real" in r for r in m["architectures"].values())
+    assert "ResNet18BN_AP: synthetic" in capsys.readouterr().out
+    assert cli.main(["evaluate", out, "--arch", "mlp", "--eval-nets", "1", "--no-baseline"]) == 0
+    m = json.loads(open(os.path.join(out, "metrics.json")).read())
+    assert m["arch"] == "MLP" and list(m["architectures"]) == ["MLP"] and "random_real" not in m
+    assert cli.main(["evaluate", out, "--eval-nets", "1", "--no-baseline"]) == 0  # the default: ConvNet alone
+    assert not {"arch", "architectures"} & set(json.loads(open(os.path.join(out, "metrics.json")).read()))
+    capsys.readouterr()
+    for args in (["evaluate", out, "--arch", "resnet50"], ["evaluate", out, "--arch", "convnet,,mlp"],
+                 ["evaluate", out, "--arch", "lenet"],  # 8×8 digits are too small for LeNet: before any work
+                 ["distill", "--config", str(cfg), "--out", str(tmp_path / "x"), "--eval-arch", "vgg"]):
+        assert cli.main(args) == 2
+        assert "--eval-arch/--arch" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "x")

@@ -5,7 +5,8 @@
 * digits: scikit-learn's bundled 8×8 digits (for fast tests), split 80/20 with a fixed seed.
 * User data (``load_dataset(name, data_dir)``): MNIST/Fashion-MNIST IDX files, CIFAR-10/100
   python batches, or an image folder (``train/<class>/`` and ``test/<class>/`` holding ``.png``,
-  ``.npy`` or ``.pt`` images).
+  ``.npy`` or ``.pt`` images, all of one shape; any other file in a class folder is an error naming it,
+  hidden files such as ``.DS_Store`` are ignored).
 
 :func:`load_dataset` returns a :class:`Dataset` (images in [0, 1] plus the normalization the
 trainers use); :class:`ClassSampler` draws real images per class from index tensors.
@@ -106,6 +107,7 @@ class Dataset:
     std: tuple[float, ...]
     classes: tuple[str, ...] = ()
     zca: ZCA | None = None
+    data_dir: str | None = None  # the folder it was read from (None: the default one), for hints
 
     @property
     def channels(self) -> int:
@@ -131,6 +133,21 @@ class Dataset:
             return self.zca.inverse(x)
         mean, std = self._stats(x)
         return x * std + mean
+
+    @property
+    def device(self) -> torch.device:
+        return self.train_x.device
+
+    def to(self, device) -> "Dataset":
+        """This dataset with its images, labels (and ZCA matrices) on ``device``: one copy, made when
+        a run starts (the field's datasets are at most ~200 MB as float32; one that does not fit
+        the GPU fails here, with CUDA's out-of-memory error, before any work)."""
+        device = torch.device(device)
+        if self.train_x.device == device:
+            return self
+        return dataclasses.replace(self, train_x=self.train_x.to(device), train_y=self.train_y.to(device),
+                                   test_x=self.test_x.to(device), test_y=self.test_y.to(device),
+                                   zca=None if self.zca is None else self.zca.to(device))
 
     def whitened(self, zca: ZCA | float = 0.1, *, progress: bool = False) -> "Dataset":
         """This dataset with ZCA whitening as its normalization.
@@ -162,7 +179,8 @@ def _make(name, train, test, num_classes=None, classes=()):
 
 def _load_digits_split() -> Dataset:
     x, y = load_digits()
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))  # fixed split for every run
+    # a fixed split for every run and device, drawn on the CPU
+    perm = torch.randperm(len(x), generator=torch.Generator(device="cpu").manual_seed(0), device="cpu")
     cut = int(0.8 * len(x))
     return _make("digits", (x[perm[:cut]], y[perm[:cut]]), (x[perm[cut:]], y[perm[cut:]]), 10)
 
@@ -196,7 +214,7 @@ def _load_cifar(root: str, name: str) -> Dataset:
 
 
 def _read_image(path: str) -> torch.Tensor:
-    if path.endswith(".pt"):
+    if path.lower().endswith(".pt"):
         t = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(t, torch.Tensor) or t.dim() not in (2, 3):
             raise ValueError(f"{path}: expected a (C, H, W) or (H, W) tensor")
@@ -204,7 +222,7 @@ def _read_image(path: str) -> torch.Tensor:
         return (t if t.dim() == 3 else t.unsqueeze(0)) / (255.0 if t.max() > 1 else 1.0)
     from .imageio import read_png
 
-    a = np.load(path) if path.endswith(".npy") else read_png(path)
+    a = np.load(path) if path.lower().endswith(".npy") else read_png(path)
     if a.ndim not in (2, 3):
         raise ValueError(f"{path}: expected an (H, W) or (H, W, C) image, got shape {a.shape}")
     t = torch.from_numpy(np.ascontiguousarray(a)).float() / (255.0 if a.dtype == np.uint8 or a.max() > 1 else 1.0)
@@ -221,20 +239,55 @@ def _load_folder(root: str) -> Dataset:
         classes = sorted(d for d in os.listdir(base) if os.path.isdir(os.path.join(base, d)))
         if not classes:
             raise ValueError(f"image folder {base!r} has no class sub-folders")
-        xs, ys = [], []
+        xs, ys, paths = [], [], []
         for k, cname in enumerate(classes):
-            files = sorted(f for f in os.listdir(os.path.join(base, cname)) if f.endswith(FOLDER_EXTENSIONS))
-            if not files:
-                raise ValueError(f"class folder {os.path.join(base, cname)!r} holds no {'/'.join(FOLDER_EXTENSIONS)} images")
-            xs += [_read_image(os.path.join(base, cname, f)) for f in files]
+            files = _class_files(os.path.join(base, cname))
+            xs += [_read_named(p) for p in files]
             ys += [k] * len(files)
-        shapes = {tuple(x.shape) for x in xs}
-        if len(shapes) != 1:
-            raise ValueError(f"image folder {base!r}: every image must have the same shape, found {sorted(shapes)}")
-        splits[split] = (torch.stack(xs), torch.tensor(ys), tuple(classes))
+            paths += files
+        by_shape = {}
+        for x, p in zip(xs, paths):
+            by_shape.setdefault(tuple(x.shape), []).append(p)
+        if len(by_shape) != 1:
+            raise ValueError(f"image folder {base!r}: every image must have the same shape; found "
+                             f"{_shapes_text(by_shape)}")
+        splits[split] = (torch.stack(xs), torch.tensor(ys), tuple(classes), by_shape)
     if splits["train"][2] != splits["test"][2]:
         raise ValueError(f"image folder {root!r}: train/ and test/ must hold the same class folders")
+    if set(splits["train"][3]) != set(splits["test"][3]):
+        raise ValueError(f"image folder {root!r}: train/ and test/ images must have the same shape; found "
+                         f"{_shapes_text({**splits['train'][3], **splits['test'][3]})}")
     return _make("folder", splits["train"][:2], splits["test"][:2], len(splits["train"][2]), splits["train"][2])
+
+
+def _class_files(folder: str) -> list[str]:
+    """The image files of a class folder, sorted; anything else (but hidden files) is an error naming it."""
+    names = sorted(f for f in os.listdir(folder) if not f.startswith("."))
+    others = [f for f in names if not f.lower().endswith(FOLDER_EXTENSIONS)
+              or not os.path.isfile(os.path.join(folder, f))]
+    if others:
+        more = f" and {len(others) - 5} more" if len(others) > 5 else ""
+        raise ValueError(f"class folder {folder!r} holds {', '.join(repr(f) for f in others[:5])}{more}, which "
+                         f"{'is not an image' if len(others) == 1 else 'are not images'} it can read (only "
+                         f"{', '.join(FOLDER_EXTENSIONS)} files): convert or move them out")
+    if not names:
+        raise ValueError(f"class folder {folder!r} holds no {'/'.join(FOLDER_EXTENSIONS)} images")
+    return [os.path.join(folder, f) for f in names]
+
+
+def _read_named(path: str) -> torch.Tensor:
+    try:
+        return _read_image(path)
+    except Exception as err:  # numpy, zlib and torch errors name no file
+        if path in str(err):
+            raise
+        raise ValueError(f"{path}: cannot be read as an image ({type(err).__name__}: {err})") from err
+
+
+def _shapes_text(by_shape: dict) -> str:
+    """``(1, 8, 8) in 3 files (e.g. 'a.png'), (3, 8, 8) in 1 file ('b.png')``."""
+    return ", ".join(f"{s} in {len(p)} file{'s' if len(p) > 1 else ''} ({'e.g. ' if len(p) > 1 else ''}{p[0]!r})"
+                     for s, p in sorted(by_shape.items()))
 
 
 def _load_idx_pair(root: str, name: str) -> Dataset:
@@ -258,10 +311,13 @@ def load_dataset(name: str, data_dir: str | None = None) -> Dataset:
     if not os.path.isdir(root):
         raise FileNotFoundError(f"data dir {root!r} for dataset {name!r} does not exist")
     if name in ("fashion-mnist", "mnist"):
-        return _load_idx_pair(root, name)
-    if name in ("cifar10", "cifar100"):
-        return _load_cifar(root, name)
-    return _load_folder(root)
+        ds = _load_idx_pair(root, name)
+    elif name in ("cifar10", "cifar100"):
+        ds = _load_cifar(root, name)
+    else:
+        ds = _load_folder(root)
+    ds.data_dir = data_dir
+    return ds
 
 
 class ClassSampler:
@@ -273,22 +329,25 @@ class ClassSampler:
 
     def __init__(self, labels: torch.Tensor, num_classes: int):
         self.order = torch.argsort(labels, stable=True)
-        self.counts = torch.bincount(labels, minlength=num_classes)
-        self.offsets = torch.cumsum(self.counts, 0) - self.counts
+        counts = torch.bincount(labels, minlength=num_classes)
+        # class sizes and offsets are read by Python on every draw: keep them as host ints, so a
+        # draw on a GPU costs no device-to-host copy
+        self.sizes = [int(v) for v in counts.tolist()]
+        self.starts = [int(v) for v in (torch.cumsum(counts, 0) - counts).tolist()]
+        self.counts, self.offsets = counts, torch.cumsum(counts, 0) - counts
         self.num_classes = num_classes
 
     def check(self, n: int, what: str = "n") -> None:
         """Raise if some class holds fewer than ``n`` images."""
-        smallest = int(self.counts.min())
+        smallest = min(self.sizes)
         if n > smallest:
-            c = int(self.counts.argmin())
+            c = self.sizes.index(smallest)
             raise ValueError(f"{what}={n} is larger than class {c}, which holds {smallest} images")
 
     def indices(self, c: int, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """``n`` distinct random indices of class ``c`` (all of them, shuffled, if the class is smaller)."""
-        count = int(self.counts[c])
-        pick = torch.randperm(count, generator=generator)[:n]
-        return self.order[int(self.offsets[c]) + pick]
+        pick = torch.randperm(self.sizes[c], generator=generator, device=self.order.device)[:n]
+        return self.order[self.starts[c] + pick]
 
     def indices_all(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """``(num_classes, n)`` indices, ``n`` distinct images per class, class-major."""

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ...augment import (GROUPS, MODES, TRANSFORMS, DiffAugment, DSAConfig, Params, apply_transform,
+from ...augment import (GROUPS, MODES, TRANSFORMS, DiffAugment, DSAConfig, Params, _device_of, apply_transform,
                         sample_transform, strategy_for)
 
 
@@ -25,19 +25,20 @@ def cutmix(x: torch.Tensor, y: torch.Tensor, *, beta: float = 1.0, prob: float =
         ``(x_mixed, y, y_partner, ratio)`` where ``ratio`` is the exact kept-area fraction (1.0 and
         ``y_partner = y`` when no mixing happened). Use :func:`cutmix_loss`.
     """
-    if float(torch.rand(1, generator=generator)) >= prob or beta <= 0:
+    dev = _device_of(generator)
+    if float(torch.rand(1, generator=generator, device=dev)) >= prob or beta <= 0:
         return x, y, y, 1.0
     if beta == 1.0:
-        lam = float(torch.rand(1, generator=generator))  # Beta(1, 1) is uniform
+        lam = float(torch.rand(1, generator=generator, device=dev))  # Beta(1, 1) is uniform
     else:
         lam = float(torch.distributions.Beta(beta, beta).sample())  # global RNG: torch's Beta takes no generator
     h, w = x.shape[2], x.shape[3]
     cut = math.sqrt(1.0 - lam)
     ch, cw = int(h * cut), int(w * cut)
-    cy, cx = (int(torch.randint(s, (1,), generator=generator)) for s in (h, w))
+    cy, cx = (int(torch.randint(s, (1,), generator=generator, device=dev)) for s in (h, w))
     y1, y2 = min(max(cy - ch // 2, 0), h), min(max(cy + ch // 2, 0), h)
     x1, x2 = min(max(cx - cw // 2, 0), w), min(max(cx + cw // 2, 0), w)
-    perm = torch.randperm(x.shape[0], generator=generator).to(x.device)
+    perm = torch.randperm(x.shape[0], generator=generator, device=dev).to(x.device)
     mask = torch.ones(1, 1, h, w, dtype=x.dtype, device=x.device)
     mask[..., y1:y2, x1:x2] = 0
     # Out of place (the original writes into its input), so it stays differentiable in x.
@@ -92,18 +93,19 @@ def dc_augment(x: torch.Tensor, strategy: str = "crop_scale_rotate", *, config: 
     cfg, g = config, generator
     out = x.detach().clone()
     fill = out.mean(dim=(0, 2, 3))  # VICO computes the channel means once per batch, before any op
-    choice = torch.randint(len(ops), (n,), generator=g)
+    dev = _device_of(g)
+    choice = torch.randint(len(ops), (n,), generator=g, device=dev)
     for i in range(n):
         op = ops[int(choice[i])]
         if op == "crop":
             p = cfg.crop
             canvas = fill.view(c, 1, 1).expand(c, h + 2 * p, w + 2 * p).clone()
             canvas[:, p:p + h, p:p + w] = out[i]
-            r, q = (int(v) for v in torch.randint(2 * p, (2,), generator=g))
+            r, q = (int(v) for v in torch.randint(2 * p, (2,), generator=g, device=dev))
             out[i] = canvas[:, r:r + h, q:q + w]
         elif op == "scale":
             # VICO takes both new sides from the image height
-            hh, ww = (int(float(u) * h) for u in (1 - cfg.scale + 2 * cfg.scale * torch.rand(2, generator=g)))
+            hh, ww = (int(float(u) * h) for u in (1 - cfg.scale + 2 * cfg.scale * torch.rand(2, generator=g, device=dev)))
             m = max(hh, ww, h, w)
             canvas = out.new_zeros(c, m, m)
             r, q = (m - hh) // 2, (m - ww) // 2
@@ -113,12 +115,12 @@ def dc_augment(x: torch.Tensor, strategy: str = "crop_scale_rotate", *, config: 
         elif op == "rotate":
             from scipy.ndimage import rotate
 
-            angle = int(torch.randint(-cfg.rotate, cfg.rotate, (1,), generator=g))
+            angle = int(torch.randint(-cfg.rotate, cfg.rotate, (1,), generator=g, device=dev))
             im = rotate(out[i].cpu().numpy(), angle=angle, axes=(-2, -1), cval=float(fill.mean()))
             r, q = (im.shape[-2] - h) // 2, (im.shape[-1] - w) // 2
             out[i] = torch.from_numpy(im[:, r:r + h, q:q + w]).to(out)
         else:
-            out[i] += cfg.noise * torch.randn(c, h, w, generator=g).to(out)
+            out[i] += cfg.noise * torch.randn(c, h, w, generator=g, device=dev).to(out)
     return out
 
 

@@ -9,15 +9,22 @@ import torch
 
 _SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}  # PNG colour type -> samples per pixel
+_COLOUR_TYPES = {c: t for t, c in _CHANNELS.items()}  # samples per pixel -> PNG colour type
 
 
 def write_png(path: str, img: torch.Tensor) -> None:
-    """Write ``(H, W)`` grayscale or ``(3, H, W)`` RGB values in [0, 1] as an 8-bit PNG."""
-    a = (img.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
+    """Write values in [0, 1] as an 8-bit PNG: ``(H, W)`` or ``(1, H, W)`` grayscale, ``(2, H, W)`` grayscale +
+    alpha, ``(3, H, W)`` RGB or ``(4, H, W)`` RGBA."""
+    if img.dim() == 3 and img.shape[0] == 1:
+        img = img[0]
+    if img.dim() not in (2, 3) or (img.dim() == 3 and img.shape[0] not in _COLOUR_TYPES) or img.numel() == 0:
+        raise ValueError(f"write_png({path!r}): expected an (H, W) or (C, H, W) image with C in 1..4, "
+                         f"got shape {tuple(img.shape)}")
+    a = (img.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
+    colour = 0 if a.dim() == 2 else _COLOUR_TYPES[a.shape[0]]
     if a.dim() == 3:
         a = a.permute(1, 2, 0)
     a = a.contiguous().numpy()
-    colour = 2 if a.ndim == 3 else 0
     raw = b"".join(b"\x00" + row.tobytes() for row in a)
 
     def chunk(tag, body):
@@ -36,10 +43,12 @@ def read_png(path: str) -> np.ndarray:
     if not data.startswith(_SIGNATURE):
         raise ValueError(f"{path} is not a PNG file")
     pos, idat, header = 8, [], None
-    while pos < len(data):
+    while pos + 8 <= len(data):
         (length,), tag = struct.unpack(">I", data[pos:pos + 4]), data[pos + 4:pos + 8]
         body = data[pos + 8:pos + 8 + length]
         if tag == b"IHDR":
+            if len(body) != 13:
+                raise ValueError(f"{path}: damaged PNG header")
             header = struct.unpack(">IIBBBBB", body)
         elif tag == b"IDAT":
             idat.append(body)
@@ -51,7 +60,10 @@ def read_png(path: str) -> np.ndarray:
         raise ValueError(f"{path}: only 8-bit non-interlaced gray/RGB/RGBA PNGs are supported "
                          f"(bit depth {depth}, colour type {colour}, interlace {interlace})")
     bpp = _CHANNELS[colour]
-    raw = np.frombuffer(zlib.decompress(b"".join(idat)), np.uint8).reshape(h, 1 + w * bpp)
+    try:
+        raw = np.frombuffer(zlib.decompress(b"".join(idat)), np.uint8).reshape(h, 1 + w * bpp)
+    except (zlib.error, ValueError) as err:  # a file cut short or damaged
+        raise ValueError(f"{path}: damaged PNG image data ({err})") from None
     out = np.zeros((h, w * bpp), np.int32)
     prev = np.zeros(w * bpp, np.int32)
     for r in range(h):  # undo the per-row filters (None, Sub, Up, Average, Paeth)

@@ -106,6 +106,11 @@ class ZCA:
         mean, w_inv = self._matrices(x, "mean", "inverse_transform")
         return (x.reshape(len(x), -1) @ w_inv + mean).view(x.shape)
 
+    def to(self, device) -> "ZCA":
+        """This transform with its matrices on ``device``."""
+        return ZCA(self.mean.to(device), self.transform.to(device), self.inverse_transform.to(device), self.shape,
+                   self.reg)
+
     def state_dict(self) -> dict:
         """Tensors and metadata, for ``torch.save`` (``weights_only`` loading works)."""
         return {"mean": self.mean, "transform": self.transform, "inverse_transform": self.inverse_transform,

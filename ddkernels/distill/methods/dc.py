@@ -1,92 +1,58 @@
-"""DC and DSA (Zhao et al.; Zhao & Bilen), VICO ``main.py`` (docs/spec.md §2a)."""
+"""DC and DSA (Zhao et al.; Zhao & Bilen), VICO ``main.py`` (docs/spec.md §2a): plain images under
+gradient matching with a network trained on the synthetic set between matching steps. DSA is DC
+with Siamese augmentation (one parameter set per class and step) in the matching and per-sample
+augmentation in the inner training."""
 from __future__ import annotations
 
-from typing import Callable
-
-import torch
-
 from .base import Distiller
-from .matching import gradient_match, matched_params
+from .matching import GradientMatching
+from .parts import PlainImages
+from .presets import DSA_STRATEGY, get_loops
+from .registry import register
 
 
-def match_and_train(trainer: Distiller, class_batches: Callable[[], list[torch.Tensor]],
-                    train_set: Callable[[], tuple[torch.Tensor, torch.Tensor]]) -> float:
-    """DC's outer iteration for any parameterization of the synthetic set (DC/DSA; HaBa on DC).
-
-    A fresh network; ``outer_loop`` times: match every class (one batched distance call), one step
-    on the synthetic parameters (``trainer.image_step``) after summing over classes, then
-    ``inner_loop`` epochs of training the network on ``train_set()``.
-
-    Args:
-        trainer: supplies the hyperparameters, generator, real batches, augmentation and optimizer.
-        class_batches: per owned class (``trainer.classes``), the current synthetic batch, differentiable in the stored parameters
-            (called again after every step).
-        train_set: the current synthetic ``(images, labels)`` the network trains on (detached there).
-
-    Returns:
-        the mean matching loss over the outer loop.
-    """
-    hp = trainer.hp
-    net = trainer.fresh_net()
-    params = matched_params(net, hp["layers"])
-    net_opt = torch.optim.SGD(net.parameters(), lr=hp["lr_net"])
-    outer, inner = hp["outer_loop"], hp["inner_loop"]
-    classes = trainer.classes
-    total = 0.0
-    for ol in range(outer):
-        pairs = [trainer.siamese(trainer.aug, trainer.real_batch(c), s, c=c) for c, s in zip(classes, class_batches())]
-        dist = gradient_match(net, params, [p[0] for p in pairs], [p[1] for p in pairs], classes, hp["metric"],
-                              trainer.backend)
-        loss = dist.sum()
-        trainer.image_step(loss)
-        total += float(loss.detach())
-        if ol == outer - 1:
-            break
-        trainer.train_net(net, net_opt, *train_set(), inner, hp["batch_train"], trainer.aug)
-    return total / outer
+def _paper(dsa: bool):
+    def paper(dataset: str, ipc: int) -> dict:
+        outer, inner = get_loops(ipc)
+        hp = dict(iterations=1000, lr_img=0.1, momentum_img=0.5, lr_net=0.01, batch_real=256, batch_train=256,
+                  init="real" if dsa else "noise", metric="ours", layers="weights", aug=DSA_STRATEGY if dsa else "",
+                  outer_loop=outer, inner_loop=inner, width=128, eval="dsa", eval_epochs=1000 if dsa else 300,
+                  eval_aug=None if dsa else "", eval_dc_aug="", eval_width=None, zca=False)
+        if not dsa and dataset == "mnist":
+            # VICO get_daparam: DC evaluates MNIST with its crop/scale/rotate aug, then for 1000 epochs.
+            hp.update(eval_dc_aug="crop_scale_rotate", eval_epochs=1000)
+        return hp
+    return paper
 
 
+def _quick(dsa: bool):
+    def quick(dataset: str, ipc: int) -> dict:
+        hp = _paper(dsa)(dataset, ipc)
+        # Real init (noise needs hundreds of iterations), smaller batches and network, capped loops.
+        hp.update(iterations=20, batch_real=64, width=64, init="real", outer_loop=min(hp["outer_loop"], 5),
+                  inner_loop=min(hp["inner_loop"], 10), eval_epochs=300)
+        return hp
+    return quick
+
+
+@register
 class DC(Distiller):
-    """Gradient matching with a network trained on the synthetic set between matching steps.
-
-    Synthetic images live in normalized space. One outer iteration: a fresh network; ``outer_loop``
-    times: match every class (one batched distance call), one SGD step on the images after summing
-    over classes, then ``inner_loop`` epochs of training the network on the current synthetic set.
-    DSA is DC with Siamese augmentation (one parameter set per class and step) in the matching and
-    per-sample augmentation in the inner training.
-
-    Class-parallel: each rank matches its classes; the inner training of the shared network on the
-    whole synthetic set sums its gradients over ranks (see :meth:`Distiller.train_net`).
-    """
+    """DC: :class:`~.parts.PlainImages` × :class:`~.matching.GradientMatching`, noise init, no augmentation."""
 
     method = "dc"
-    class_parallel = True
-
-    def init_synthetic(self) -> None:
-        hp = self.hp
-        syn = self.initial_images(self.ipc)
-        self.syn = syn.clone().requires_grad_(True)
-        self.opt = torch.optim.SGD([self.syn], lr=hp["lr_img"], momentum=hp["momentum_img"])
-        self.aug = self.augment(hp["aug"])
-
-    def class_slice(self, c: int) -> torch.Tensor:
-        return self.class_rows(self.syn, c)
-
-    def step(self) -> float:
-        return match_and_train(self, lambda: [self.class_slice(c) for c in self.classes],
-                               lambda: (self.syn, self.labels))
-
-    def training_set(self):
-        return self.syn.detach().clone(), self.labels.clone()
-
-    def pixel_images(self):
-        return self.ds.denormalize(self.syn.detach()).clamp(0, 1)
+    PARAMETERIZATION = PlainImages
+    OBJECTIVE = GradientMatching
+    PRESETS = {"paper": _paper(False), "quick": _quick(False)}
 
 
-class DSA(DC):
-    """DC with differentiable Siamese augmentation (the preset sets ``aug``)."""
+@register
+class DSA(Distiller):
+    """DSA: DC with differentiable Siamese augmentation (hp ``aug``) and real init."""
 
     method = "dsa"
+    PARAMETERIZATION = PlainImages
+    OBJECTIVE = GradientMatching
+    PRESETS = {"paper": _paper(True), "quick": _quick(True)}
 
 
-__all__ = ["DC", "DSA", "match_and_train"]
+__all__ = ["DC", "DSA"]

@@ -1,10 +1,13 @@
-"""DM, distribution matching (Zhao & Bilen), VICO ``main_DM.py`` (docs/spec.md §2a)."""
+"""DM, distribution matching (Zhao & Bilen), VICO ``main_DM.py`` (docs/spec.md §2a): the objective
+:class:`DistributionMatching` and the method DM (plain images under it)."""
 from __future__ import annotations
 
 import torch
 
 from .base import Distiller
-from .dc import DC
+from .parts import Objective, PlainImages
+from .presets import DSA_STRATEGY
+from .registry import register
 
 
 def distribution_match(trainer: Distiller, net, syn: torch.Tensor | list[torch.Tensor],
@@ -46,26 +49,57 @@ def distribution_match(trainer: Distiller, net, syn: torch.Tensor | list[torch.T
 
 
 def dm_loss(trainer: Distiller, syn: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
-    """The DM loss of one outer iteration for any parameterization (DM; HaBa on DM): a fresh frozen
-    network and :func:`distribution_match` with the trainer's augmentation."""
+    """The DM loss of one outer iteration for any parameterization: a fresh frozen network and
+    :func:`distribution_match` with the trainer's augmentation."""
     net = trainer.fresh_net()
     net.requires_grad_(False)
     return distribution_match(trainer, net, syn, trainer.aug)[0]
 
 
-class DM(DC):
+class DistributionMatching(Objective):
     """Match the mean embedding of real and synthetic images of each class under a fresh random
     ConvNet (frozen weights): loss = Σ_c ‖mean embed(A_c(real_c)) − mean embed(A_c(syn_c))‖²
-    (:func:`distribution_match`). Class-parallel with no shared parameter: with the class-parallel
-    streams, a class's result does not depend on how the classes are split over ranks.
+    (:func:`distribution_match`, hp ``aug``), one step on the stored tensors. Class-parallel: with
+    the class streams, a class's result does not depend on how the classes are split over ranks.
     """
 
-    method = "dm"
+    def init(self):
+        self.aug = self.t.augment(self.t.hp["aug"])
+
+    def match(self):
+        """``(loss, real class means, synthetic features)`` of :func:`distribution_match`."""
+        t = self.t
+        syn = t.param.class_batches(t.classes)  # before the network: a batch may draw from the stream
+        net = t.fresh_net()
+        net.requires_grad_(False)
+        return distribution_match(t, net, syn, self.aug)
+
+    def loss(self) -> torch.Tensor:
+        return self.match()[0]
 
     def step(self) -> float:
-        loss = dm_loss(self, self.syn)
-        self.image_step(loss)
+        loss = self.loss()
+        self.t.image_step(loss)
         return float(loss.detach())
 
 
-__all__ = ["DM", "distribution_match", "dm_loss"]
+def _paper(dataset: str, ipc: int) -> dict:
+    return dict(iterations=20000, lr_img=1.0, momentum_img=0.5, batch_real=256, init="real", aug=DSA_STRATEGY,
+                width=128, eval="dsa", eval_epochs=1000, eval_aug=None, eval_width=None, zca=False)
+
+
+def _quick(dataset: str, ipc: int) -> dict:
+    return dict(_paper(dataset, ipc), iterations=200, batch_real=64, width=64, eval_epochs=300)
+
+
+@register
+class DM(Distiller):
+    """DM: :class:`~.parts.PlainImages` × :class:`DistributionMatching`."""
+
+    method = "dm"
+    PARAMETERIZATION = PlainImages
+    OBJECTIVE = DistributionMatching
+    PRESETS = {"paper": _paper, "quick": _quick}
+
+
+__all__ = ["DM", "DistributionMatching", "distribution_match", "dm_loss"]

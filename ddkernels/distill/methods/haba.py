@@ -7,12 +7,14 @@ student step of the MTT unroll takes a chunk of bases and **one** random halluci
 chunk; the adversarial contrastive constraint adds ``λ_club·mean((cos(e⁰, e¹) + 1)/2)`` over two
 distinct hallucinations of the same bases in a feature extractor's space, and the extractor is
 trained on its own batch with ``λ_cls·CE + λ_likeli·mean((1 − cos)/2) + λ_con·SupCon`` (it learns
-to make two styles of a base alike; the hallucinators play against it). ``base="dm"`` / ``"dc"``
-put the same factorization under the DM or gradient-matching loss (their code in :mod:`.dm` /
-:mod:`.dc`), with the same per-step hallucinator draw.
+to make two styles of a base alike; the hallucinators play against it). The parameterization
+(:class:`BasesHallucinators`, with the constraint) runs under any objective; HaBa's hp ``base``
+picks one: ``"mtt"`` (:class:`~.mtt.TrajectoryMatching`), ``"dm"``
+(:class:`~.dm.DistributionMatching`) or ``"dc"`` (:class:`~.matching.GradientMatching`), each
+student step / per-class batch drawing one random hallucinator.
 
-Budget (``budget`` hp): ``"total"`` (default) counts bases + hallucinator parameters + ``syn_lr``
-against ``ipc`` plain images per class and picks the largest bases-per-class that fits;
+Budget (``budget`` hp): ``"total"`` (default) counts bases + hallucinator parameters + what the
+objective stores (MTT's ``syn_lr``) against ``ipc`` plain images per class and picks the largest bases-per-class that fits;
 ``"bases"`` is the official accounting (only the bases count: ``ipc`` bases per class, hallucinators
 on top). ``base_downsample = s`` stores bases at ``H/s × W/s`` and upsamples them bilinearly before
 the hallucinators (a deviation from HaBa, which only has full-size bases; it is what lets a
@@ -32,11 +34,17 @@ import torch
 import torch.nn.functional as F
 
 from ...nn.hallucinator import HallucinatorBank
-from .dc import match_and_train
-from .dm import dm_loss
-from .mtt import MTT
+from . import mtt
+from .base import Distiller
+from .dm import DistributionMatching
+from .matching import GradientMatching
+from .mtt import TrajectoryMatching
+from .parts import Parameterization
+from .presets import get_loops, default_expert_dir
+from .registry import register
 
-BASES = ("mtt", "dm", "dc")
+OBJECTIVES = {"mtt": TrajectoryMatching, "dm": DistributionMatching, "dc": GradientMatching}
+BASES = tuple(OBJECTIVES)
 BUDGETS = ("total", "bases")
 
 
@@ -64,8 +72,9 @@ def supcon_loss(features: torch.Tensor, labels: torch.Tensor, temperature: float
 
 
 def bases_per_class(hp: dict, num_classes: int, ipc: int, image_shape: tuple[int, int, int],
-                    hallucinator_floats: int) -> int:
-    """Bases per class for ``hp`` (see the module doc's "Budget"); raises if none fits."""
+                    hallucinator_floats: int, other_floats: int = 0) -> int:
+    """Bases per class for ``hp`` (see the module doc's "Budget"); ``other_floats``: what the
+    objective stores (MTT's learned lr). Raises if none fits."""
     c, h, w = image_shape
     s = hp["base_downsample"]
     base = c * (h // s) * (w // s)
@@ -73,7 +82,7 @@ def bases_per_class(hp: dict, num_classes: int, ipc: int, image_shape: tuple[int
         return hp["bases_per_class"]
     if hp["budget"] == "bases":
         return ipc * c * h * w // base
-    room = num_classes * ipc * c * h * w - hallucinator_floats - (hp["base"] == "mtt")  # the learned lr
+    room = num_classes * ipc * c * h * w - hallucinator_floats - other_floats
     n = room // (num_classes * base)
     if n < 1:
         raise ValueError(f"budget: {hallucinator_floats} hallucinator floats leave {room} of the IPC-{ipc} budget "
@@ -82,77 +91,70 @@ def bases_per_class(hp: dict, num_classes: int, ipc: int, image_shape: tuple[int
     return n
 
 
-class HaBa(MTT):
-    """Bases × hallucinators under the MTT (default), DM or DC loss, with the adversarial contrastive
-    constraint (see the module doc). ``extra_state`` holds the feature extractor and its optimizer."""
+class BasesHallucinators(Parameterization):
+    """Per-class ``bases`` × a shared :class:`ddkernels.nn.HallucinatorBank`, with the adversarial
+    contrastive constraint (see the module doc): its club term joins every step on the stored
+    tensors, the extractor takes one step after each outer iteration. ``extra_state`` holds the
+    feature extractor and its optimizer. Class-parallel: bases split by class; hallucinators and
+    extractor shared, their gradients summed over ranks."""
 
-    method = "haba"
     decodes = True
     per_class_params = ("bases",)
-    not_class_parallel_because = (
-        "on MTT every class's images enter one student trajectory (each student step mixes classes); "
-        "HaBa on DM or DC (--set base=dm|dc) splits its bases by class")
 
-    @property
-    def class_parallel(self) -> bool:
-        # On DM/DC: bases split by class; hallucinators and extractor shared, their gradients summed.
-        return self.hp["base"] != "mtt"
+    def rows_per_class(self) -> int:
+        return self.n
 
-    def stored_labels(self) -> torch.Tensor:
-        return torch.tensor(self.classes, dtype=torch.int64).repeat_interleave(self.n)
-
-    def replace_params(self, params: dict[str, torch.Tensor]) -> None:
+    def replace(self, params):
         # The gathered view gets every class's bases and its own bank with the shared values.
         self.bases = params["bases"]
         self.bank = copy.deepcopy(self.bank)
         with torch.no_grad():
             for k, v in self.bank.named_parameters():
                 v.copy_(params[f"hallucinator.{k}"])
-        if "syn_lr" in params:
-            self.syn_lr = params["syn_lr"]
 
     def _world(self) -> int:
-        return self.shard.world_size if self.shard is not None else 1
+        return self.t.shard.world_size if self.t.shard is not None else 1
 
-    def init_synthetic(self) -> None:
-        hp = self.hp
-        if hp["base"] not in BASES:
-            raise ValueError(f"base must be one of {BASES}, got {hp['base']!r}")
+    def init(self) -> None:
+        t, hp = self.t, self.t.hp
         if hp["budget"] not in BUDGETS:
             raise ValueError(f"budget must be one of {BUDGETS}, got {hp['budget']!r}")
-        c, h, w = self.ds.train_x.shape[1:]
+        c, h, w = t.ds.train_x.shape[1:]
         s = hp["base_downsample"]
         if isinstance(s, bool) or not isinstance(s, int) or s < 1 or h % s or w % s:
             raise ValueError(f"base_downsample must be a positive int dividing the image size {h}x{w}, got {s!r}")
         k = hp["kernel_size"]
         self.bank = HallucinatorBank(hp["hallucinators"], c, hp["mid_channels"], c, k, (h - k + 1, w - k + 1),
-                                     normalize=hp["normalize"], backend=self.backend)
-        with torch.random.fork_rng():
-            torch.manual_seed(int(torch.randint(2 ** 62, (1,), generator=self.gen)))
+                                     normalize=hp["normalize"], backend=t.backend, device="cpu")  # init on the host
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(torch.randint(2 ** 62, (1,), generator=t.gen, device=t.device)))
             self.bank.reset_parameters()
+        self.bank.to(t.device)
         if hp["hallucinator_init"] == "identity":
             self._identity_init()
         elif hp["hallucinator_init"] != "default":
             raise ValueError(f"hallucinator_init must be 'default' or 'identity', got {hp['hallucinator_init']!r}")
-        self.n = bases_per_class(hp, self.num_classes, self.ipc, (c, h, w),
-                                 sum(p.numel() for p in self.bank.parameters()))
-        self.sampler.check(self.n, "bases_per_class")
-        bases = self.initial_images(self.n)  # pix_init: real (default) or noise
+        self.n = bases_per_class(hp, t.num_classes, t.ipc, (c, h, w), sum(p.numel() for p in self.bank.parameters()),
+                                 t.objective.stored_floats())
+        t.sampler.check(self.n, "bases_per_class")
+        bases = t.initial_images(self.n)  # pix_init: real (default) or noise
         if s > 1:
             bases = F.avg_pool2d(bases, s)
         self.bases = bases.clone().requires_grad_(True)
-        groups = [{"params": [self.bases], "lr": hp["lr_img"], "momentum": hp["momentum_img"]},
-                  {"params": list(self.bank.parameters()), "lr": hp["lr_style"], "momentum": hp["momentum_style"]}]
-        if hp["base"] == "mtt":
-            self.init_student()
-            groups.append(self.lr_group())
-        else:
-            self.aug = self.augment(hp["aug"])
-            self._chunks = []
-        self.opt = torch.optim.SGD(groups)
-        self.extractor = self.fresh_net()
+        self.aug = t.augment(hp["aug"])  # of the contrastive views
+        self.extractor = t.fresh_net()
         self.extractor_opt = torch.optim.SGD(self.extractor.parameters(), lr=hp["lr_extractor"],
                                              momentum=hp["momentum_extractor"])
+
+    def params(self):
+        params = {"bases": self.bases}
+        params.update({f"hallucinator.{k}": v for k, v in self.bank.named_parameters()})
+        return params
+
+    def param_groups(self):
+        hp = self.t.hp
+        return [{"params": [self.bases], "lr": hp["lr_img"], "momentum": hp["momentum_img"]},
+                {"params": list(self.bank.parameters()), "lr": hp["lr_style"], "momentum": hp["momentum_style"]}]
 
     @torch.no_grad()
     def _identity_init(self) -> None:
@@ -166,10 +168,10 @@ class HaBa(MTT):
         if mid < c:
             raise ValueError(f"hallucinator_init='identity' needs mid_channels >= image channels ({c}), got {mid}")
         for w in (bank.enc_weight, bank.dec_weight):
-            w.copy_(0.01 * torch.randn(w.shape, generator=self.gen))
+            w.copy_(0.01 * torch.randn(w.shape, generator=self.t.gen, device=self.t.device))
         bank.enc_bias.zero_()
         bank.dec_bias.zero_()
-        counts = torch.bincount(torch.arange(mid) % c, minlength=c)
+        counts = torch.bincount(torch.arange(mid, device="cpu") % c, minlength=c)  # host ints for the loop
         for h in range(bank.num_hallucinators):
             for j in range(mid):
                 bank.enc_weight[h * mid + j, j % c, k // 2, k // 2] += 1.0
@@ -177,29 +179,37 @@ class HaBa(MTT):
 
     # -- decoding --------------------------------------------------------------------------------
     def upsampled(self, bases: torch.Tensor) -> torch.Tensor:
-        s = self.hp["base_downsample"]
+        s = self.t.hp["base_downsample"]
         return F.interpolate(bases, scale_factor=s, mode="bilinear", align_corners=False) if s > 1 else bases
 
     def hallucinate(self, idx: torch.Tensor, style: int) -> torch.Tensor:
         """Hallucinator ``style`` applied to bases ``idx`` (HaBa's per-step sampling)."""
         b = self.upsampled(self.bases[idx])
-        return self.bank(b, index=torch.full((len(idx),), style, dtype=torch.long))
+        return self.bank(b, index=torch.full((len(idx),), style, dtype=torch.long, device=b.device))
 
     def decode_all(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Every hallucinator on every base, base-major (row ``b·Hn + k``), and the labels."""
-        return self.bank(self.upsampled(self.bases)), self.bank.targets(self.labels)
+        return self.bank(self.upsampled(self.bases)), self.bank.targets(self.t.labels)
 
     def random_style(self) -> int:
-        return int(torch.randint(self.bank.num_hallucinators, (1,), generator=self.gen))
+        return int(torch.randint(self.bank.num_hallucinators, (1,), generator=self.t.gen, device=self.t.device))
 
-    def student_batch(self):
-        idx = self.next_chunk(len(self.bases))
-        return self.hallucinate(idx, self.random_style()), self.labels[idx]
+    def num_slots(self):
+        return len(self.bases)
 
-    def class_batches(self) -> list[torch.Tensor]:
+    def slots(self, idx):
+        """Bases ``idx`` through one random hallucinator (HaBa's student step)."""
+        return self.hallucinate(idx, self.random_style()), self.t.labels[idx]
+
+    def class_batches(self, classes):
         """Per class, its bases through one random hallucinator (drawn per call, as a student step)."""
-        x = self.hallucinate(torch.arange(len(self.bases)), self.random_style())
-        return list(x.split(self.n))
+        t = self.t
+        if list(classes) == t.classes:
+            idx = torch.arange(len(self.bases), device=t.device)
+        else:
+            idx = torch.cat([torch.arange(t._slot[c] * self.n, (t._slot[c] + 1) * self.n, device=t.device)
+                             for c in classes])
+        return list(self.hallucinate(idx, self.random_style()).split(self.n))
 
     # -- the adversarial contrastive constraint ------------------------------------------------
     def _two_styles(self, into_synthetic: bool):
@@ -209,31 +219,35 @@ class HaBa(MTT):
         extractor's loss sends there (the next ``zero_grad``), so this is the same and cheaper."""
         # On a shard the chunk comes from the rank's own bases (rank stream; the one generator in a
         # plain run): the contrastive batch over all ranks is world × batch_con.
-        m = self.hp["batch_con"] or len(self.bases)
-        idx = torch.randperm(len(self.bases), generator=self.rank_gen)[:m]
-        s0, s1 = torch.randperm(self.bank.num_hallucinators, generator=self.rank_gen)[:2].tolist()
+        gen = self.t.rank_gen
+        m = self.t.hp["batch_con"] or len(self.bases)
+        idx = torch.randperm(len(self.bases), generator=gen, device=self.t.device)[:m]
+        s0, s1 = torch.randperm(self.bank.num_hallucinators, generator=gen, device=self.t.device)[:2].tolist()
         with torch.set_grad_enabled(into_synthetic):
             x = torch.cat([self.hallucinate(idx, s0), self.hallucinate(idx, s1)])
         if self.aug is not None:
-            x = self.aug(x, generator=self.rank_gen)
+            x = self.aug(x, generator=gen)
         e = self.extractor.embed(x)
         e0, e1 = e.chunk(2)
-        return self.extractor.classifier(e), e0, e1, self.labels[idx]
+        return self.extractor.classifier(e), e0, e1, self.t.labels[idx]
 
     def contrastive_on(self) -> bool:
         return self.bank.num_hallucinators > 1 and any(
-            self.hp[k] > 0 for k in ("lambda_club", "lambda_cls", "lambda_likeli", "lambda_con"))
+            self.t.hp[k] > 0 for k in ("lambda_club", "lambda_cls", "lambda_likeli", "lambda_con"))
 
     def club_loss(self) -> torch.Tensor:
         """The hallucinators' side: push two hallucinations of one base apart in the extractor's space
-        (gradients reach only the stored parameters: :meth:`image_step` differentiates those)."""
+        (gradients reach only the stored parameters: ``image_step`` differentiates those)."""
         _, e0, e1, _ = self._two_styles(True)
         # / world: the ranks' summed hallucinator gradients are those of the mean over all ranks' chunks.
-        return self.hp["lambda_club"] * ((F.cosine_similarity(e0, e1) + 1) / 2).mean() / self._world()
+        return self.t.hp["lambda_club"] * ((F.cosine_similarity(e0, e1) + 1) / 2).mean() / self._world()
+
+    def regularizer(self):
+        return self.club_loss() if self.contrastive_on() and self.t.hp["lambda_club"] > 0 else None
 
     def extractor_step(self) -> float:
         """The adversary's side: one SGD step on the extractor only."""
-        hp = self.hp
+        hp = self.t.hp
         logits, e0, e1, y = self._two_styles(False)
         feats = torch.stack([F.normalize(e0, dim=1), F.normalize(e1, dim=1)], dim=1)
         loss = (hp["lambda_cls"] * F.cross_entropy(logits, torch.cat([y, y]))
@@ -241,62 +255,24 @@ class HaBa(MTT):
                 + hp["lambda_con"] * supcon_loss(feats, y, hp["temperature"], hp["temperature"]))
         self.extractor_opt.zero_grad(set_to_none=True)
         (loss / self._world()).backward()
-        self.sum_grads(self.extractor.parameters())  # the shared extractor: the mean over ranks' chunks
+        self.t.sum_grads(self.extractor.parameters())  # the shared extractor: the mean over ranks' chunks
         self.extractor_opt.step()
         return float(loss.detach())
 
-    # -- Distiller ---------------------------------------------------------------------------------
-    def step(self) -> float:
-        """One iteration (official order): the base loss, plus the club term inside
-        :meth:`image_step`, one step on bases, hallucinators (and ``syn_lr``), then the extractor's."""
-        hp = self.hp
-        if hp["base"] == "mtt":
-            loss = self.trajectory_loss()
-            self.image_step(loss)
-            with torch.no_grad():
-                self.syn_lr.clamp_(min=hp["min_syn_lr"])
-            value = float(loss.detach())
-        elif hp["base"] == "dm":
-            loss = dm_loss(self, self.class_batches())
-            self.image_step(loss)
-            value = float(loss.detach())
-        else:
-            value = match_and_train(self, self.class_batches, self._decoded_detached)
+    def after_step(self) -> None:
+        # Official order: the objective's step on bases and hallucinators, then the extractor's.
         if self.contrastive_on():
             self.extractor_step()
-        return value
-
-    def image_step(self, loss: torch.Tensor, params=None) -> None:
-        # Every step on the synthetic parameters carries the club term (DC takes several per iteration).
-        if self.contrastive_on() and self.hp["lambda_club"] > 0:
-            loss = loss + self.club_loss()
-        super().image_step(loss, params)
-
-    def _decoded_detached(self):
-        with torch.no_grad():
-            return self.decode_all()
-
-    def synthetic_params(self) -> dict[str, torch.Tensor]:
-        params = {"bases": self.bases}
-        params.update({f"hallucinator.{k}": v for k, v in self.bank.named_parameters()})
-        if self.hp["base"] == "mtt":
-            params["syn_lr"] = self.syn_lr  # DM/DC have no learned lr: evaluation uses the protocol's
-        return params
 
     def extra_state(self) -> dict:
-        return {**super().extra_state(), "extractor": self.extractor.state_dict(),
-                "extractor_opt": self.extractor_opt.state_dict()}
+        return {"extractor": self.extractor.state_dict(), "extractor_opt": self.extractor_opt.state_dict()}
 
     def load_extra_state(self, state: dict) -> None:
-        super().load_extra_state(state)
         self.extractor.load_state_dict(state["extractor"])
         self.extractor_opt.load_state_dict(state["extractor_opt"])
 
     def eval_overrides(self) -> dict:
-        out = super().eval_overrides() if self.hp["base"] == "mtt" else {}
-        if not self.hp["product"]:
-            out["choose"] = self.bank.num_hallucinators
-        return out
+        return {} if self.t.hp["product"] else {"choose": self.bank.num_hallucinators}
 
     def training_set(self):
         with torch.no_grad():
@@ -304,7 +280,46 @@ class HaBa(MTT):
         return x.detach(), y
 
     def pixel_images(self):
-        return self.ds.denormalize(self.upsampled(self.bases.detach())).clamp(0, 1)
+        return self.t.ds.denormalize(self.upsampled(self.bases.detach())).clamp(0, 1)
 
 
-__all__ = ["BASES", "BUDGETS", "HaBa", "bases_per_class", "supcon_loss"]
+def paper(dataset: str, ipc: int, name: str = "paper") -> dict:
+    """run_cifar10_ipc{1,10,50}_style5.sh and distill_fac.py defaults (docs/spec.md §4b); the dm/dc keys
+    are DM's/DC's for ``--set base=dm|dc``."""
+    outer, inner = get_loops(ipc)
+    return dict(mtt.paper(dataset, ipc), iterations=15000, base="mtt", hallucinators=5, mid_channels=3,
+                kernel_size=3, normalize=False, hallucinator_init="default", budget="bases", bases_per_class=None,
+                base_downsample=1, product=False, syn_steps=50 if ipc == 1 else 30, expert_epochs=2,
+                max_start_epoch=2 if ipc == 1 else 20, lr_img=100.0, momentum_img=0.95, lr_style=100.0,
+                momentum_style=0.95, lr_lr=1e-7 if ipc == 1 else 1e-5, momentum_lr=0.9,
+                lr_teacher=0.001 if ipc == 10 else 0.01, min_syn_lr=0.001, lambda_club=0.1, lambda_con=0.1,
+                lambda_cls=1.0, lambda_likeli=0.1, temperature=0.07, batch_con=None, lr_extractor=0.001,
+                momentum_extractor=0.9, lr_net=0.01, outer_loop=outer, inner_loop=inner, batch_train=256,
+                metric="ours", layers="weights", expert_dir=default_expert_dir(dataset, name))
+
+
+def quick(dataset: str, ipc: int) -> dict:
+    # CPU-sized with the quick experts: all storage counted (budget "total"), half-resolution bases,
+    # near-identity hallucinators at lr_style 1 (the official 100 diverged), DC's capped loops.
+    hp = paper(dataset, ipc, "quick")
+    hp.update(iterations=60, hallucinator_init="identity", lr_style=1.0, budget="total", base_downsample=2,
+              hallucinators=2 if ipc == 1 else 5, mid_channels=1, width=32, syn_steps=10, expert_epochs=2,
+              max_start_epoch=4, lr_teacher=0.01, lr_lr=1e-5, batch_syn=20, batch_con=20, batch_real=64,
+              eval_epochs=300, eval_width=32, outer_loop=min(hp["outer_loop"], 5),
+              inner_loop=min(hp["inner_loop"], 10))
+    return hp
+
+
+@register
+class HaBa(Distiller):
+    """HaBa: :class:`BasesHallucinators` × the objective hp ``base`` picks (MTT by default, DM or DC)."""
+
+    method = "haba"
+    PARAMETERIZATION = BasesHallucinators
+    OBJECTIVE = OBJECTIVES
+    OBJECTIVE_KEY = "base"
+    PRESETS = {"paper": paper, "quick": quick}
+    EXTRA_STATE_DEFAULTS = {"chunks": []}  # HaBa checkpoints have always carried MTT's chunk list
+
+
+__all__ = ["BASES", "BUDGETS", "BasesHallucinators", "HaBa", "OBJECTIVES", "bases_per_class", "supcon_loss"]

@@ -1,5 +1,6 @@
 """RTP, "Remember the Past" (Deng & Russakovsky, NeurIPS 2022), docs/spec.md §5a: addressable memories
-trained by back-propagation through an unrolled inner loop of momentum SGD.
+(:class:`AddressableMemories`) trained by back-propagation through an unrolled inner loop of momentum
+SGD (:class:`BPTT`).
 
 The synthetic set is :class:`ddkernels.nn.AddressableMemory`: ``K`` bases and ``C·r`` class-major
 addressing rows, ``r`` filling the IPC budget (docs/spec.md §5a ``cal_ncoef``); row ``c·r + i`` decodes to one
@@ -34,6 +35,8 @@ from torch.func import functional_call
 
 from ...nn.memory import AddressableMemory, addressable_decode, rows_for_budget, upsample_bases
 from .base import Distiller
+from .parts import Objective, Parameterization
+from .registry import register
 
 
 class FlatParams:
@@ -142,76 +145,136 @@ def bptt_meta_gradient(f: Callable, theta0: torch.Tensor, memory: AddressableMem
     return loss.detach(), g_bases, g_table
 
 
-class RTP(Distiller):
-    """RTP trainer (see the module doc): stored parameters ``bases`` and ``addressing`` (class-major),
-    decoded training set of ``C·r`` images with hard labels; hyperparameters in
-    :func:`ddkernels.distill.methods.preset` (``num_bases``, ``downsample``, ``rows_per_class``, ``init``,
-    ``inner_steps``, ``inner_lr``, ``inner_momentum``, ``batch_syn``, ``batch_real``, ``lr_syn``,
-    ``momentum_syn``, ``clip``, ``width``)."""
+class AddressableMemories(Parameterization):
+    """:class:`ddkernels.nn.AddressableMemory` as the stored set: ``bases`` (shared) and ``addressing``
+    (class-major rows, one decoded image each, hard labels); hp ``num_bases``, ``downsample``,
+    ``rows_per_class`` (``None``: what the budget leaves), ``init`` (``"xavier"``, RTP's, or ``"real"``:
+    a rank-K fit of one real image per row), ``lr_syn``, ``momentum_syn``."""
 
-    method = "rtp"
-    not_class_parallel_because = ("its bases are shared by every class and its meta-gradient flows through one "
-                                  "unrolled training of a network on batches of all classes (it would need a split "
-                                  "of the inner loop's batches)")
     stored_space = "normalized (bases × addressing; decode with ddkernels.nn.AddressableMemory)"
     #: ``synthetic.png`` already shows every addressing row decoded (one image per stored row)
     decodes = False
     per_class_params = ("addressing",)
+    class_parallel = False
+    not_class_parallel_because = "its bases are shared by every class and enter every class's images"
 
-    def init_synthetic(self) -> None:
-        hp = self.hp
-        shape = (self.ds.channels, *self.ds.im_size)
+    def init(self) -> None:
+        t, hp = self.t, self.t.hp
+        shape = (t.ds.channels, *t.ds.im_size)
         k, ds = hp["num_bases"], hp["downsample"]
-        budget_r = rows_for_budget(self.ipc, self.num_classes, shape, k, ds)
+        budget_r = rows_for_budget(t.ipc, t.num_classes, shape, k, ds)
         r = hp["rows_per_class"] if hp["rows_per_class"] is not None else budget_r
         if not isinstance(r, int) or isinstance(r, bool) or not 1 <= r <= budget_r:
-            raise ValueError(f"rows_per_class must be an int in [1, {budget_r}] (what the budget of ipc={self.ipc} "
+            raise ValueError(f"rows_per_class must be an int in [1, {budget_r}] (what the budget of ipc={t.ipc} "
                              f"leaves after {k} bases), or None for the budget's maximum; got {r!r}")
-        self.memory = AddressableMemory(self.num_classes, k, r, shape, ds, generator=self.gen)
+        self.memory = AddressableMemory(t.num_classes, k, r, shape, ds, generator=t.gen, device=t.device)
         if hp["init"] == "real":
-            self.sampler.check(r, "rows_per_class (init='real' draws one real image per row)")
-            idx = self.sampler.indices_all(r, self.gen).flatten()
-            self.memory.init_from_images(self.ds.normalize(self.ds.train_x[idx]))
+            t.sampler.check(r, "rows_per_class (init='real' draws one real image per row)")
+            idx = t.sampler.indices_all(r, t.gen).flatten()
+            self.memory.init_from_images(t.ds.normalize(t.ds.train_x[idx]))
         elif hp["init"] != "xavier":
             raise ValueError(f"init must be 'xavier' (RTP) or 'real' (rank-K fit of real images), got {hp['init']!r}")
-        self.opt = torch.optim.SGD([self.memory.bases, self.memory.addressing], lr=hp["lr_syn"],
-                                   momentum=hp["momentum_syn"])
 
-    def synthetic_params(self) -> dict[str, torch.Tensor]:
+    def params(self):
         return {"bases": self.memory.bases, "addressing": self.memory.addressing}
 
-    def stored_labels(self) -> torch.Tensor:
+    def param_groups(self):
+        hp = self.t.hp
+        return [{"params": [self.memory.bases, self.memory.addressing], "lr": hp["lr_syn"],
+                 "momentum": hp["momentum_syn"]}]
+
+    def stored_labels(self):
         return self.memory.labels()  # one label per addressing row
 
     @property
     def upsample_first(self) -> bool:
-        return self.backend != "reference"
+        return self.t.backend != "reference"
+
+    def decoded(self) -> torch.Tensor:
+        """Every addressing row decoded (class-major), differentiable in both tables."""
+        return self.memory.decode(upsample_first=self.upsample_first)
+
+    def class_batches(self, classes):
+        x = self.decoded()
+        return [self.t.class_rows(x, c, self.memory.rows_per_class) for c in classes]
+
+    def slots(self, idx):
+        return self.decoded()[idx], self.t.labels[idx]
+
+    def training_set(self):
+        with torch.no_grad():
+            return self.decoded().detach().clone(), self.t.labels.clone()
+
+    def pixel_images(self):
+        return self.t.ds.denormalize(self.training_set()[0]).clamp(0, 1)
+
+
+class BPTT(Objective):
+    """RTP's outer iteration (see the module doc): a fresh network, ``inner_steps`` of momentum SGD
+    (``inner_lr``, ``inner_momentum``) on ``batch_syn`` random addressing rows per class, the meta
+    loss on ``batch_real`` real images per class, its gradient by :func:`bptt_meta_gradient`, the
+    gradient norm clipped to hp ``clip``, one optimizer step. The reverse pass recomputes each
+    step from the memory, so it needs :class:`AddressableMemories`."""
+
+    needs = ()
+    parameterizations = (AddressableMemories,)
+    class_parallel = False
+    not_class_parallel_because = ("its meta-gradient flows through one unrolled training of a network on batches "
+                                  "of all classes (it would need a split of the inner loop's batches)")
 
     def step(self) -> float:
-        hp = self.hp
-        f = FlatParams(self.fresh_net())
-        real_idx = self.sampler.indices_all(self.batch_real, self.gen).flatten()
-        real_x, real_y = self.ds.normalize(self.ds.train_x[real_idx]), self.ds.train_y[real_idx]
-        rows = torch.stack([self.memory.sample_rows(hp["batch_syn"], self.gen) for _ in range(hp["inner_steps"])])
+        t, hp = self.t, self.t.hp
+        memory = t.param.memory
+        f = FlatParams(t.fresh_net())
+        real_idx = t.sampler.indices_all(t.batch_real, t.gen).flatten()
+        real_x, real_y = t.ds.normalize(t.ds.train_x[real_idx]), t.ds.train_y[real_idx]
+        rows = torch.stack([memory.sample_rows(hp["batch_syn"], t.gen) for _ in range(hp["inner_steps"])])
         loss, g_bases, g_table = bptt_meta_gradient(
-            f, f.flat(), self.memory, rows, real_x, real_y, lr=hp["inner_lr"], momentum=hp["inner_momentum"],
-            upsample_first=self.upsample_first)
-        params = [self.memory.bases, self.memory.addressing]
+            f, f.flat(), memory, rows, real_x, real_y, lr=hp["inner_lr"], momentum=hp["inner_momentum"],
+            upsample_first=t.param.upsample_first)
+        params = [memory.bases, memory.addressing]
         for p, g in zip(params, (g_bases, g_table)):
             p.grad = g
         if hp["clip"]:
             torch.nn.utils.clip_grad_norm_(params, max_norm=hp["clip"])
-        self.opt.step()
+        t.opt.step()
         for p in params:
             p.grad = None
         return float(loss)
 
-    def training_set(self):
-        with torch.no_grad():
-            return self.memory.decode(upsample_first=self.upsample_first).detach().clone(), self.labels.clone()
 
-    def pixel_images(self):
-        return self.ds.denormalize(self.training_set()[0]).clamp(0, 1)
+def paper(dataset: str, ipc: int) -> dict:
+    """docs/spec.md §5b: K = 16 bases at half resolution, r from the budget, T = 150 inner steps of SGD(0.01,
+    momentum 0.9) on 32 rows per class, 64 real images per class in the meta loss, outer SGD(0.1,
+    momentum 0.5) after clipping the gradient norm to 2, 500k outer iterations (the config's n_iters)."""
+    return dict(iterations=500000, num_bases=16, downsample=2, rows_per_class=None, init="xavier", inner_steps=150,
+                inner_lr=0.01, inner_momentum=0.9, batch_syn=32, batch_real=64, lr_syn=0.1, momentum_syn=0.5,
+                clip=2.0, width=128, eval="rtp", eval_epochs=300, eval_aug=None, eval_width=None)
 
 
-__all__ = ["RTP", "FlatParams", "bptt_meta_gradient", "unroll_momentum_sgd"]
+def quick(dataset: str, ipc: int) -> dict:
+    # CPU-sized (evaluation cost grows with the C·r decoded images): more bases, so fewer rows; a
+    # real warm start; T = 10 steps on 6 rows; IPC < 10 half-resolution, IPC ≥ 10 full-resolution bases.
+    hp = paper(dataset, ipc)
+    if ipc < 10:
+        hp.update(iterations=40, num_bases=30, lr_syn=3.0)
+    else:
+        hp.update(iterations=20, num_bases=80, downsample=1, lr_syn=0.3)
+    if dataset == "digits":
+        hp.update(num_bases=4)
+    hp.update(init="real", inner_steps=10, batch_syn=6, batch_real=20, width=32, eval_width=32)
+    return hp
+
+
+@register
+class RTP(Distiller):
+    """RTP: :class:`AddressableMemories` × :class:`BPTT`; decoded training set of ``C·r`` images with
+    hard labels."""
+
+    method = "rtp"
+    PARAMETERIZATION = AddressableMemories
+    OBJECTIVE = BPTT
+    PRESETS = {"paper": paper, "quick": quick}
+
+
+__all__ = ["AddressableMemories", "BPTT", "FlatParams", "RTP", "bptt_meta_gradient", "unroll_momentum_sgd"]

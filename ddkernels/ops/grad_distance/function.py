@@ -195,7 +195,7 @@ def grad_distance(
         g_real: per-layer gradients on real data, same shapes (usually detached).
         metric: one of ``"ours"``, ``"mse"``, ``"l1"``, ``"l1_mean"``, ``"global_cos"``.
         batched: every tensor carries a leading class dimension ``K``; one distance per class.
-        backend: ``"auto"``, ``"reference"``, ``"cpu"``, ``"triton"`` or ``"cuda"``.
+        backend: ``"auto"``, ``"reference"``, ``"cpu"`` or ``"triton"``.
 
     Shapes:
         ``g_syn[i]``, ``g_real[i]``: ``param_shape_i``, or ``(K, *param_shape_i)`` with ``batched=True``.

@@ -115,7 +115,7 @@ def multi_formation(
         factor: tiles per side, ``1 <= factor <= min(h, w)``.
         size: output ``(H, W)`` or an int for square outputs; default the stored size ``(h, w)``.
         multi: IDC's ``decode_type='multi'``: concatenate the decodes for factors ``1..factor``.
-        backend: ``"auto"``, ``"reference"``, ``"cpu"``, ``"triton"`` or ``"cuda"``.
+        backend: ``"auto"``, ``"reference"``, ``"cpu"`` or ``"triton"``.
 
     Shapes:
         x: ``(N, C, h, w)``. Returns ``(factor²·N, C, H, W)``, or with ``multi=True``

@@ -17,9 +17,9 @@ from .._dtypes import acc_dtype
 @functools.lru_cache(maxsize=256)
 def forward_taps(in_size: int, out_size: int, dtype: torch.dtype, device: torch.device):
     """For each output coordinate: two source indices ``idx (2, out)`` and weights ``w (2, out)``."""
-    acc = acc_dtype(dtype)
-    scale = torch.tensor(in_size, dtype=acc) / torch.tensor(out_size, dtype=acc)
-    src = (scale * (torch.arange(out_size, dtype=acc) + 0.5) - 0.5).clamp_min(0)
+    acc, host = acc_dtype(dtype), torch.device("cpu")  # built on the host once, then cached per device
+    scale = torch.tensor(in_size, dtype=acc, device=host) / torch.tensor(out_size, dtype=acc, device=host)
+    src = (scale * (torch.arange(out_size, dtype=acc, device=host) + 0.5) - 0.5).clamp_min(0)
     i0 = src.to(torch.int64).clamp_max(in_size - 1)
     i1 = i0 + (i0 < in_size - 1).to(torch.int64)
     l1 = (src - i0.to(acc)).clamp(0, 1)
@@ -44,8 +44,8 @@ def adjoint_taps(in_size: int, out_size: int, dtype: torch.dtype, device: torch.
             if wt != 0.0:
                 lists[int(idx[tap, o])].append((o, wt))
     k = max(1, max(len(l) for l in lists))
-    gidx = torch.zeros(in_size, k, dtype=torch.int64)
-    gw = torch.zeros(in_size, k, dtype=acc_dtype(dtype))
+    gidx = torch.zeros(in_size, k, dtype=torch.int64, device="cpu")
+    gw = torch.zeros(in_size, k, dtype=acc_dtype(dtype), device="cpu")
     for s, entries in enumerate(lists):
         for q, (o, wt) in enumerate(sorted(entries)):
             gidx[s, q], gw[s, q] = o, wt

@@ -157,8 +157,7 @@ def norm_relu_pool(x: torch.Tensor, weight: torch.Tensor | None = None, bias: to
         weight, bias: ``(C,)`` affine parameters (None: 1 and 0).
         eps: added to the variance (GroupNorm's 1e-5).
         pool: apply the 2×2 average pool (False: normalize and ReLU only).
-        backend: ``"auto"``, ``"reference"``, ``"cpu"`` or ``"triton"`` (no CUDA kernel: the Triton
-            backend covers GPUs).
+        backend: ``"auto"``, ``"reference"``, ``"cpu"`` or ``"triton"``.
 
     Shapes:
         x: ``(N, C, H, W)``. Returns ``(N, C, H // 2, W // 2)`` with ``pool``, else ``(N, C, H, W)``.

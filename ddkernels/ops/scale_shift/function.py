@@ -148,7 +148,7 @@ def scale_shift(
         index: sampled mode: the hallucinator each sample uses, int64 in ``[0, Hn)``.
         normalize: instance-normalize ``x`` over ``(h, w)`` first.
         eps: added to the variance when ``normalize`` (keeps constant planes, e.g. ``h·w = 1``, finite).
-        backend: ``"auto"``, ``"reference"``, ``"cpu"``, ``"triton"`` or ``"cuda"``.
+        backend: ``"auto"``, ``"reference"``, ``"cpu"`` or ``"triton"``.
 
     Shapes:
         Product mode: x ``(Hn, B, C, h, w)``; sampled mode: x ``(B, C, h, w)``, index ``(B,)``.

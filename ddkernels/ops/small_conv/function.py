@@ -83,8 +83,8 @@ def small_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
         bias: ``(O,)`` or None.
         padding: zero padding on every side, ``0 <= padding <= K-1``.
         groups: channel groups; ``C`` and ``O`` must be multiples of it.
-        backend: ``"auto"``, ``"reference"`` or ``"cpu"`` (``"triton"``/``"cuda"`` are declared
-            unavailable: GPU tensors run cuDNN through the reference).
+        backend: ``"auto"``, ``"reference"`` or ``"cpu"`` (``"triton"`` is declared unavailable: GPU
+            tensors run cuDNN through the reference).
 
     Shapes:
         x: ``(N, C, H, W)``. Returns ``(N, O, H + 2·padding − K + 1, W + 2·padding − K + 1)``.

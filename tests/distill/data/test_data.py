@@ -2,6 +2,7 @@
 import gzip
 import os
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -119,3 +120,66 @@ def test_bad_paths(tmp_path):
     os.makedirs(tmp_path / "test" / "a")
     with pytest.raises(ValueError, match="holds no"):
         data.load_dataset("folder", str(tmp_path))
+
+
+def _folder(root, shape=(1, 5, 7)):
+    for split in ("train", "test"):
+        for cname in ("cat", "dog"):
+            d = root / split / cname
+            d.mkdir(parents=True)
+            write_png(str(d / "a.png"), torch.rand(shape))
+    return root
+
+
+def test_image_folder_names_the_files_it_cannot_use(tmp_path):
+    root = _folder(tmp_path / "a")
+    (root / "train" / "cat" / ".DS_Store").write_bytes(b"\0")  # hidden files are no images, and no error
+    write_png(str(root / "train" / "cat" / "B.PNG"), torch.rand(1, 5, 7))  # extensions in any case
+    ds = data.load_dataset("folder", str(root))
+    assert ds.train_x.shape == (3, 1, 5, 7) and ds.data_dir == str(root)
+    (root / "train" / "dog" / "c.jpg").write_bytes(b"\xff\xd8")
+    (root / "train" / "dog" / "notes.txt").write_text("x")
+    with pytest.raises(ValueError) as e:
+        data.load_dataset("folder", str(root))
+    assert f"class folder {str(root / 'train' / 'dog')!r} holds 'c.jpg', 'notes.txt', which are not images" \
+        in str(e.value) and ".png, .npy, .pt" in str(e.value)
+
+    root = _folder(tmp_path / "b")
+    odd = root / "train" / "dog" / "odd.png"
+    write_png(str(odd), torch.rand(3, 5, 7))
+    with pytest.raises(ValueError, match="every image must have the same shape") as e:
+        data.load_dataset("folder", str(root))
+    assert f"(3, 5, 7) in 1 file ({str(odd)!r})" in str(e.value) and "(1, 5, 7) in 2 files (e.g. " in str(e.value)
+
+    root = _folder(tmp_path / "c")
+    for cname in ("cat", "dog"):
+        write_png(str(root / "test" / cname / "a.png"), torch.rand(1, 6, 7))
+    with pytest.raises(ValueError, match="train/ and test/ images must have the same shape") as e:
+        data.load_dataset("folder", str(root))
+    assert "test" in str(e.value) and "(1, 6, 7)" in str(e.value)
+
+    root = _folder(tmp_path / "d")
+    bad = root / "test" / "cat" / "a.png"
+    bad.write_bytes(bad.read_bytes()[:40])  # cut short inside the image data
+    with pytest.raises(ValueError, match=re.escape(str(bad))):
+        data.load_dataset("folder", str(root))
+    np.save(root / "test" / "cat" / "a.npy", np.zeros((2, 3, 4, 5)))
+    os.remove(bad)
+    with pytest.raises(ValueError, match=re.escape(str(root / "test" / "cat" / "a.npy"))):
+        data.load_dataset("folder", str(root))
+
+
+@pytest.mark.parametrize("shape", [(5, 7), (1, 5, 7), (2, 5, 7), (3, 5, 7), (4, 5, 7)])
+def test_write_png_reads_back(tmp_path, shape):
+    img = torch.rand(shape)
+    write_png(str(tmp_path / "x.png"), img)
+    a = read_png(str(tmp_path / "x.png"))
+    expect = (img * 255).round().to(torch.uint8)
+    expect = expect[:3].permute(1, 2, 0) if len(shape) == 3 and shape[0] >= 3 else expect.reshape(-1, *shape[-2:])[0]
+    assert np.array_equal(a, expect.numpy())
+
+
+def test_write_png_rejects_other_shapes(tmp_path):
+    for shape in [(5, 5, 7), (1, 1, 5, 7), (7,), (0, 3)]:
+        with pytest.raises(ValueError, match=re.escape(f"got shape {shape}")):
+            write_png(str(tmp_path / "x.png"), torch.rand(shape))

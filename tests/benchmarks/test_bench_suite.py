@@ -1,0 +1,42 @@
+"""The benchmarks' plumbing (no timing): every public op has a benchmark, tables go to
+benchmarks/results only, and the pytest-benchmark suite collects one benchmark per (op, case, provider)."""
+import importlib
+import os
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks import harness, run
+from benchmarks.test_ops import bench_id
+from ddkernels import ops
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.mark.parametrize("op", ops.names(public_only=True))
+def test_every_public_op_has_a_benchmark(op):
+    mod = importlib.import_module(f"benchmarks.bench_{op}")
+    assert callable(mod.cases) and mod.FUSED and mod.EAGER
+    assert op in run.OPS
+
+
+def test_write_table_keeps_partial_runs_apart(tmp_path):
+    full = harness.write_table(str(tmp_path), "latest-cpu", "| a |\n", complete=True)
+    partial = harness.write_table(str(tmp_path), "latest-cpu", "| b |", complete=False)
+    assert os.path.basename(full) == "latest-cpu.md" and os.path.basename(partial) == "latest-cpu-partial.md"
+    assert open(full).read() == "| a |\n" and open(partial).read() == "| b |\n"
+    assert sorted(os.listdir(tmp_path)) == ["latest-cpu-partial.md", "latest-cpu.md"]
+
+
+def test_pytest_benchmark_suite_collects_every_op():
+    pytest.importorskip("pytest_benchmark")
+    out = subprocess.run([sys.executable, "-m", "pytest", "benchmarks", "--collect-only", "-q", "-p", "no:cacheprovider"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    ids = [line for line in out.stdout.splitlines() if line.startswith("benchmarks/test_ops.py::")]
+    for op in ops.names(public_only=True):
+        cases = importlib.import_module(f"benchmarks.bench_{op}").cases(quick=True)
+        expected = {bench_id(op, c, p) for c in cases for p in c.providers}
+        got = {line.split("[", 1)[1].rstrip("]") for line in ids if f"[{op}-" in line}
+        assert got == expected, op
