@@ -256,8 +256,12 @@ class OriginalDCLoop:
     loop over classes and layers), summed, one SGD step on the images. Seeded, so two instances run
     the same iterations."""
 
-    def __init__(self, utils: types.ModuleType, ds: Dataset, ipc: int, batch_real: int, seed: int):
+    def __init__(self, utils: types.ModuleType, ds: Dataset, ipc: int, batch_real: int, seed: int,
+                 dsa_strategy: str = ""):
         self.utils, self.ds, self.ipc = utils, ds, ipc
+        # DSA (main.py's `if args.dsa:`): one ParamDiffAug made at start, a Siamese seed per class
+        self.dsa_strategy = dsa_strategy
+        self.dsa_param = utils.ParamDiffAug() if dsa_strategy else None
         self.gen = torch.Generator().manual_seed(seed)
         self.args = types.SimpleNamespace(dis_metric="ours", device="cpu")
         self.by_class = [torch.nonzero(ds.train_y == c).flatten() for c in range(ds.num_classes)]
@@ -281,6 +285,10 @@ class OriginalDCLoop:
             lab_real = torch.ones((img_real.shape[0],), dtype=torch.long) * c
             img_syn = self.image_syn[c * self.ipc:(c + 1) * self.ipc]
             lab_syn = torch.ones((self.ipc,), dtype=torch.long) * c
+            if self.dsa_strategy:  # main.py draws the seed from the clock; seeded here so two loops agree
+                seed = int(torch.randint(100000, (1,), generator=self.gen))
+                img_real = self.utils.DiffAugment(img_real, self.dsa_strategy, seed=seed, param=self.dsa_param)
+                img_syn = self.utils.DiffAugment(img_syn, self.dsa_strategy, seed=seed, param=self.dsa_param)
             gw_real = torch.autograd.grad(F.cross_entropy(net(img_real), lab_real), net_parameters)
             gw_real = list((_.detach().clone() for _ in gw_real))
             gw_syn = torch.autograd.grad(F.cross_entropy(net(img_syn), lab_syn), net_parameters, create_graph=True)
@@ -290,6 +298,297 @@ class OriginalDCLoop:
         loss.backward()
         self.optimizer_img.step()
         return float(loss.detach())
+
+
+# --- the DSA of VICO-UoE/DatasetCondensation utils.py, and its copy in mtt-distillation and
+# DatasetFactorization (scale/rotate with align_corners=True, the flag named batchmode, an extra
+# ratio_noise), transcribed in the originals' style (docs/spec.md §0.3): per-image Python lists for
+# the affine matrices, index grids for crop and cutout, the Siamese draw copied over the batch in place.
+# Two changes, without which the original fails on current PyTorch: that copy goes through .clone()
+# (else it raises at batch 1, IPC 1), and the result gets plain NCHW strides (a 1-channel crop keeps
+# channels_last-like ones through .contiguous(), conv propagates them and ConvNet's .view raises).
+# @FLAG@, @AC@ and @EXTRA@ select the repository.
+ORIGINAL_DSA = """
+import math
+import torch
+import torch.nn.functional as F
+
+class ParamDiffAug():
+    def __init__(self):
+        self.aug_mode = 'S'
+        self.prob_flip, self.ratio_scale, self.ratio_rotate = 0.5, 1.2, 15.0
+        self.ratio_crop_pad, self.ratio_cutout = 0.125, 0.5
+        self.brightness, self.saturation, self.contrast = 1.0, 2.0, 0.5
+        @EXTRA@
+
+def set_seed_DiffAug(param):
+    if param.latestseed != -1:
+        torch.random.manual_seed(param.latestseed)
+        param.latestseed += 1
+
+def DiffAugment(x, strategy='', seed=-1, param=None):
+    if strategy in ('', 'none', 'None'):
+        return x
+    param.@FLAG@ = seed != -1
+    param.latestseed = seed
+    groups = strategy.split('_')
+    if param.aug_mode == 'S':
+        set_seed_DiffAug(param)
+        groups = [groups[torch.randint(0, len(groups), size=(1,)).item()]]
+    for p in groups:
+        for f in AUGMENT_FNS[p]:
+            x = f(x, param)
+    x = x.contiguous()
+    return x.view(-1).view(x.shape)
+
+def _siamese(t, param):
+    if param.@FLAG@:
+        t[:] = t[0].clone()
+
+def _resample(x, theta, param):
+    theta = torch.tensor(theta, dtype=torch.float)
+    _siamese(theta, param)
+    grid = F.affine_grid(theta, x.shape, align_corners=@AC@).to(x.device)
+    return F.grid_sample(x, grid, align_corners=@AC@)
+
+def rand_scale(x, param):
+    r = param.ratio_scale
+    set_seed_DiffAug(param)
+    sx = torch.rand(x.shape[0]) * (r - 1.0 / r) + 1.0 / r
+    set_seed_DiffAug(param)
+    sy = torch.rand(x.shape[0]) * (r - 1.0 / r) + 1.0 / r
+    return _resample(x, [[[sx[i], 0, 0], [0, sy[i], 0]] for i in range(x.shape[0])], param)
+
+def rand_rotate(x, param):
+    set_seed_DiffAug(param)
+    a = (torch.rand(x.shape[0]) - 0.5) * 2 * param.ratio_rotate / 180 * math.pi
+    return _resample(x, [[[torch.cos(a[i]), torch.sin(-a[i]), 0], [torch.sin(a[i]), torch.cos(a[i]), 0]]
+                         for i in range(x.shape[0])], param)
+
+def _u(x, param, dtype=None):
+    set_seed_DiffAug(param)
+    u = torch.rand(x.size(0), 1, 1, 1, dtype=dtype, device=x.device)
+    _siamese(u, param)
+    return u
+
+def rand_flip(x, param):
+    return torch.where(_u(x, param) < param.prob_flip, x.flip(3), x)
+
+def rand_brightness(x, param):
+    return x + (_u(x, param, x.dtype) - 0.5) * param.brightness
+
+def rand_saturation(x, param):
+    m = x.mean(dim=1, keepdim=True)
+    return (x - m) * (_u(x, param, x.dtype) * param.saturation) + m
+
+def rand_contrast(x, param):
+    m = x.mean(dim=[1, 2, 3], keepdim=True)
+    return (x - m) * (_u(x, param, x.dtype) + param.contrast) + m
+
+def _offsets(x, param, lo, hi):
+    out = []
+    for a, b in zip(lo, hi):
+        set_seed_DiffAug(param)
+        out.append(torch.randint(a, b, size=[x.size(0), 1, 1], device=x.device))
+    for t in out:
+        _siamese(t, param)
+    return out
+
+def _grid(x, h, w):
+    return torch.meshgrid(torch.arange(x.size(0), device=x.device), torch.arange(h, device=x.device),
+                          torch.arange(w, device=x.device), indexing='ij')
+
+def rand_crop(x, param):
+    sh, sw = int(x.size(2) * param.ratio_crop_pad + 0.5), int(x.size(3) * param.ratio_crop_pad + 0.5)
+    ty, tx = _offsets(x, param, (-sh, -sw), (sh + 1, sw + 1))
+    b, gy, gx = _grid(x, x.size(2), x.size(3))
+    gy = torch.clamp(gy + ty + 1, 0, x.size(2) + 1)
+    gx = torch.clamp(gx + tx + 1, 0, x.size(3) + 1)
+    return F.pad(x, [1, 1, 1, 1]).permute(0, 2, 3, 1).contiguous()[b, gy, gx].permute(0, 3, 1, 2)
+
+def rand_cutout(x, param):
+    ch, cw = int(x.size(2) * param.ratio_cutout + 0.5), int(x.size(3) * param.ratio_cutout + 0.5)
+    oy, ox = _offsets(x, param, (0, 0), (x.size(2) + (1 - ch % 2), x.size(3) + (1 - cw % 2)))
+    b, gy, gx = _grid(x, ch, cw)
+    gy = torch.clamp(gy + oy - ch // 2, min=0, max=x.size(2) - 1)
+    gx = torch.clamp(gx + ox - cw // 2, min=0, max=x.size(3) - 1)
+    mask = torch.ones(x.size(0), x.size(2), x.size(3), dtype=x.dtype, device=x.device)
+    mask[b, gy, gx] = 0
+    return x * mask.unsqueeze(1)
+
+AUGMENT_FNS = {'color': [rand_brightness, rand_saturation, rand_contrast], 'crop': [rand_crop],
+               'cutout': [rand_cutout], 'flip': [rand_flip], 'scale': [rand_scale], 'rotate': [rand_rotate]}
+"""
+DSA_FLAVOURS = {"vico": {"@FLAG@": "Siamese", "@AC@": "False", "@EXTRA@": "pass"},
+                "mtt": {"@FLAG@": "batchmode", "@AC@": "True", "@EXTRA@": "self.ratio_noise = 0.05"}}
+
+
+def original_dsa_source(flavour: str) -> str:
+    src = ORIGINAL_DSA
+    for k, v in DSA_FLAVOURS[flavour].items():
+        src = src.replace(k, v)
+    return src
+
+
+def original_dsa_utils() -> types.ModuleType:
+    """VICO's utils.py as the DSA method uses it: the DC transcription plus the DSA section."""
+    utils = original_dc_utils()
+    exec(compile(original_dsa_source("vico"), "<DatasetCondensation utils.py DSA, transcribed>", "exec"), utils.__dict__)
+    return utils
+
+
+# --- HaBa (Huage001/DatasetFactorization): networks.py's ConvNet with only_feat and forward(x, feat),
+# utils.py's get_network(..., dist, only_feat) and StyleTranslator, the DSA copy, and the idea of
+# reparam_module.ReparamModule (the student's parameters as views of one flat vector), transcribed.
+ORIGINAL_HABA_UTILS = """
+import torch
+import torch.nn as nn
+
+class ConvNet(_DCConvNet):
+    def __init__(self, channel, num_classes, net_width, net_depth, net_act, net_norm, net_pooling, im_size=(32, 32),
+                 only_feat=False):
+        super(ConvNet, self).__init__(channel, num_classes, net_width, net_depth, net_act, net_norm, net_pooling,
+                                      im_size)
+        if only_feat:
+            del self.classifier
+
+    def forward(self, x, feat=False):
+        emb = self.features(x)
+        emb = emb.view(emb.size(0), -1)
+        out = self.classifier(emb)
+        if feat:
+            return out, emb
+        return out
+
+def get_network(model, channel, num_classes, im_size=(32, 32), dist=True, only_feat=False):
+    net = ConvNet(channel=channel, num_classes=num_classes, net_width=128, net_depth=3, net_act='relu',
+                  net_norm='instancenorm', net_pooling='avgpooling', im_size=im_size, only_feat=only_feat)
+    return nn.DataParallel(net) if dist and torch.cuda.device_count() > 1 else net
+
+class StyleTranslator(nn.Module):
+    def __init__(self, in_channel=3, mid_channel=3, out_channel=3, image_size=32, kernel_size=1):
+        super().__init__()
+        self.enc = nn.Conv2d(in_channel, mid_channel, kernel_size)
+        s = image_size - kernel_size + 1
+        self.scale = nn.Parameter(1. + torch.zeros(1, mid_channel, s, s))
+        self.shift = nn.Parameter(torch.zeros(1, mid_channel, s, s))
+        self.dec = nn.ConvTranspose2d(mid_channel, out_channel, kernel_size)
+
+    def forward(self, x):
+        return self.dec(self.scale * self.enc(x) + self.shift)
+
+class ReparamModule(nn.Module):
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+        self._infos = [(m, n, p.shape) for m in module.modules() for n, p in list(m.named_parameters(recurse=False))]
+        self.flat_param = nn.Parameter(torch.cat([getattr(m, n).detach().reshape(-1) for m, n, _ in self._infos]))
+        for m, n, _ in self._infos:
+            delattr(m, n)
+
+    def forward(self, *inputs, flat_param):
+        for (m, n, s), v in zip(self._infos, flat_param.split([s.numel() for _, _, s in self._infos])):
+            setattr(m, n, v.view(s))
+        return self.module(*inputs)
+"""
+
+
+def original_haba_utils() -> types.ModuleType:
+    utils = types.ModuleType("haba_original_utils")
+    dc = original_dc_utils()
+    utils._DCConvNet = dc.ConvNet  # DatasetFactorization's ConvNet builds DatasetCondensation's layers
+    exec(compile(ORIGINAL_HABA_UTILS, "<DatasetFactorization utils.py / networks.py, transcribed>", "exec"),
+         utils.__dict__)
+    exec(compile(original_dsa_source("mtt"), "<DatasetFactorization utils.py DSA, transcribed>", "exec"), utils.__dict__)
+    return utils
+
+
+class OriginalHaBaLoop:
+    """The student part of one distill_fac.py iteration: a fresh ``ReparamModule(get_network('ConvNet',
+    ..., dist=False))`` (width 128), ``syn_steps`` unrolled SGD steps on the flat parameters, each on a
+    batch of bases sent through a style chosen per sample (StyleTranslatorSharedDataset's rule; the
+    student loop's per-batch choice is its special case) and DSA (per-image draws), then the
+    normalized parameter-matching loss, backward to the bases, the translators and the learning rate,
+    one SGD step each. A random perturbation of the start stands for the expert's target (the cost
+    does not depend on it). Seeded, so two instances run the same iterations."""
+
+    def __init__(self, utils: types.ModuleType, ds: Dataset, ipc: int, n_style: int, syn_steps: int, seed: int,
+                 dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"):
+        self.utils, self.ds, self.ipc, self.n_style, self.syn_steps = utils, ds, ipc, n_style, syn_steps
+        self.gen = torch.Generator().manual_seed(seed)
+        self.dsa_strategy, self.dsa_param = dsa_strategy, utils.ParamDiffAug()
+        c, h = ds.channels, ds.im_size[0]
+        by_class = [torch.nonzero(ds.train_y == k).flatten() for k in range(ds.num_classes)]
+        init = torch.stack([ds.normalize(ds.train_x[idx[torch.randperm(len(idx), generator=self.gen)[:ipc]]])
+                            for idx in by_class])
+        self.image_syn = init.clone().requires_grad_(True)  # (classes, ipc, C, H, W)
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            self.styles = torch.nn.ModuleList(utils.StyleTranslator(in_channel=c, mid_channel=c, out_channel=c,
+                                                                    image_size=h, kernel_size=3)
+                                              for _ in range(n_style))
+        self.syn_lr = torch.tensor(0.01).requires_grad_(True)
+        self.optimizer_img = torch.optim.SGD([self.image_syn], lr=100, momentum=0.95)
+        self.optimizer_style = torch.optim.SGD(self.styles.parameters(), lr=100, momentum=0.95)
+        self.optimizer_lr = torch.optim.SGD([self.syn_lr], lr=1e-5, momentum=0.9)
+
+    def step(self) -> float:
+        with torch.random.fork_rng():  # DSA's per-image draws use the global RNG: seed it per iteration
+            torch.manual_seed(int(torch.randint(2 ** 62, (1,), generator=self.gen)))
+            return self._step()
+
+    def _step(self) -> float:
+        utils, ds, n = self.utils, self.ds, self.ds.num_classes * self.ipc
+        student_net = utils.ReparamModule(utils.get_network("ConvNet", ds.channels, ds.num_classes, ds.im_size,
+                                                            dist=False))
+        num_params = student_net.flat_param.numel()
+        starting_params = student_net.flat_param.detach()
+        target_params = starting_params + 0.01 * torch.randn(num_params, generator=self.gen)
+        student_params = [starting_params.clone().requires_grad_(True)]
+        for _ in range(self.syn_steps):
+            these_indices = torch.randperm(n, generator=self.gen)
+            label, base_idx = these_indices // self.ipc, these_indices % self.ipc
+            base = self.image_syn[label, base_idx]
+            style_idx = torch.randint(self.n_style, (n,), generator=self.gen)
+            x = torch.cat([self.styles[int(k)](base[i:i + 1]) for i, k in enumerate(style_idx)])
+            x = utils.DiffAugment(x, self.dsa_strategy, param=self.dsa_param)
+            ce_loss = F.cross_entropy(student_net(x, flat_param=student_params[-1]), label)
+            grad = torch.autograd.grad(ce_loss, student_params[-1], create_graph=True)[0]
+            student_params.append(student_params[-1] - self.syn_lr * grad)
+        param_loss = F.mse_loss(student_params[-1], target_params, reduction="sum") / num_params
+        param_dist = F.mse_loss(starting_params, target_params, reduction="sum") / num_params
+        grand_loss = param_loss / param_dist
+        for o in (self.optimizer_img, self.optimizer_style, self.optimizer_lr):
+            o.zero_grad()
+        grand_loss.backward()
+        for o in (self.optimizer_img, self.optimizer_style, self.optimizer_lr):
+            o.step()
+        self.syn_lr.data = self.syn_lr.data.clip(min=0.001)
+        return float(grand_loss.detach())
+
+
+class OriginalDSAOnly:
+    """Only the augmentation of the DSA loop: per class, a real batch (drawn once, so the row times DSA,
+    not data loading) and the synthetic images through ``utils.DiffAugment`` with one Siamese seed,
+    forward and backward (the images' gradient)."""
+
+    def __init__(self, utils: types.ModuleType, ds: Dataset, ipc: int, batch_real: int, seed: int,
+                 dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"):
+        self.loop = OriginalDCLoop(utils, ds, ipc, batch_real, seed, dsa_strategy)
+        self.reals = [self.loop.real(c, batch_real) for c in range(ds.num_classes)]
+
+    def step(self) -> float:
+        lp, total = self.loop, 0.0
+        for c in range(lp.ds.num_classes):
+            seed = int(torch.randint(100000, (1,), generator=lp.gen))
+            img_real = self.reals[c]
+            img_syn = lp.image_syn[c * lp.ipc:(c + 1) * lp.ipc]
+            a = lp.utils.DiffAugment(img_real, lp.dsa_strategy, seed=seed, param=lp.dsa_param)
+            b = lp.utils.DiffAugment(img_syn, lp.dsa_strategy, seed=seed, param=lp.dsa_param)
+            loss = (b.mean() - a.mean()) ** 2
+            loss.backward()
+            total += float(loss.detach())
+        return total
 
 
 # --- runs -----------------------------------------------------------------------------------------
@@ -390,6 +689,53 @@ def run_original_dc(ds: Dataset, quick: bool, iterations: int, progress) -> list
     return results
 
 
+def _before_after(name: str, case: str, utils: types.ModuleType, make: Callable[[], object], iterations: int,
+                  progress) -> Result:
+    """The original-style loop ``make()`` builds, unpatched against patched; each built under its own
+    patch state (the objects a script makes at start, e.g. StyleTranslators, are then the patched ones)."""
+    before = make()
+    ddkernels.compat.patch(utils)
+    after = make()
+    ddkernels.compat.unpatch(utils)
+
+    def unpatched():
+        ddkernels.compat.unpatch(utils)
+        return before.step()
+
+    def patched():
+        ddkernels.compat.patch(utils)
+        return after.step()
+
+    res = compare(name, case, {"reference": unpatched, "compat.patch": patched}, iterations, progress)
+    ddkernels.compat.unpatch(utils)
+    return res
+
+
+DSA_STRATEGY = "color_crop_cutout_flip_scale_rotate"
+
+
+def run_original_dsa_haba(ds: Dataset, quick: bool, iterations: int, progress) -> list[Result]:
+    """DSA (VICO main.py with --method DSA) and HaBa's student (distill_fac.py), original-style, before
+    and after ``ddkernels.compat.patch``; and the DSA calls alone."""
+    results = []
+    batch_real = 64 if quick else 256
+    for ipc in ((1,) if quick else (1, 10)):
+        utils = original_dsa_utils()
+        results.append(_before_after(
+            "DSA, original-style loop", f"FMNIST IPC {ipc}, width 128, {batch_real} real/class, {DSA_STRATEGY}", utils,
+            lambda: OriginalDCLoop(utils, ds, ipc, batch_real, 0, DSA_STRATEGY), iterations, progress))
+        results.append(_before_after(
+            "DSA augmentation only", f"FMNIST IPC {ipc}, {batch_real} real/class, Siamese, fwd+bwd", utils,
+            lambda: OriginalDSAOnly(utils, ds, ipc, batch_real, 0, DSA_STRATEGY), iterations, progress))
+        haba = original_haba_utils()
+        syn_steps, n_style = (10, 5) if quick else (20, 5)
+        results.append(_before_after(
+            "HaBa, original-style student", f"FMNIST IPC {ipc}, width 128, {n_style} styles (per sample), "
+            f"{syn_steps} syn_steps, DSA", haba,
+            lambda: OriginalHaBaLoop(haba, ds, ipc, n_style, syn_steps, 0, DSA_STRATEGY), iterations, progress))
+    return results
+
+
 # --- output ---------------------------------------------------------------------------------------
 def _shares(p: Profile) -> str:
     parts = [f"{SHORT[op]} {100 * p.share(op):.1f}" for op in RANGES if p.op_s[op] > 0]
@@ -454,7 +800,7 @@ def main(argv=None) -> None:
     ap.add_argument("--methods", nargs="*", default=None, help=f"subset of {', '.join(METHODS)} (default all; none given: only the original-style loop)")
     ap.add_argument("--widths", nargs="+", default=list(WIDTHS), choices=list(WIDTHS),
                     help="network widths: the preset's and/or the papers' 128 (default both)")
-    ap.add_argument("--no-original", action="store_true", help="skip the original-style DC loop")
+    ap.add_argument("--no-original", action="store_true", help="skip the original-style loops (DC, DSA, HaBa)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--device", default="cpu", help="where the trainers run: cpu (default), cuda, cuda:N; on CUDA "
                                                     "the fused provider is triton and the original-style loop is skipped")
@@ -479,6 +825,7 @@ def run(quick: bool, iterations: int | None, methods=None, original: bool = True
     results = run_trainers(ds, quick, iterations, methods, progress, widths, device)
     if original:
         results += run_original_dc(ds, quick, iterations, progress)
+        results += run_original_dsa_haba(ds, quick, iterations, progress)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else harness.hardware()
     header = (f"Measured on {where}, torch {torch.__version__}, git {harness.git_sha()}, "
               f"{'--quick' if quick else 'full'} run (per provider: a warm-up iteration, {iterations} timed "

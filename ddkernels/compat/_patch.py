@@ -7,6 +7,7 @@ import types
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
+from . import dsa
 from .convnet import ConvNet
 from .dc import distance_wb, match_loss
 from .haba import StyleTranslator
@@ -38,6 +39,24 @@ class _Target:
     replacement: object
     kind: str = "function"                # "function", "class" (matched on __init__) or "methods"
     methods: dict = field(default_factory=dict)   # kind "methods": method name -> (params, replacement)
+    alt_params: tuple = ()                # other repositories' parameter lists the replacement also takes
+    choose: Callable | None = None        # original -> replacement, where it depends on the repository
+
+    def replacement_for(self, original):
+        return self.choose(original) if self.choose is not None else self.replacement
+
+
+def _param_diff_aug_for(original) -> type:
+    # mtt-distillation's / DatasetFactorization's copy adds ratio_noise and resamples with align_corners=True
+    try:
+        copy = hasattr(original(), "ratio_noise")
+    except Exception:  # not constructible without arguments: not the original, _why_not said so already
+        copy = False
+    return dsa.MTTParamDiffAug if copy else dsa.ParamDiffAug
+
+
+_DSA = "DatasetCondensation / mtt-distillation / DatasetFactorization utils.py"
+_DC_CONVNET = ("channel", "num_classes", "net_width", "net_depth", "net_act", "net_norm", "net_pooling", "im_size")
 
 
 TARGETS = {t.name: t for t in (
@@ -52,10 +71,16 @@ TARGETS = {t.name: t for t in (
     _Target("Synthesizer", "Efficient-Dataset-Condensation condense.py", (), None, "methods",
             {"decode_zoom": (("img", "target", "factor"), _synth_decode_zoom),
              "decode_zoom_multi": (("img", "target", "factor_max"), _synth_decode_zoom_multi)}),
-    _Target("ConvNet", "DatasetCondensation networks.py (imported by utils.py)",
-            ("channel", "num_classes", "net_width", "net_depth", "net_act", "net_norm", "net_pooling", "im_size"),
-            ConvNet, "class"),
-)}
+    _Target("ConvNet", "DatasetCondensation / mtt-distillation networks.py (imported by utils.py)", _DC_CONVNET,
+            ConvNet, "class", alt_params=(
+                _DC_CONVNET + ("only_feat",),  # DatasetFactorization networks.py
+                ("num_classes", "net_norm", "net_depth", "net_width", "channel", "net_act", "net_pooling",
+                 "im_size"))),  # Efficient-Dataset-Condensation models/convnet.py
+    _Target("DiffAugment", _DSA, ("x", "strategy", "seed", "param"), dsa.DiffAugment),
+    _Target("ParamDiffAug", _DSA, (), dsa.ParamDiffAug, "class", choose=_param_diff_aug_for),
+    _Target("set_seed_DiffAug", _DSA, ("param",), dsa.set_seed_DiffAug),
+) + tuple(_Target(f"rand_{t}", _DSA, ("x", "param"), getattr(dsa, f"rand_{t}"))
+          for t in ("scale", "rotate", "flip", "brightness", "saturation", "contrast", "crop", "cutout"))}
 
 
 class PatchError(RuntimeError):
@@ -80,15 +105,16 @@ def _why_not(target: _Target, obj) -> str | None:
         if not inspect.isfunction(obj):
             return f"it is a {type(obj).__name__}, not a function {expect}"
         got = _leading_params(obj, False)
-        if got != target.params:
+        if got not in (target.params,) + target.alt_params:
             return f"its parameters are {got}, {target.origin}'s {expect} takes {target.params}"
         return None
     if not inspect.isclass(obj):
         return f"it is a {type(obj).__name__}, not the class {target.name} of {target.origin}"
     if target.kind == "class":
         got = _leading_params(obj.__init__, True)
-        if got != target.params:
-            return f"its __init__ takes {got}, {target.origin}'s {target.name} takes {target.params}"
+        if got not in (target.params,) + target.alt_params:
+            alts = "".join(f" or {a}" for a in target.alt_params)
+            return f"its __init__ takes {got}, {target.origin}'s {target.name} takes {target.params}{alts}"
         return None
     for meth, (params, _) in target.methods.items():
         fn = getattr(obj, meth, None)
@@ -102,21 +128,31 @@ def _why_not(target: _Target, obj) -> str | None:
 
 @dataclass
 class PatchReport:
-    """What :func:`patch` did to one module."""
+    """What :func:`patch` did (or, with ``dry_run=True``, would do) to one module."""
 
     module: str
-    patched: list[str]
+    patched: list[str]        # replaced (dry run: would be replaced)
     skipped: dict[str, str]   # present under a known name but not the original: name -> why
     absent: list[str]
+    replacements: dict[str, str] = field(default_factory=dict)  # patched name -> what replaces it
+    dry_run: bool = False
 
     def __str__(self) -> str:
-        parts = [f"ddkernels.compat patched {self.module}: {', '.join(self.patched) or 'nothing'}"]
+        verb = "would patch" if self.dry_run else "patched"
+        done = ", ".join(f"{n} -> {self.replacements[n]}" if n in self.replacements else n for n in self.patched)
+        parts = [f"ddkernels.compat {verb} {self.module}: {done or 'nothing'}"]
         if self.skipped:
             parts.append("left alone: " + "; ".join(f"{k} ({v})" for k, v in self.skipped.items()))
         return ". ".join(parts)
 
 
-def patch(module: types.ModuleType, names: Iterable[str] | None = None) -> PatchReport:
+def _describe(obj) -> str:
+    if isinstance(obj, tuple):  # methods
+        return ", ".join(_describe(o) for o in obj)
+    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', type(obj).__name__)}"
+
+
+def patch(module: types.ModuleType, names: Iterable[str] | None = None, *, dry_run: bool = False) -> PatchReport:
     """Replace the original distillation functions inside an imported module with ddkernels' fused ones.
 
     ``import ddkernels.compat; ddkernels.compat.patch(utils)`` is the whole change for a training
@@ -132,6 +168,16 @@ def patch(module: types.ModuleType, names: Iterable[str] | None = None) -> Patch
     reported (logged as warnings) and, if nothing matches, :class:`PatchError` names everything it
     looked for. With explicit ``names`` it patches all of them or nothing, naming what is missing.
     Patching twice is harmless; :func:`unpatch` restores the originals.
+
+    The DSA names (``DiffAugment``, ``ParamDiffAug``, ``set_seed_DiffAug``, ``rand_*``) go to
+    :mod:`ddkernels.compat.dsa`; a ``ParamDiffAug`` with mtt-distillation's / DatasetFactorization's
+    ``ratio_noise`` is replaced by :class:`~ddkernels.compat.dsa.MTTParamDiffAug` (their
+    ``align_corners=True``). ``ConvNet`` is matched against the DatasetCondensation / mtt-distillation,
+    DatasetFactorization and Efficient-Dataset-Condensation constructors.
+
+    Args:
+        dry_run: change nothing; the report lists what would be replaced, by what, and why anything
+            is left alone (nothing matching raises no error then).
 
     Returns:
         A :class:`PatchReport` (also logged on the ``ddkernels.compat`` logger at INFO).
@@ -158,6 +204,19 @@ def patch(module: types.ModuleType, names: Iterable[str] | None = None) -> Patch
             todo.append(n)
         else:
             skipped[n] = why
+    replacements = {}
+    for n in todo:
+        t = TARGETS[n]
+        if t.kind == "methods":
+            replacements[n] = _describe(tuple(r for _, r in t.methods.values()))
+        elif n in originals:
+            replacements[n] = _describe(getattr(module, n))
+        else:
+            replacements[n] = _describe(t.replacement_for(getattr(module, n)))
+    if dry_run:
+        report = PatchReport(module.__name__, todo, skipped, absent, replacements, dry_run=True)
+        log.info("%s", report)
+        return report
     if explicit and (absent or skipped):
         problems = [f"{n} (not found)" for n in absent] + [f"{n} ({why})" for n, why in skipped.items()]
         raise PatchError(f"refusing to patch {module.__name__}: {'; '.join(problems)}. Nothing was patched.")
@@ -177,9 +236,9 @@ def patch(module: types.ModuleType, names: Iterable[str] | None = None) -> Patch
                     setattr(cls, meth, repl)
         elif n not in originals:
             originals[n] = getattr(module, n)
-            setattr(module, n, t.replacement)
+            setattr(module, n, t.replacement_for(originals[n]))
     module.__dict__[_ORIGINALS] = originals
-    report = PatchReport(module.__name__, todo, skipped, absent)
+    report = PatchReport(module.__name__, todo, skipped, absent, replacements)
     log.info("%s", report)
     for n, why in skipped.items():
         log.warning("ddkernels.compat left %s.%s alone: %s", module.__name__, n, why)

@@ -56,3 +56,41 @@ def test_original_dc_utils_match_compat_and_patch():
     assert_close(patched(x), net(x), name="patched network")
     ddkernels.compat.unpatch(utils)
     assert utils.match_loss is not ddkernels.compat.match_loss and utils.ConvNet is not ddkernels.compat.ConvNet
+
+
+@pytest.mark.parametrize("flavour", ["vico", "mtt"])
+def test_original_dsa_transcription_matches_the_fixture_and_compat(flavour):
+    from tests.compat.test_dsa import OriginalDSA
+
+    utils = bench_e2e.original_dsa_utils() if flavour == "vico" else bench_e2e.original_haba_utils()
+    x = torch.randn(5, 3, 16, 16)
+    for seed in (-1, 7):
+        for rng in range(4):
+            param = utils.ParamDiffAug()
+            torch.manual_seed(rng)
+            want = OriginalDSA(flavour == "mtt")(x, bench_e2e.DSA_STRATEGY, seed)
+            torch.manual_seed(rng)
+            assert torch.equal(utils.DiffAugment(x, bench_e2e.DSA_STRATEGY, seed, param), want)
+            torch.manual_seed(rng)
+            assert torch.equal(ddkernels.compat.DiffAugment(x, bench_e2e.DSA_STRATEGY, seed, param), want)
+
+
+def test_original_haba_utils_patch_and_step():
+    from ddkernels.distill.data import load_dataset
+
+    utils = bench_e2e.original_haba_utils()
+    dry = ddkernels.compat.patch(utils, dry_run=True)
+    assert {"ConvNet", "StyleTranslator", "DiffAugment", "ParamDiffAug", "rand_crop"} <= set(dry.patched)
+    assert dry.replacements["ParamDiffAug"].endswith("MTTParamDiffAug") and "ReparamModule" not in dry.patched
+    ds = load_dataset("digits")  # 8×8: fast; the benchmark runs Fashion-MNIST
+    make = lambda: bench_e2e.OriginalHaBaLoop(utils, ds, 1, 3, 2, seed=0)  # noqa: E731
+    before = make()
+    ddkernels.compat.patch(utils)
+    after = make()
+    assert isinstance(after.styles[0], ddkernels.compat.StyleTranslator)
+    assert all(torch.equal(a, b) for a, b in zip(before.styles.state_dict().values(), after.styles.state_dict().values()))
+    patched_loss = after.step()
+    ddkernels.compat.unpatch(utils)
+    loss = before.step()
+    assert abs(patched_loss - loss) <= 1e-4 * abs(loss)
+    assert_close(after.image_syn, before.image_syn, atol=1e-4, rtol=1e-4, name="bases after one step")
