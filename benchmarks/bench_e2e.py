@@ -671,21 +671,9 @@ def run_original_dc(ds: Dataset, quick: bool, iterations: int, progress) -> list
     for ipc in ((1,) if quick else (1, 10)):
         utils = original_dc_utils()
         batch_real = 64 if quick else 256  # the quick preset's / the original's real images per class
-        before = OriginalDCLoop(utils, ds, ipc, batch_real, seed=0)
-        after = OriginalDCLoop(utils, ds, ipc, batch_real, seed=0)
-
-        def unpatched():
-            ddkernels.compat.unpatch(utils)
-            return before.step()
-
-        def patched():
-            ddkernels.compat.patch(utils)
-            return after.step()
-
-        res = compare("DC, original-style loop", f"FMNIST IPC {ipc}, width 128, {batch_real} real/class, 'ours'",
-                      {"reference": unpatched, "compat.patch": patched}, iterations, progress)
-        ddkernels.compat.unpatch(utils)
-        results.append(res)
+        results.append(_before_after("DC, original-style loop",
+                                     f"FMNIST IPC {ipc}, width 128, {batch_real} real/class, 'ours'", utils,
+                                     lambda: OriginalDCLoop(utils, ds, ipc, batch_real, seed=0), iterations, progress))
     return results
 
 
