@@ -11,6 +11,7 @@ import torch
 
 from ... import _ext, dispatch
 from ..._checks import check_int, check_tensor
+from .._autograd import select_backend
 from . import reference
 
 BACKENDS = dispatch.op_backends("small_conv", triton=False, gpu_note="GPU tensors run cuDNN through the reference")
@@ -102,7 +103,7 @@ def small_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
         raise ValueError(f"bias must have weight.size(0)={weight.shape[0]} elements, got shape {tuple(bias.shape)}")
     if min(x.shape[2:]) + 2 * padding < k:
         raise ValueError(f"x spatial size {tuple(x.shape[2:])} with padding {padding} is smaller than the kernel size {k}")
-    name = BACKENDS.select(backend, x.device, x.dtype)
+    name = select_backend(BACKENDS, backend, x.device, x.dtype)
     if name == "reference":
         return reference.small_conv2d(x, weight, bias, padding, groups)
     return SmallConv2dFunction.apply(x.contiguous(), weight.contiguous(),
@@ -140,7 +141,7 @@ def small_conv_transpose2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Te
     if bias is not None and bias.shape[0] != weight.shape[1] * groups:
         raise ValueError(f"bias must have weight.size(1)·groups={weight.shape[1] * groups} elements, "
                          f"got shape {tuple(bias.shape)}")
-    name = BACKENDS.select(backend, x.device, x.dtype)
+    name = select_backend(BACKENDS, backend, x.device, x.dtype)
     if name == "reference":
         return reference.small_conv_transpose2d(x, weight, bias, groups)
     return small_conv2d(x, transpose_weight(weight, groups), bias, weight.shape[2] - 1, groups, backend=name)
