@@ -146,13 +146,11 @@ class AddressableMemory(nn.Module):
         return self.bases.numel() + self.addressing.numel()
 
     def _check_rows(self, rows) -> None:
-        """``rows`` must be a 1-D int64 tensor of row numbers in ``[0, C·r)`` on the memory's device."""
+        """``rows`` must be an int64 tensor of row numbers in ``[0, C·r)`` on the memory's device."""
         if not isinstance(rows, torch.Tensor):
             raise TypeError(f"rows must be a torch.Tensor of dtype int64, got {type(rows).__name__}")
         if rows.dtype != torch.int64:
             raise TypeError(f"rows must have dtype int64 (torch.long), got {rows.dtype}")
-        if rows.dim() != 1:
-            raise ValueError(f"rows must be 1-D (N,), got shape {tuple(rows.shape)}")
         if rows.device != self.addressing.device:
             raise ValueError(f"rows must be on the memory's device {self.addressing.device}, got {rows.device}")
         # One reduction (a sync on GPU) buys a readable error instead of a raw IndexError.

@@ -7,7 +7,7 @@ from typing import Callable, Sequence
 import torch
 
 
-def recomputed_vjp(fn: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor], need: Sequence[bool],
+def recomputed_vjp(fn: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor | None], need: Sequence[bool],
                    grad_out: torch.Tensor) -> list[torch.Tensor | None]:
     """``grad_out``-weighted gradients of ``fn(*inputs)`` for the inputs flagged in ``need``, recorded
     in the autograd graph: a fused backward calls this when autograd asks it for a differentiable
@@ -18,10 +18,13 @@ def recomputed_vjp(fn: Callable[..., torch.Tensor], inputs: Sequence[torch.Tenso
     stand-in (requires no grad) becomes a leaf. Unused inputs get ``None`` (zero).
     """
     with torch.enable_grad():
-        xs = [t.detach().requires_grad_(n) if not (n and t.requires_grad) else t.view_as(t)
+        xs = [t if t is None else t.view_as(t) if n and t.requires_grad else t.detach().requires_grad_(n)
               for t, n in zip(inputs, need)]
         wanted = [x for x, n in zip(xs, need) if n]
-        grads = iter(torch.autograd.grad(fn(*xs), wanted, grad_out, create_graph=True, allow_unused=True))
+        out = fn(*xs)
+        if not out.requires_grad:  # a constant (e.g. "ours" over 1-D tensors only): zero gradients
+            return [None] * len(need)
+        grads = iter(torch.autograd.grad(out, wanted, grad_out, create_graph=True, allow_unused=True))
     return [next(grads) if n else None for n in need]
 
 
