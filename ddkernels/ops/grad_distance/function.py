@@ -221,7 +221,8 @@ def grad_distance(
 
     Returns:
         A scalar, or ``(K,)`` with ``batched=True``; differentiable in both ``g_syn`` and ``g_real``
-        (first order) on every backend.
+        on every backend, twice (``create_graph=True``) included: the fused backends' second
+        derivative runs through the reference.
     """
     _check_inputs(g_syn, g_real, metric, batched)
     name = select_backend(BACKENDS, backend, g_syn[0].device, g_syn[0].dtype)
