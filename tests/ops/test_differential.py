@@ -345,7 +345,7 @@ def worker(op: str) -> None:
             ran += 1
             if why:
                 failures.append(f"{case.describe()} backend={backend}: {why}")
-    print("SUMMARY " + json.dumps({"ran": ran, "failures": failures}), flush=True)
+    print("SUMMARY " + json.dumps({"backends": fused, "ran": ran, "failures": failures}), flush=True)
 
 
 # --- the tests ----------------------------------------------------------------------------------
@@ -366,6 +366,8 @@ def test_differential(op):
         last = started[-1][6:] if started else "(before the first case)"
         pytest.fail(f"{op}: the case process died (exit {proc.returncode}) during {last}\n{proc.stderr[-2000:]}")
     result = json.loads(summary[-1][8:])
-    assert result["ran"] >= CASES_PER_OP
+    if not result["backends"]:  # as tests.conftest.fused_backends: skipped with a reason, never dropped
+        pytest.skip(f"{op}: no fused backend can run here (no C++ extension, no triton)")
+    assert result["ran"] >= (CASES_PER_OP if "cpu" in result["backends"] else TRITON_CASES)
     assert not result["failures"], f"{len(result['failures'])} of {result['ran']} cases disagree:\n" + \
         "\n".join(result["failures"])
