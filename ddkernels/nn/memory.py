@@ -145,10 +145,26 @@ class AddressableMemory(nn.Module):
         """Stored floats: ``K·ch·(H/ds)·(W/ds) + C·r·K``."""
         return self.bases.numel() + self.addressing.numel()
 
+    def _check_rows(self, rows) -> None:
+        """``rows`` must be an int64 tensor of row numbers in ``[0, C·r)`` on the memory's device."""
+        if not isinstance(rows, torch.Tensor):
+            raise TypeError(f"rows must be a torch.Tensor of dtype int64, got {type(rows).__name__}")
+        if rows.dtype != torch.int64:
+            raise TypeError(f"rows must have dtype int64 (torch.long), got {rows.dtype}")
+        if rows.device != self.addressing.device:
+            raise ValueError(f"rows must be on the memory's device {self.addressing.device}, got {rows.device}")
+        # One reduction (a sync on GPU) buys a readable error instead of a raw IndexError.
+        n = self.num_images
+        if rows.numel() and rows.device.type != "meta" and (int(rows.min()) < 0 or int(rows.max()) >= n):
+            raise ValueError(f"rows must hold row numbers in [0, num_classes·rows_per_class = {n}), got values in "
+                             f"[{int(rows.min())}, {int(rows.max())}]")
+
     def labels(self, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Class of each decoded row (``row // r``), int64."""
         if rows is None:
             rows = torch.arange(self.num_images, device=self.addressing.device)
+        else:
+            self._check_rows(rows)
         return torch.div(rows, self.rows_per_class, rounding_mode="floor")
 
     def sample_rows(self, per_class: int, generator: torch.Generator | None = None,
@@ -196,6 +212,8 @@ class AddressableMemory(nn.Module):
 
     def decode(self, rows: torch.Tensor | None = None, *, upsample_first: bool = True) -> torch.Tensor:
         """Decoded images of ``rows`` (default all ``C·r``); see :func:`addressable_decode`."""
+        if rows is not None:
+            self._check_rows(rows)
         coeffs = self.addressing if rows is None else self.addressing[rows]
         return addressable_decode(self.bases, coeffs, self.image_shape, self.downsample, upsample_first=upsample_first)
 

@@ -1,13 +1,14 @@
 """grad_distance: backend declarations, the autograd Function and the functional API."""
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from ... import _ext, dispatch
 from ..._checks import check_finite_enabled, check_same_device, check_tensor
+from .._autograd import recomputed_vjp, select_backend
 from . import reference
 from .tables import total_rows
 
@@ -91,8 +92,10 @@ class GradDistanceFunction(torch.autograd.Function):
     gradient from forward to backward. The buffers are handed over once; a graph replayed with
     ``retain_graph=True`` recomputes from the saved inputs.
 
-    The backward is first order (``once_differentiable``): in gradient matching the second-order
-    part runs inside the network's own autograd graph that produced ``g_syn``.
+    The fused backward is first order: in gradient matching the second-order part runs inside the
+    network's own autograd graph that produced ``g_syn``. When autograd asks for a differentiable
+    gradient (``create_graph=True`` through this op) the backward recomputes the distance with the
+    reference and differentiates it, so second derivatives are exact, never silently dropped.
     """
 
     @staticmethod
@@ -112,9 +115,15 @@ class GradDistanceFunction(torch.autograd.Function):
         return dist
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad: torch.Tensor):
         n, (need_syn, need_real) = ctx.n, ctx.need
+        if torch.is_grad_enabled():  # create_graph=True: the result must itself be differentiable
+            ctx.pre = None
+            stats, *tensors = ctx.saved_tensors
+            need = [need_syn] * n + [need_real] * n
+            grads = recomputed_vjp(lambda *t: reference.grad_distance(t[:n], t[n:], ctx.metric, batched=True),
+                                   tensors, need, grad)
+            return (None, None, None, *grads)
         if ctx.pre is not None:
             gs, gr = ctx.pre
             ctx.pre = None
@@ -160,6 +169,11 @@ def _check_inputs(g_syn, g_real, metric, batched):
         if batched and s.shape[0] != k:
             raise ValueError(f"batched=True needs the same number of classes K in dim 0 of every tensor: "
                              f"g_syn[0] has K={k}, g_syn[{i}] has K={s.shape[0]}")
+        param = s.shape[lead - 1:]
+        if metric == "l1_mean" and len(param) >= 2 and param[0] and not math.prod(param[1:]):
+            # IDC's mean over an empty row is nan; refuse instead of returning nan (or a kernel's 0).
+            raise ValueError(f"metric 'l1_mean' averages each row (first parameter dim) of g_syn[{i}], but its "
+                             f"parameter shape {tuple(param)} has rows of 0 elements, whose mean is undefined")
     if check_finite_enabled():
         for i, (s, r) in enumerate(zip(g_syn, g_real)):
             check_tensor(s, f"g_syn[{i}]")
@@ -180,10 +194,15 @@ def grad_distance(
     Metrics (rows = first parameter dim, i.e. output channels / units):
 
     * ``"ours"`` (DC/DSA default, ``distance_wb``): per tensor Σ_rows [1 − ⟨s,r⟩ / (‖s‖·‖r‖ + 1e-6)],
-      4-D/3-D tensors flattened to rows, **1-D tensors contribute 0**; summed over tensors.
+      summed over tensors. Rows as DC's ``distance_wb`` cuts them: a 2-, 3- or 4-D tensor has one
+      row per first-dim slice (output channel / unit), **1-D tensors contribute 0**, and a tensor
+      of 5 or more dims (e.g. a Conv3d weight) is compared along its last dim only (one row per
+      index of all the other dims), because ``distance_wb`` flattens only 4-D and 3-D tensors.
     * ``"mse"``: Σ (syn − real)² over all elements (a sum, as in DC and IDC).
     * ``"l1"``: Σ |syn − real|.
-    * ``"l1_mean"`` (IDC): Σ_tensors Σ_rows mean_row |syn − real| (a 1-D tensor's rows are its elements).
+    * ``"l1_mean"`` (IDC): Σ_tensors Σ_rows mean_row |syn − real| (a 1-D tensor's rows are its
+      elements); a parameter with rows of 0 elements (e.g. ``(3, 0)``) raises ``ValueError``: the
+      mean of an empty row is undefined (IDC's code returns nan).
     * ``"global_cos"`` (DC's ``'cos'``): 1 − ⟨s,r⟩ / (‖s‖‖r‖ + 1e-6) over all tensors concatenated.
 
     Which layers take part is the caller's choice (IDC skips 1-D and 2-D tensors by default): the op
@@ -202,13 +221,21 @@ def grad_distance(
 
     Returns:
         A scalar, or ``(K,)`` with ``batched=True``; differentiable in both ``g_syn`` and ``g_real``
-        (first order) on every backend.
+        on every backend, twice (``create_graph=True``) included: the fused backends' second
+        derivative runs through the reference.
     """
     _check_inputs(g_syn, g_real, metric, batched)
-    name = BACKENDS.select(backend, g_syn[0].device, g_syn[0].dtype)
+    name = select_backend(BACKENDS, backend, g_syn[0].device, g_syn[0].dtype)
     if name == "reference":
         return reference.grad_distance(g_syn, g_real, metric, batched)
-    lift = (lambda t: t.contiguous()) if batched else (lambda t: t.contiguous().unsqueeze(0))
+    lead = 1 if batched else 0
+
+    def lift(t):
+        t = t.contiguous()
+        if metric == "ours" and t.dim() - lead >= 5:  # DC's rows: the last dim (the kernels cut the first)
+            t = t.view(*t.shape[:lead], math.prod(t.shape[lead:-1]), t.shape[-1])
+        return t if batched else t.unsqueeze(0)
+
     tensors = [lift(t) for t in g_syn] + [lift(t) for t in g_real]
     out = GradDistanceFunction.apply(metric, name, len(g_syn), *tensors)
     return out if batched else out[0]

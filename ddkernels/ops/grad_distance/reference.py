@@ -40,7 +40,8 @@ def dist(x: torch.Tensor, y: torch.Tensor, method: str) -> torch.Tensor:
         return (x - y).abs().sum()
     if method == "l1_mean":
         n_b = x.shape[0]
-        return (x - y).abs().reshape(n_b, -1).mean(-1).sum()
+        # reshape(n_b, -1) as IDC, spelled out so that a parameter with no rows sums to 0
+        return (x - y).abs().reshape(n_b, x.numel() // n_b if n_b else 0).mean(-1).sum()
     raise ValueError(method)
 
 
@@ -71,6 +72,8 @@ def grad_distance(g_syn: Sequence[torch.Tensor], g_real: Sequence[torch.Tensor],
     if not batched:
         return match_loss(g_syn, g_real, metric)
     k = g_syn[0].shape[0]
+    if k == 0:  # no classes: an empty (0,) result, still in the graph of every input
+        return sum(t.flatten(1).sum(1) for t in (*g_syn, *g_real))
     return torch.stack([match_loss([g[c] for g in g_syn], [g[c] for g in g_real], metric) for c in range(k)])
 
 
@@ -80,8 +83,9 @@ def grad_distance_eager(g_syn: Sequence[torch.Tensor], g_real: Sequence[torch.Te
     k = g_syn[0].shape[0]
     if metric == "ours":
         layers = [(s, r) for s, r in zip(g_syn, g_real) if s.dim() > 2]  # 1-D params contribute 0
-        s2 = [s.reshape(k, s.shape[1], -1) for s, _ in layers]
-        r2 = [r.reshape(k, r.shape[1], -1) for _, r in layers]
+        # distance_wb's rows: the first param dim for 2- to 4-D params, the last dim beyond that
+        s2 = [s.reshape(k, -1, s.shape[-1]) if s.dim() > 5 else s.reshape(k, s.shape[1], -1) for s, _ in layers]
+        r2 = [r.reshape(k, -1, r.shape[-1]) if r.dim() > 5 else r.reshape(k, r.shape[1], -1) for _, r in layers]
         dots = [d.sum(-1) for d in torch._foreach_mul(s2, r2)]
         ns = [torch.linalg.vector_norm(s, dim=-1) for s in s2]
         nr = [torch.linalg.vector_norm(r, dim=-1) for r in r2]

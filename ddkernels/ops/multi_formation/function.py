@@ -7,6 +7,7 @@ import torch
 
 from ... import _ext, dispatch
 from ..._checks import check_int, check_tensor
+from .._autograd import empty_result, select_backend
 from . import reference
 from .tables import adjoint_taps, forward_taps
 
@@ -60,7 +61,8 @@ _KERNELS = {"cpu": (_cpu_forward, _cpu_backward), "triton": (_triton_forward, _t
 
 
 class MultiFormationFunction(torch.autograd.Function):
-    """Fused decode for the kernel backends. The backward needs only shapes: nothing is saved."""
+    """Fused decode for the kernel backends. The backward needs only shapes: nothing is saved.
+    It is itself a Function (:class:`MultiFormationBackward`), so derivatives of every order exist."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, factor: int, out_h: int, out_w: int, backend: str) -> torch.Tensor:
@@ -69,9 +71,29 @@ class MultiFormationFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_y: torch.Tensor):
-        # Autograd may hand us an expanded/strided gradient; the kernels read it densely.
-        grad_x = _KERNELS[ctx.backend][1](grad_y.contiguous(), ctx.factor, *ctx.in_hw)
+        grad_x = MultiFormationBackward.apply(grad_y, ctx.factor, *ctx.in_hw, ctx.backend)
         return grad_x, None, None, None, None
+
+
+class MultiFormationBackward(torch.autograd.Function):
+    """The decode's adjoint ``grad_y -> grad_x``: linear in ``grad_y`` and independent of ``x``
+    (the decode is affine: a linear map plus the 0.5 padding), so its own derivative applies the
+    decode's linear part to the grad-of-grad: the decode minus the decode of zeros, whose only
+    non-zero values come from the padding."""
+
+    @staticmethod
+    def forward(ctx, grad_y: torch.Tensor, factor: int, h: int, w: int, backend: str) -> torch.Tensor:
+        ctx.factor, ctx.out_hw, ctx.backend = factor, grad_y.shape[2:], backend
+        ctx.padded = bool(h % factor or w % factor)
+        # Autograd may hand us an expanded/strided gradient; the kernels read it densely.
+        return _KERNELS[backend][1](grad_y.contiguous(), factor, h, w)
+
+    @staticmethod
+    def backward(ctx, gg_x: torch.Tensor):
+        gg_y = MultiFormationFunction.apply(gg_x.contiguous(), ctx.factor, *ctx.out_hw, ctx.backend)
+        if ctx.padded:
+            gg_y = gg_y - _KERNELS[ctx.backend][0](torch.zeros_like(gg_x), ctx.factor, *ctx.out_hw)
+        return gg_y, None, None, None, None
 
 
 def _normalize_size(size, h: int, w: int) -> tuple[int, int]:
@@ -88,8 +110,10 @@ def _normalize_size(size, h: int, w: int) -> tuple[int, int]:
 
 
 def _decode(x: torch.Tensor, factor: int, size: tuple[int, int], backend: str) -> torch.Tensor:
-    name = BACKENDS.select(backend, x.device, x.dtype)
+    name = select_backend(BACKENDS, backend, x.device, x.dtype)
     if name == "reference":
+        if not x.numel():  # N = 0 or C = 0: F.interpolate refuses empty batches
+            return empty_result(x, (factor * factor * x.shape[0], x.shape[1], *size))
         return reference.multi_formation(x, factor, size)
     return MultiFormationFunction.apply(x.contiguous(), factor, size[0], size[1], name)
 
@@ -112,7 +136,7 @@ def multi_formation(
     Args:
         x: stored images, floating point. Non-contiguous ``x`` (e.g. channels_last) is copied
             once to contiguous layout before a fused kernel runs; the reference backend reads it as is.
-        factor: tiles per side, ``1 <= factor <= min(h, w)``.
+        factor: tiles per side, ``1 <= factor <= min(h, w)`` (every tile holds at least one pixel).
         size: output ``(H, W)`` or an int for square outputs; default the stored size ``(h, w)``.
         multi: IDC's ``decode_type='multi'``: concatenate the decodes for factors ``1..factor``.
         backend: ``"auto"``, ``"reference"``, ``"cpu"`` or ``"triton"``.
@@ -122,10 +146,12 @@ def multi_formation(
         ``(Σ_{f=1..factor} f²·N, C, H, W)`` ordered by factor, then tile, then image.
 
     Returns:
-        The decoded images; differentiable in ``x`` on every backend.
+        The decoded images; differentiable in ``x`` on every backend, to any order.
     """
     check_tensor(x, "x", ndim=4, layout="(N, C, h, w)")
     h, w = x.shape[2], x.shape[3]
+    if not (h and w):
+        raise ValueError(f"x must hold images of at least 1×1 pixels (h, w >= 1), got shape {tuple(x.shape)}")
     check_int(factor, "factor", low=1, high=min(h, w))
     size = _normalize_size(size, h, w)
     if not multi:
@@ -133,12 +159,19 @@ def multi_formation(
     return torch.cat([_decode(x, f, size, backend) for f in range(1, factor + 1)])
 
 
+# The largest factor multi_formation_targets accepts: a decode with it needs stored images of
+# at least 4096×4096 pixels and gives 16.7 M images per stored one.
+MAX_FACTOR = 4096
+
+
 def multi_formation_targets(y: torch.Tensor, factor: int, *, multi: bool = False) -> torch.Tensor:
     """Labels for :func:`multi_formation`'s output: ``y`` repeated tile-major (``cat([y] * factor²)``).
 
     Args:
         y: labels of the stored images, any dtype.
-        factor: the factor given to :func:`multi_formation`.
+        factor: the factor given to :func:`multi_formation`, at most :data:`MAX_FACTOR` (labels
+            alone cannot check the decode's own limit, ``factor <= min(h, w)``; this one keeps a
+            typo from allocating terabytes).
         multi: match ``multi=True`` decodes (factors ``1..factor``).
 
     Shapes:
@@ -147,7 +180,7 @@ def multi_formation_targets(y: torch.Tensor, factor: int, *, multi: bool = False
     check_tensor(y, "y", floating=False)
     if y.dim() < 1:
         raise ValueError(f"y must have a leading batch dimension, got shape {tuple(y.shape)}")
-    check_int(factor, "factor", low=1)
+    check_int(factor, "factor", low=1, high=MAX_FACTOR)
     reps = sum(f * f for f in range(1, factor + 1)) if multi else factor * factor
     return y.repeat(reps, *([1] * (y.dim() - 1)))
 
@@ -157,4 +190,5 @@ def output_count(n: int, factor: int, multi: bool = False) -> int:
     return n * (sum(f * f for f in range(1, factor + 1)) if multi else factor * factor)
 
 
-__all__ = ["multi_formation", "multi_formation_targets", "MultiFormationFunction", "BACKENDS", "output_count"]
+__all__ = ["multi_formation", "multi_formation_targets", "MultiFormationFunction", "MultiFormationBackward",
+           "BACKENDS", "MAX_FACTOR", "output_count"]

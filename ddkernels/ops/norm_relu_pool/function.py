@@ -14,6 +14,7 @@ import torch
 
 from ... import _ext, dispatch
 from ..._checks import check_same_device, check_tensor
+from .._autograd import select_backend
 from . import reference
 
 BACKENDS = dispatch.op_backends("norm_relu_pool")
@@ -167,7 +168,7 @@ def norm_relu_pool(x: torch.Tensor, weight: torch.Tensor | None = None, bias: to
         (``create_graph=True``, e.g. gradient matching) included.
     """
     _check(x, weight, bias, eps, pool)
-    name = BACKENDS.select(backend, x.device, x.dtype)
+    name = select_backend(BACKENDS, backend, x.device, x.dtype)
     if name == "reference":
         return reference.norm_relu_pool(x, weight, bias, float(eps), pool)
     c = x.shape[1]

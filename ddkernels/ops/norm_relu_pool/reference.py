@@ -5,10 +5,30 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .._autograd import empty_result
+
 
 def norm_relu_pool(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float,
                    pool: bool) -> torch.Tensor:
-    y = F.relu(F.group_norm(x, x.shape[1], weight, bias, eps))
+    """``avg_pool2d(relu(group_norm(x, C, weight, bias, eps)), 2)``, kept off two PyTorch bugs and one
+    refusal, with the same result:
+
+    * the CPU ``group_norm`` backward crashes the process (segfault) on a channels_last ``x`` that
+      needs no gradient: ``x`` goes in contiguous;
+    * ``weight=None`` with a ``bias`` that needs a gradient raises "tensor does not have a device"
+      in the backward: ``None`` becomes explicit ones / zeros;
+    * ``F.group_norm`` refuses one value per group when N = 1 (a training-mode batch-size check
+      meant for batch norm); ``torch.group_norm`` is the same kernel without it, and the plane's
+      value normalizes to 0 as in the fused kernels.
+    """
+    c = x.shape[1]
+    if c == 0:  # group_norm cannot split 0 channels into 0 groups; the result is empty
+        out = (x.shape[0], 0, x.shape[2] // 2, x.shape[3] // 2) if pool else x.shape
+        empty = empty_result(x, out)
+        return sum((t.sum() for t in (weight, bias) if t is not None), empty)
+    weight = x.new_ones(c) if weight is None else weight
+    bias = x.new_zeros(c) if bias is None else bias
+    y = F.relu(torch.group_norm(x.contiguous(), c, weight, bias, eps, torch.backends.cudnn.enabled))
     return F.avg_pool2d(y, 2, 2) if pool else y
 
 

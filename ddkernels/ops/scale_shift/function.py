@@ -5,6 +5,7 @@ import torch
 
 from ... import _ext, dispatch
 from ..._checks import check_same_device, check_tensor
+from .._autograd import empty_result, recomputed_vjp, select_backend
 from . import reference
 
 BACKENDS = dispatch.op_backends("scale_shift")
@@ -60,21 +61,36 @@ def segment_table(index: torch.Tensor, num_hallucinators: int) -> tuple[torch.Te
     return order, offsets
 
 
+def _planes_reference(x, scale, shift, index, normalize: bool, eps: float) -> torch.Tensor:
+    """The reference on the kernels' plane layout (x (N, C, L), scale/shift (Hn, C, L or 1)): a
+    trailing unit dim makes each plane the ``(h, w)`` the reference normalizes over."""
+    return reference.scale_shift(x.unsqueeze(-1), scale.unsqueeze(-1), shift.unsqueeze(-1), index, normalize,
+                                 eps).squeeze(-1)
+
+
 class ScaleShiftFunction(torch.autograd.Function):
     """Fused scale-shift for the kernel backends on plane layouts: x (N, C, L), scale/shift
-    (Hn, C, L or 1), index (N,). Saves x, scale and (with normalize) the plane statistics."""
+    (Hn, C, L or 1), index (N,). Saves x, scale and (with normalize) the plane statistics.
+
+    The fused backward is first order; when autograd asks for a differentiable gradient
+    (``create_graph=True`` through this op) it recomputes the reference and differentiates it, so
+    second derivatives are exact."""
 
     @staticmethod
     def forward(ctx, x, scale, shift, index, normalize: bool, eps: float, backend: str):
         y, mean, rstd = _KERNELS[backend][0](x, scale, shift, index, normalize, eps)
         ctx.save_for_backward(x, scale, index, mean, rstd)
-        ctx.normalize, ctx.backend = normalize, backend
+        ctx.normalize, ctx.eps, ctx.backend = normalize, eps, backend
         return y
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y):
         x, scale, index, mean, rstd = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: the result must itself be differentiable
+            # shift enters additively: its value does not matter to any derivative, zeros stand in
+            grads = recomputed_vjp(lambda a, b, c: _planes_reference(a, b, c, index, ctx.normalize, ctx.eps),
+                                   (x, scale, torch.zeros_like(scale)), ctx.needs_input_grad[:3], grad_y)
+            return (*grads, None, None, None, None)
         order, offsets = segment_table(index, scale.shape[0])
         # Autograd may hand us an expanded/strided gradient; the kernels read it densely.
         gx, gs, gt = _KERNELS[ctx.backend][1](grad_y.contiguous(), x, scale, index, order, offsets,
@@ -115,8 +131,9 @@ def check_index(index, batch: int, hn: int, device: torch.device) -> None:
         raise ValueError(f"x and index must be on the same device, got {device} and {index.device}")
     if index.shape != (batch,):
         raise ValueError(f"index must have shape (B,) = ({batch},) like x.shape[0], got {tuple(index.shape)}")
-    # One reduction (a sync on GPU) buys a readable error instead of an out-of-bounds read.
-    if batch and (int(index.min()) < 0 or int(index.max()) >= hn):
+    # One reduction (a sync on GPU) buys a readable error instead of an out-of-bounds read; meta
+    # tensors (shape tracing) hold no values to check.
+    if batch and index.device.type != "meta" and (int(index.min()) < 0 or int(index.max()) >= hn):
         raise ValueError(f"index must hold hallucinator numbers in [0, Hn={hn}), got values in "
                          f"[{int(index.min())}, {int(index.max())}]")
 
@@ -157,7 +174,7 @@ def scale_shift(
     Returns:
         ``y`` with the shape of ``x``: ``y[k, b] = scale[k] ⊙ n(x[k, b]) + shift[k]`` (product) or
         ``y[b] = scale[index[b]] ⊙ n(x[b]) + shift[index[b]]`` (sampled); differentiable in ``x``,
-        ``scale`` and ``shift`` on every backend.
+        ``scale`` and ``shift`` on every backend, twice (``create_graph=True``) included.
     """
     check_tensor(x, "x")
     if index is None:
@@ -177,9 +194,11 @@ def scale_shift(
         raise ValueError(f"eps must be a non-negative number, got {eps!r}")
     eps = float(eps)
 
-    name = BACKENDS.select(backend, x.device, x.dtype)
+    name = select_backend(BACKENDS, backend, x.device, x.dtype)
     scale4, shift4 = scale.reshape(full), shift.reshape(full)
     if name == "reference":
+        if index is None and hn == 0:  # no hallucinators: an empty result, in the graph of every input
+            return empty_result(x, x.shape) + scale4.sum() + shift4.sum()
         return reference.scale_shift(x, scale4, shift4, index, normalize, eps)
 
     c, h, w = x.shape[-3:]

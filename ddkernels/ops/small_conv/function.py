@@ -11,6 +11,7 @@ import torch
 
 from ... import _ext, dispatch
 from ..._checks import check_int, check_tensor
+from .._autograd import recomputed_vjp, select_backend
 from . import reference
 
 BACKENDS = dispatch.op_backends("small_conv", triton=False, gpu_note="GPU tensors run cuDNN through the reference")
@@ -38,7 +39,8 @@ if _ext.cpu_available()[0]:
 
 class SmallConv2dFunction(torch.autograd.Function):
     """The C++ direct conv; the backward saves ``x`` and ``weight`` and returns only the gradients
-    autograd asks for."""
+    autograd asks for. Asked for a differentiable gradient (``create_graph=True``), it
+    differentiates the reference instead, so second derivatives are exact."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int,
@@ -51,6 +53,11 @@ class SmallConv2dFunction(torch.autograd.Function):
     def backward(ctx, grad_y: torch.Tensor):
         x, weight = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        if torch.is_grad_enabled():  # the bias enters additively: a zero stand-in gives its gradient
+            bias = weight.new_zeros(weight.shape[0]) if need_b else None
+            grads = recomputed_vjp(lambda a, b, c: reference.small_conv2d(a, b, c, ctx.padding, ctx.groups),
+                                   (x, weight, bias), (need_x, need_w, need_b), grad_y)
+            return (*grads, None, None)
         # Autograd may hand us an expanded/strided gradient; the kernel reads it densely.
         gx, gw, gb = torch.ops.ddkernels.small_conv2d_bwd(grad_y.contiguous(), x, weight, ctx.padding,
                                                           ctx.groups, need_x, need_w, need_b)
@@ -102,7 +109,7 @@ def small_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
         raise ValueError(f"bias must have weight.size(0)={weight.shape[0]} elements, got shape {tuple(bias.shape)}")
     if min(x.shape[2:]) + 2 * padding < k:
         raise ValueError(f"x spatial size {tuple(x.shape[2:])} with padding {padding} is smaller than the kernel size {k}")
-    name = BACKENDS.select(backend, x.device, x.dtype)
+    name = select_backend(BACKENDS, backend, x.device, x.dtype)
     if name == "reference":
         return reference.small_conv2d(x, weight, bias, padding, groups)
     return SmallConv2dFunction.apply(x.contiguous(), weight.contiguous(),
@@ -140,7 +147,7 @@ def small_conv_transpose2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Te
     if bias is not None and bias.shape[0] != weight.shape[1] * groups:
         raise ValueError(f"bias must have weight.size(1)·groups={weight.shape[1] * groups} elements, "
                          f"got shape {tuple(bias.shape)}")
-    name = BACKENDS.select(backend, x.device, x.dtype)
+    name = select_backend(BACKENDS, backend, x.device, x.dtype)
     if name == "reference":
         return reference.small_conv_transpose2d(x, weight, bias, groups)
     return small_conv2d(x, transpose_weight(weight, groups), bias, weight.shape[2] - 1, groups, backend=name)
