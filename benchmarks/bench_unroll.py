@@ -2,7 +2,7 @@
 ``create_graph=True`` graph): peak memory and time per iteration over ``syn_steps``, widths and IPCs.
 
     nice python -m benchmarks.bench_unroll [--steps 10 20 50 80] [--widths 32 128] [--ipc 1 10]
-                                           [--iterations 2] [--max-gb 6]
+                                           [--iterations 2] [--max-gb 9]
 
 Fashion-MNIST, the ``quick`` MTT preset (every image in each student step, per-sample DSA) at the
 given width, from one small throwaway expert per width (2 epochs of 512 images, in a temp dir;
@@ -103,7 +103,7 @@ def main(argv=None) -> None:
     ap.add_argument("--widths", nargs="*", type=int, default=[32, 128])
     ap.add_argument("--ipc", nargs="*", type=int, default=[1, 10])
     ap.add_argument("--iterations", type=int, default=2, help="timed outer iterations (1 at syn_steps >= 50 on CPU)")
-    ap.add_argument("--max-gb", type=float, default=6.0, help="skip autograd runs predicted to need more")
+    ap.add_argument("--max-gb", type=float, default=9.0, help="skip autograd runs predicted to need more")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     args = ap.parse_args(argv)

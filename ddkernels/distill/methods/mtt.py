@@ -3,8 +3,8 @@
 
 One outer iteration: draw an expert and a start epoch ``t < max_start_epoch``; start a student at
 the expert's parameters ``θ*_t`` (one flat vector); take ``syn_steps`` SGD steps on synthetic
-minibatches (per-sample DSA) with the learnable student lr ``syn_lr``; the loss is ``‖θ̂_N − θ*_{t+M}‖² / ‖θ*_t − θ*_{t+M}‖²`` with ``M =
-expert_epochs``; one step on the images (``lr_img``) and on ``syn_lr`` (``lr_lr``, its own param
+minibatches (per-sample DSA) with the learnable student lr ``syn_lr``; the loss is
+``‖θ̂_N − θ*_{t+M}‖² / ‖θ*_t − θ*_{t+M}‖²`` with ``M = expert_epochs``; one step on the images (``lr_img``) and on ``syn_lr`` (``lr_lr``, its own param
 group). The student is the run's ConvNet-3 evaluated with ``torch.func.functional_call`` on views of
 the flat vector, so no module is copied per step. hp ``unroll`` picks how the loss is differentiated
 through the ``syn_steps``: ``"reverse"`` (default; :mod:`.unroll`: one ``(syn_steps, P)`` weight buffer,

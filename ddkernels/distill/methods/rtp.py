@@ -11,9 +11,9 @@ image of class ``c`` (hard labels, as in the official code). One outer iteration
    go into one ``(T, P)`` buffer on the weights' device (the original deep-copies the module to
    the CPU each step);
 2. meta loss ``L = CE(f(θ_T; real), y)`` on ``batch_real`` real images per class;
-3. the reverse pass (:func:`bptt_meta_gradient`, the shared one of :mod:`.unroll`): for ``t = T−1 … 0``, with ``v̄`` the adjoint of
-   the momentum buffer and ``w̄`` that of the weights, ``v̄ ← μv̄ − ηw̄``; recompute step ``t``'s
-   loss from the snapshot and the memory, ``g_t = ∇_θ ℓ_t`` with a graph, and one mixed
+3. the reverse pass (:func:`bptt_meta_gradient`, the shared one of :mod:`.unroll`): for
+   ``t = T−1 … 0``, with ``v̄`` the adjoint of the momentum buffer and ``w̄`` that of the weights,
+   ``v̄ ← μv̄ − ηw̄``; recompute step ``t``'s loss from the snapshot and the memory, ``g_t = ∇_θ ℓ_t`` with a graph, and one mixed
    second-derivative product ``∂⟨g_t, v̄⟩/∂(bases, rows, θ_t)`` gives the memory's gradient and
    ``w̄ += ∂⟨g_t, v̄⟩/∂θ_t``. Memory is one step's graph plus the snapshot buffer.
 4. ``clip_grad_norm_`` (max 2) over both tables and an SGD step (lr 0.1, momentum 0.5).
@@ -53,7 +53,8 @@ def unroll_momentum_sgd(f: Callable, theta0: torch.Tensor, batches: Callable[[in
 
 def bptt_meta_gradient(f: Callable, theta0: torch.Tensor, memory: AddressableMemory, rows: torch.Tensor,
                        real_x: torch.Tensor, real_y: torch.Tensor, *, lr: float, momentum: float,
-                       upsample_first: bool = True, pinned: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                       upsample_first: bool = True,
+                       pinned: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """RTP's meta-gradient of ``L = CE(f(θ_T; real_x), real_y)`` w.r.t. the memory's two tables.
 
     ``θ_T`` is ``len(rows)`` steps of momentum SGD (lr ``lr``, momentum ``momentum``) from ``θ_0``,

@@ -18,8 +18,8 @@ buffer of the velocities ``v_{t+1}`` only when the gradient of ``η`` or ``μ`` 
 
 **Reverse** (:func:`unroll_reverse`), with ``a = ∂L/∂θ_{t+1}`` and ``c`` the adjoint of ``v_{t+1}``
 (``c ← μc − ηa``): recompute step ``t`` from its weights and record, ``g_t`` with a graph, then one
-mixed second-derivative (vector-Jacobian) product ``∂⟨g_t, c⟩/∂(θ_t, inputs)``; ``a += ∂⟨g_t, c⟩/∂θ_t``,
-``η̄ −= ⟨a, v_{t+1}⟩``, ``μ̄ += ⟨c, v_t⟩``. Memory: the buffers plus one step's double-backward graph,
+mixed second-derivative (vector-Jacobian) product ``∂⟨g_t, c⟩/∂(θ_t, inputs)``;
+``a += ∂⟨g_t, c⟩/∂θ_t``, ``η̄ −= ⟨a, v_{t+1}⟩``, ``μ̄ += ⟨c, v_t⟩``. Memory: the buffers plus one step's double-backward graph,
 whatever ``T`` (autograd through the unroll keeps all ``T``). The gradient is the exact one, the
 same as autograd's through the same unroll (tests/distill/methods/test_unroll.py, float64).
 
@@ -172,7 +172,8 @@ def unroll_reverse(tape: Tape, theta_bar: torch.Tensor, inputs: Sequence[torch.T
     lr, mu = tape.lr, tape.momentum
     plain = not isinstance(mu, torch.Tensor) and mu == 0
     if (lr_grad or momentum_grad) and not plain and tape.velocities is None:
-        raise ValueError("lr_grad/momentum_grad under momentum need the velocities: unroll_forward(keep_velocities=True)")
+        raise ValueError("lr_grad/momentum_grad under momentum need the velocities: "
+                         "unroll_forward(keep_velocities=True)")
     inputs = list(inputs)
     for i, p in enumerate(inputs):
         if not p.requires_grad:
