@@ -244,6 +244,7 @@ def saved_options(out: str) -> dict:
                          f"pass --method, --dataset and --ipc") from None
     hp = opts.pop("hp")
     check_arguments(opts["method"], opts["dataset"], opts["ipc"], preset=opts["preset"])
+    hp = {**METHODS[opts["method"]].HP_SINCE, **hp}
     base = preset_hp(opts["method"], opts["dataset"], opts["ipc"], opts["preset"])
     gone = sorted(set(hp) - set(base))
     if gone:
@@ -267,6 +268,11 @@ def _distill(method, dataset, ipc, out, ckpt, *, preset, iterations, backend, se
                      "backend": backend}[key]
             if saved.get(key) != value:
                 raise ValueError(f"--resume: the run in {out!r} has {key}={saved.get(key)!r}, this call has {value!r}")
+    if resume and isinstance(saved.get("hp"), dict):
+        # A run written before a hyperparameter existed resumes with the value it had then.
+        since = {k: v for k, v in METHODS[method].HP_SINCE.items() if k not in saved["hp"]}
+        saved["hp"] = {**saved["hp"], **since}
+        overrides = {**since, **(overrides or {})}
     ds = data.load_dataset(dataset, data_dir)
     eval_archs(archs, ds)
     shard = Shard.of(ds.num_classes, world, rank) if world > 1 else None  # fewer classes than ranks: fails here

@@ -116,13 +116,16 @@ def test_experts_keep_to_the_run_device(tmp_path):
     assert len(e["trajectory"]) == 2 and e["trajectory"][0].device.type == "cpu"
 
 
-@pytest.mark.parametrize("case", ["dc", "dm", "mtt", "idc", "idc-multi", "haba", "haba-dm", "rtp", "kfs-div"])
+@pytest.mark.parametrize("case", ["dc", "dm", "mtt", "mtt-reverse", "idc", "idc-multi", "haba", "haba-reverse",
+                                  "haba-dm", "rtp", "kfs-div"])
 def test_trainer_keeps_to_the_run_device(case, digits):
     from ddkernels.distill.methods import make_distiller
 
     from .methods.test_fingerprints import CASES
 
-    method, ipc, kw, *backend = CASES[case]
+    method, ipc, kw, *backend = CASES[case.removesuffix("-reverse")]
+    if case.endswith("-reverse"):  # the default unroll (the fingerprint cases pin "autograd")
+        kw = dict(kw, unroll="reverse")
     with strict_device():
         t = make_distiller(method, digits, ipc, "quick", seed=0, backend=backend[0] if backend else "auto",
                            device="cpu", **kw)

@@ -70,6 +70,9 @@ class Distiller:
     PRESETS: dict = {}
     #: checkpoint ``extra`` entries the method's format has always carried, whatever its objective
     EXTRA_STATE_DEFAULTS: dict = {}
+    #: hyperparameters added after runs were written, with the value a run written before had (so
+    #: resuming it keeps its behaviour; :func:`ddkernels.distill.runs.distill`)
+    HP_SINCE: dict = {}
     #: whether the classes can be split over ranks (derived from the parts; for a method with a
     #: choice of objectives: whether some choice can), and why not
     class_parallel = False

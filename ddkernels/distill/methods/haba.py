@@ -197,9 +197,12 @@ class BasesHallucinators(Parameterization):
     def num_slots(self):
         return len(self.bases)
 
-    def slots(self, idx):
-        """Bases ``idx`` through one random hallucinator (HaBa's student step)."""
-        return self.hallucinate(idx, self.random_style()), self.t.labels[idx]
+    def slot_draw(self, idx):
+        return self.random_style()  # HaBa's student step: one random hallucinator for the chunk
+
+    def drawn_slots(self, idx, draw):
+        """Bases ``idx`` through hallucinator ``draw``."""
+        return self.hallucinate(idx, draw), self.t.labels[idx]
 
     def class_batches(self, classes):
         """Per class, its bases through one random hallucinator (drawn per call, as a student step)."""
@@ -319,6 +322,7 @@ class HaBa(Distiller):
     OBJECTIVE = OBJECTIVES
     OBJECTIVE_KEY = "base"
     PRESETS = {"paper": paper, "quick": quick}
+    HP_SINCE = {"unroll": "autograd", "unroll_pinned": False}  # the reverse pass came later (issue 16)
     EXTRA_STATE_DEFAULTS = {"chunks": []}  # HaBa checkpoints have always carried MTT's chunk list
 
 

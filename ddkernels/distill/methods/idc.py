@@ -156,7 +156,7 @@ class MultiFormation(Parameterization):
     def num_slots(self):
         return len(self.t.classes) * sum(f * f * (hi - lo) for f, lo, hi in self.plan)
 
-    def slots(self, idx):
+    def drawn_slots(self, idx, draw):
         # Every decoded image is a slot: the set is decoded in full, differentiably, then indexed.
         x, y = self.decoded_set(self.syn)
         return x[idx], y[idx]

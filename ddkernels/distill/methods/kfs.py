@@ -110,7 +110,7 @@ class CodesDecoders(Parameterization):
         per = len(x) // len(self.t.classes)
         return [self.t.class_rows(x, c, per) for c in classes]
 
-    def slots(self, idx):
+    def drawn_slots(self, idx, draw):
         x, y = self.bank(), self.t.labels.repeat_interleave(self.bank.num_decoders)
         return x[idx], y[idx]
 

@@ -3,11 +3,15 @@
 
 One outer iteration: draw an expert and a start epoch ``t < max_start_epoch``; start a student at
 the expert's parameters ``θ*_t`` (one flat vector); take ``syn_steps`` SGD steps on synthetic
-minibatches (per-sample DSA) with the learnable student lr ``syn_lr``, keeping the graph
-(``create_graph=True``); the loss is ``‖θ̂_N − θ*_{t+M}‖² / ‖θ*_t − θ*_{t+M}‖²`` with ``M =
-expert_epochs``; one step on the images (``lr_img``) and on ``syn_lr`` (``lr_lr``, its own param
+minibatches (per-sample DSA) with the learnable student lr ``syn_lr``; the loss is
+``‖θ̂_N − θ*_{t+M}‖² / ‖θ*_t − θ*_{t+M}‖²`` with ``M = expert_epochs``; one step on the images (``lr_img``) and on ``syn_lr`` (``lr_lr``, its own param
 group). The student is the run's ConvNet-3 evaluated with ``torch.func.functional_call`` on views of
-the flat vector, so no module is copied per step.
+the flat vector, so no module is copied per step. hp ``unroll`` picks how the loss is differentiated
+through the ``syn_steps``: ``"reverse"`` (default; :mod:`.unroll`: one ``(syn_steps, P)`` weight buffer,
+each step recomputed in reverse from its recorded chunk, hallucinator and DSA parameters, memory of
+one step's graph) or ``"autograd"`` (MTT's own ``create_graph=True`` graph, memory ∝ ``syn_steps``);
+both give the same gradient. hp ``unroll_pinned`` (default off) keeps the weight buffer in pinned host
+memory.
 
 Experts come from ``ddkernels experts`` (:mod:`ddkernels.distill.experts`); set hp ``expert_dir``.
 """
@@ -17,13 +21,15 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from ..experts import ExpertBuffer, unflatten
+from ...augment import DiffAugment
 from ...nn.convnet import ConvNet
 from ..data.zca import zca_reg
+from ..experts import ExpertBuffer, unflatten
 from .base import Distiller
 from .parts import Objective, PlainImages
 from .presets import DSA_STRATEGY, default_expert_dir
 from .registry import register
+from .unroll import MODES, autograd_unroll, unrolled_sgd
 
 
 def trajectory_matching_loss(student: torch.Tensor, start: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -40,7 +46,7 @@ class TrajectoryMatching(Objective):
     pending chunks.
     """
 
-    needs = ("slots",)
+    needs = ("drawn_slots",)
     class_parallel = False
     not_class_parallel_because = ("every class's images enter one student trajectory (each student step trains "
                                   "on a batch mixing classes; it would need a split over expert trajectories)")
@@ -51,6 +57,8 @@ class TrajectoryMatching(Objective):
         for key in ("syn_steps", "expert_epochs", "max_start_epoch"):
             if isinstance(hp[key], bool) or not isinstance(hp[key], int) or hp[key] < 1:
                 raise ValueError(f"{key} must be a positive int, got {hp[key]!r}")
+        if hp.get("unroll", "reverse") not in MODES:
+            raise ValueError(f"unroll must be one of {MODES}, got {hp['unroll']!r}")
         ds = self.t.ds
         self.experts = ExpertBuffer(hp["expert_dir"], dataset=ds.name, width=hp["width"],
                                     min_epochs=hp["max_start_epoch"] + hp["expert_epochs"],
@@ -82,12 +90,38 @@ class TrajectoryMatching(Objective):
             self._chunks = list(torch.randperm(n, generator=self.t.gen, device=self.t.device).split(bs))
         return self._chunks.pop()
 
+    def student_draw(self, _step: int):
+        """Every random choice of one student step, in the stream's order: the chunk of slots, the
+        parameterization's draw for it (HaBa's hallucinator), the per-sample DSA parameters."""
+        t = self.t
+        idx = self.next_chunk(t.param.num_slots())
+        draw = t.param.slot_draw(idx)
+        aug = (self.aug.sample(len(idx), t.ds.im_size, generator=t.gen, device=t.device)
+               if self.aug is not None else None)
+        return idx, draw, aug
+
+    def student_build(self, record) -> tuple[torch.Tensor, torch.Tensor]:
+        """One student step's synthetic ``(images, labels)`` from its record, differentiable in the stored
+        parameters."""
+        idx, draw, aug = record
+        x, y = self.t.param.drawn_slots(idx, draw)
+        return (DiffAugment.apply(x, aug) if aug is not None else x), y
+
     def student_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """One student step's synthetic ``(images, labels)``, differentiable in the stored parameters."""
-        return self.t.param.slots(self.next_chunk(self.t.param.num_slots()))
+        """A fresh student step's synthetic ``(images, labels)``."""
+        return self.student_build(self.student_draw(0))
 
     def student_logits(self, flat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return functional_call(self.student, unflatten(flat, self.experts.names, self.experts.shapes), (x,))
+
+    def unroll(self, start: torch.Tensor) -> torch.Tensor:
+        """``θ̂_N``: ``syn_steps`` SGD steps from ``start`` at ``syn_lr``, differentiable in the stored
+        tensors and ``syn_lr`` (by hp ``unroll``'s method)."""
+        hp = self.t.hp
+        args = (self.student_logits, start, hp["syn_steps"], self.student_draw, self.student_build, self.syn_lr)
+        if hp.get("unroll", "reverse") == "autograd":
+            return autograd_unroll(*args)
+        return unrolled_sgd(*args, 0.0, list(self.t.param.params().values()), pinned=hp.get("unroll_pinned", False))
 
     def trajectory_loss(self) -> torch.Tensor:
         """Unroll the student from a random expert epoch and return the normalized distance."""
@@ -98,15 +132,7 @@ class TrajectoryMatching(Objective):
         # The experts stay in host memory (100 of them at width 128 are ~6 GB, as in MTT's own
         # buffers): the two vectors an iteration needs are its one host-to-device copy.
         start, target = traj[t].to(dev), traj[t + hp["expert_epochs"]].to(dev)
-        theta = start.clone().requires_grad_(True)
-        for _ in range(hp["syn_steps"]):
-            x, y = self.student_batch()
-            if self.aug is not None:
-                x = self.aug(x, generator=gen)
-            ce = F.cross_entropy(self.student_logits(theta, x), y)
-            (grad,) = torch.autograd.grad(ce, theta, create_graph=True)
-            theta = theta - self.syn_lr * grad
-        return trajectory_matching_loss(theta, start, target)
+        return trajectory_matching_loss(self.unroll(start), start, target)
 
     def step(self) -> float:
         loss = self.trajectory_loss()
@@ -133,6 +159,7 @@ def paper(dataset: str, ipc: int, name: str = "paper") -> dict:
     experts where ``ddkernels experts`` writes preset ``name``'s."""
     return dict(iterations=5000, lr_img=1000.0, momentum_img=0.5, lr_lr=1e-5, momentum_lr=0.5, lr_teacher=0.01,
                 syn_steps=20, expert_epochs=3, max_start_epoch=20, batch_syn=None, init="real", aug=DSA_STRATEGY,
+                unroll="reverse", unroll_pinned=False,
                 zca=False, expert_dir=default_expert_dir(dataset, name), width=128, batch_real=256,
                 eval="dsa", eval_epochs=1000, eval_aug=None, eval_width=None)
 
@@ -152,6 +179,7 @@ class MTT(Distiller):
     PARAMETERIZATION = PlainImages
     OBJECTIVE = TrajectoryMatching
     PRESETS = {"paper": paper, "quick": quick}
+    HP_SINCE = {"unroll": "autograd", "unroll_pinned": False}  # the reverse pass came later (issue 16)
 
 
 __all__ = ["MTT", "TrajectoryMatching", "trajectory_matching_loss"]

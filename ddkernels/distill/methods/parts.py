@@ -87,6 +87,15 @@ class Parameterization(_Part):
 
     def slots(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The images and labels of slots ``idx``, differentiable in the stored tensors."""
+        return self.drawn_slots(idx, self.slot_draw(idx))
+
+    def slot_draw(self, idx: torch.Tensor):
+        """The random choices :meth:`slots` makes for ``idx``, drawn now (``None``: it makes none), so
+        an unroll's reverse pass can rebuild the same batch (:mod:`.unroll`)."""
+        return None
+
+    def drawn_slots(self, idx: torch.Tensor, draw) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`slots` with its random choices given (``draw`` from :meth:`slot_draw`)."""
         raise NotImplementedError(f"{type(self).__name__} gives no student batches")
 
     def training_set(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -148,7 +157,7 @@ class PlainImages(Parameterization):
     def num_slots(self):
         return len(self.syn)
 
-    def slots(self, idx):
+    def drawn_slots(self, idx, draw):
         return self.syn[idx], self.t.labels[idx]
 
     def training_set(self):

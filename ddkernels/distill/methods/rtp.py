@@ -11,9 +11,9 @@ image of class ``c`` (hard labels, as in the official code). One outer iteration
    go into one ``(T, P)`` buffer on the weights' device (the original deep-copies the module to
    the CPU each step);
 2. meta loss ``L = CE(f(θ_T; real), y)`` on ``batch_real`` real images per class;
-3. the reverse pass (:func:`bptt_meta_gradient`): for ``t = T−1 … 0``, with ``v̄`` the adjoint of
-   the momentum buffer and ``w̄`` that of the weights, ``v̄ ← μv̄ − ηw̄``; recompute step ``t``'s
-   loss from the snapshot and the memory, ``g_t = ∇_θ ℓ_t`` with a graph, and one mixed
+3. the reverse pass (:func:`bptt_meta_gradient`, the shared one of :mod:`.unroll`): for
+   ``t = T−1 … 0``, with ``v̄`` the adjoint of the momentum buffer and ``w̄`` that of the weights,
+   ``v̄ ← μv̄ − ηw̄``; recompute step ``t``'s loss from the snapshot and the memory, ``g_t = ∇_θ ℓ_t`` with a graph, and one mixed
    second-derivative product ``∂⟨g_t, v̄⟩/∂(bases, rows, θ_t)`` gives the memory's gradient and
    ``w̄ += ∂⟨g_t, v̄⟩/∂θ_t``. Memory is one step's graph plus the snapshot buffer.
 4. ``clip_grad_norm_`` (max 2) over both tables and an SGD step (lr 0.1, momentum 0.5).
@@ -30,74 +30,46 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-from torch.func import functional_call
 
 from ...nn.memory import AddressableMemory, addressable_decode, rows_for_budget, upsample_bases
 from .base import Distiller
 from .parts import Objective, Parameterization
 from .registry import register
-
-
-class FlatParams:
-    """Evaluate ``net`` at a flat parameter vector ``θ`` (``P,``): the parameters are views into it,
-    so one ``autograd.grad`` w.r.t. ``θ`` returns the whole flat gradient."""
-
-    def __init__(self, net: nn.Module):
-        self.net = net
-        self.names = [n for n, _ in net.named_parameters()]
-        self.shapes = [p.shape for _, p in net.named_parameters()]
-        self.numels = [p.numel() for _, p in net.named_parameters()]
-
-    def flat(self) -> torch.Tensor:
-        return torch.cat([p.detach().reshape(-1) for p in self.net.parameters()])
-
-    def __call__(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        views = {n: t.view(s) for n, t, s in zip(self.names, theta.split(self.numels), self.shapes)}
-        return functional_call(self.net, views, (x,))
+from .unroll import FlatParams, unroll_forward, unroll_reverse
 
 
 def unroll_momentum_sgd(f: Callable, theta0: torch.Tensor, batches: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
                         steps: int, lr: float, momentum: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """``steps`` of momentum SGD on ``CE(f(θ, x_t), y_t)`` from ``θ_0`` without a graph.
-
-    Args:
-        f: ``f(θ, x) -> logits``.
-        theta0: ``(P,)``.
-        batches: ``batches(t) -> (x_t, y_t)`` (detached).
+    """``steps`` of momentum SGD on ``CE(f(θ, x_t), y_t)`` from ``θ_0`` without a graph
+    (:func:`~.unroll.unroll_forward` with ``batches(t) -> (x_t, y_t)``, detached).
 
     Returns:
         ``(θ_T, snapshots)`` with ``snapshots[t] = θ_t``, the weights before step ``t``, one
         ``(steps, P)`` buffer on ``θ_0``'s device.
     """
-    snapshots = theta0.new_empty(steps, theta0.numel())
-    theta, buf = theta0.detach().clone(), torch.zeros_like(theta0)
-    for t in range(steps):
-        snapshots[t].copy_(theta)
-        x, y = batches(t)
-        th = theta.detach().requires_grad_(True)
-        (g,) = torch.autograd.grad(F.cross_entropy(f(th, x), y), th)
-        buf.mul_(momentum).add_(g)  # PyTorch SGD: the first step's buffer is g itself (μ·0 + g)
-        theta.sub_(buf, alpha=lr)
-    return theta, snapshots
+    theta, tape = unroll_forward(f, theta0, steps, lambda t: t, batches, lr, momentum)
+    return theta, tape.weights
 
 
 def bptt_meta_gradient(f: Callable, theta0: torch.Tensor, memory: AddressableMemory, rows: torch.Tensor,
                        real_x: torch.Tensor, real_y: torch.Tensor, *, lr: float, momentum: float,
-                       upsample_first: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                       upsample_first: bool = True,
+                       pinned: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """RTP's meta-gradient of ``L = CE(f(θ_T; real_x), real_y)`` w.r.t. the memory's two tables.
 
     ``θ_T`` is ``len(rows)`` steps of momentum SGD (lr ``lr``, momentum ``momentum``) from ``θ_0``,
-    step ``t`` on the decoded rows ``rows[t]`` with their class labels. The reverse pass recomputes
-    each step from its weight snapshot (docs/spec.md §5a ``bptt_efficient_backward``); see the module doc.
+    step ``t`` on the decoded rows ``rows[t]`` with their class labels; the gradient is the shared
+    reverse pass (:mod:`.unroll`, docs/spec.md §5a ``bptt_efficient_backward``) with the record of
+    step ``t`` its index into ``rows``.
 
     Args:
-        f: ``f(θ, x) -> logits`` for a flat ``θ`` (e.g. :class:`FlatParams`).
+        f: ``f(θ, x) -> logits`` for a flat ``θ`` (e.g. :class:`~.unroll.FlatParams`).
         theta0: ``(P,)`` initial weights.
         memory: the addressable memory (its ``bases``/``addressing`` are read, never modified).
         rows: int64 ``(T, N_b)``, the addressing rows of each inner step.
         real_x, real_y: the meta batch.
         upsample_first: decode with the upsampled bases (one GEMM); ``False`` uses the original order.
+        pinned: the weight buffer in pinned host memory (:func:`~.unroll.unroll_forward`).
 
     Returns:
         ``(L, dL/d bases, dL/d addressing)``, the latter two shaped like the tables.
@@ -106,37 +78,24 @@ def bptt_meta_gradient(f: Callable, theta0: torch.Tensor, memory: AddressableMem
         raise ValueError(f"rows must be 2-D (T, N_b) (one row set per inner step), got shape {tuple(rows.shape)}")
     steps = rows.shape[0]
     shape, ds = memory.image_shape, memory.downsample
-    bases, table = memory.bases.detach(), memory.addressing.detach()
+    bases = memory.bases.detach()
+    table = memory.addressing.detach().clone().requires_grad_(True)
     labels = memory.labels(rows)
     # The decode's bases operand: the upsampled bases (a leaf whose gradient is accumulated over all
     # steps, then pulled back through the upsample once) or, for the original order, the bases.
     operand = (upsample_bases(bases, shape, ds) if upsample_first else bases).clone().requires_grad_(True)
 
-    def decode(op, coeffs):
+    def build(t):
+        coeffs = table[rows[t]]
         if upsample_first:
-            return (coeffs @ op).view(-1, *shape)
-        return addressable_decode(op, coeffs, shape, ds, upsample_first=False)
+            return (coeffs @ operand).view(-1, *shape), labels[t]
+        return addressable_decode(operand, coeffs, shape, ds, upsample_first=False), labels[t]
 
-    fixed = operand.detach()
-    theta_T, snapshots = unroll_momentum_sgd(
-        f, theta0, lambda t: (decode(fixed, table[rows[t]]), labels[t]), steps, lr, momentum)
+    theta_T, tape = unroll_forward(f, theta0, steps, lambda t: t, build, lr, momentum, pinned=pinned)
     th = theta_T.requires_grad_(True)
     loss = F.cross_entropy(f(th, real_x), real_y)
     (w_bar,) = torch.autograd.grad(loss, th)
-    v_bar = torch.zeros_like(w_bar)
-    g_operand = torch.zeros_like(operand)
-    g_table = torch.zeros_like(table)
-    for t in reversed(range(steps)):
-        # Adjoint of θ_{t+1} = θ_t − η v_t and v_{t+1} = μ v_t + g_{t+1}, in one pass over P.
-        v_bar.mul_(momentum).add_(w_bar, alpha=-lr)
-        th = snapshots[t].clone().requires_grad_(True)
-        coeffs = table[rows[t]].clone().requires_grad_(True)
-        step_loss = F.cross_entropy(f(th, decode(operand, coeffs)), labels[t])
-        (g,) = torch.autograd.grad(step_loss, th, create_graph=True)
-        h_op, h_coeffs, h_th = torch.autograd.grad(g, (operand, coeffs, th), grad_outputs=v_bar)
-        g_operand += h_op
-        g_table.index_add_(0, rows[t], h_coeffs)
-        w_bar += h_th
+    g_operand, g_table = unroll_reverse(tape, w_bar, [operand, table]).inputs
     if upsample_first and ds > 1:
         leaf = bases.clone().requires_grad_(True)
         (g_bases,) = torch.autograd.grad(upsample_bases(leaf, shape, ds), leaf, grad_outputs=g_operand)
@@ -198,7 +157,7 @@ class AddressableMemories(Parameterization):
         x = self.decoded()
         return [self.t.class_rows(x, c, self.memory.rows_per_class) for c in classes]
 
-    def slots(self, idx):
+    def drawn_slots(self, idx, draw):
         return self.decoded()[idx], self.t.labels[idx]
 
     def training_set(self):

@@ -87,9 +87,9 @@ def test_incompatible_pairs_are_refused(digits):
                   parameterization=PlainImages)
 
     class NoSlots(PlainImages):
-        slots = Parameterization.slots
+        drawn_slots = Parameterization.drawn_slots
 
-    with pytest.raises(ValueError, match="objective TrajectoryMatching needs slots, which parameterization NoSlots"):
+    with pytest.raises(ValueError, match="objective TrajectoryMatching needs drawn_slots, which parameterization NoSlots"):
         Distiller(digits, 1, hp, parameterization=NoSlots, objective=TrajectoryMatching)
     with pytest.raises(ValueError, match="base must be one of \\('mtt', 'dm', 'dc'\\), got 'kip'"):
         METHODS["haba"](digits, 1, dict(preset("haba", "digits", 1, "quick"), base="kip"))

@@ -1,0 +1,160 @@
+"""MTT's outer iteration, ``unroll="reverse"`` (the shared reverse pass) vs ``"autograd"`` (the
+``create_graph=True`` graph): peak memory and time per iteration over ``syn_steps``, widths and IPCs.
+
+    nice python -m benchmarks.bench_unroll [--steps 10 20 50 80] [--widths 32 128] [--ipc 1 10]
+                                           [--iterations 2] [--max-gb 9]
+
+Fashion-MNIST, the ``quick`` MTT preset (every image in each student step, per-sample DSA) at the
+given width, from one small throwaway expert per width (2 epochs of 512 images, in a temp dir;
+start epoch 0 or 1, match 1 epoch). Peak memory: the most memory allocated during one outer iteration
+above what was live before it (:func:`harness.peak_memory_mb`: the CUDA allocator, or the CPU
+profiler's allocation events). Time: the median of ``--iterations`` outer iterations after one
+warm-up (one at ``syn_steps`` ≥ 50 on the CPU, to fit the grid in a shared 2-core machine's budget).
+``reverse`` also runs at ``syn_steps`` 1, the floor the target is stated against (the weight
+buffer above a 1-step unroll). An ``autograd`` configuration whose peak, extrapolated linearly in
+``syn_steps`` from the ones measured, would pass ``--max-gb`` is not run (the table says so): it
+would take the machine's memory from everything else on it.
+
+Rows go to ``results/results.csv`` (op ``unroll``; ``peak_mem_mb``, ``median_ms`` per iteration,
+``bytes`` the weight buffer), the table to ``results/latest-unroll-<device>.md`` (another grid:
+``-partial``).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+
+import torch
+
+from . import harness
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DATASET = "fashion-mnist"
+
+
+def make_experts(root: str, width: int, device: torch.device) -> str:
+    from ddkernels.distill.experts import train_experts
+
+    out = os.path.join(root, f"experts-w{width}")
+    train_experts(DATASET, out, num_experts=1, epochs=2, images_per_epoch=512, width=width, progress=False,
+                  device=device)
+    return out
+
+
+def measure(ds, expert_dir: str, width: int, ipc: int, steps: int, mode: str, iterations: int,
+            device: torch.device) -> dict:
+    from ddkernels.distill.methods import make_distiller
+
+    d = make_distiller("mtt", ds, ipc, "quick", seed=0, device=device, width=width, eval_width=width,
+                       expert_dir=expert_dir, max_start_epoch=1, expert_epochs=1, syn_steps=steps, unroll=mode)
+    params = sum(p.numel() for p in d.objective.student.parameters())
+    peak = harness.peak_memory_mb(d.step, device)  # also the warm-up
+    times = []
+    for _ in range(iterations):
+        harness.sync(device)
+        t0 = time.perf_counter()
+        d.step()
+        harness.sync(device)
+        times.append(time.perf_counter() - t0)
+    q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
+    return dict(peak_mem_mb=peak, median_ms=1e3 * statistics.median(times), iqr_ms=1e3 * (q[2] - q[0]),
+                buffer_mb=steps * params * 4 / 2**20, params=params, timed=len(times))
+
+
+def markdown(rows: list[dict], skipped: list[tuple]) -> str:
+    head = ["width", "IPC", "syn_steps", "autograd MB", "reverse MB", "memory ÷", "reverse − 1-step MB",
+            "weight buffer MB", "autograd ms/it", "reverse ms/it", "time ×"]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    by = {(r["width"], r["ipc"], r["steps"], r["provider"]): r for r in rows}
+    for (w, ipc, s, mode), r in sorted(by.items()):
+        if mode != "reverse" or s == 1:
+            continue
+        a, one = by.get((w, ipc, s, "autograd")), by.get((w, ipc, 1, "reverse"))
+        above = f"{r['peak_mem_mb'] - one['peak_mem_mb']:.1f}" if one else "–"
+        if a:
+            cells = [f"{a['peak_mem_mb']:.1f}", f"{r['peak_mem_mb']:.1f}", f"{a['peak_mem_mb'] / r['peak_mem_mb']:.1f}×",
+                     above, f"{r['buffer_mb']:.1f}", f"{a['median_ms']:.0f}", f"{r['median_ms']:.0f}",
+                     f"{r['median_ms'] / a['median_ms']:.2f}"]
+        else:
+            why = next((f"not run (≈{gb:.1f} GB predicted)" for sw, si, ss, gb in skipped if (sw, si, ss) == (w, ipc, s)),
+                       "–")
+            cells = [why, f"{r['peak_mem_mb']:.1f}", "–", above, f"{r['buffer_mb']:.1f}", "–", f"{r['median_ms']:.0f}",
+                     "–"]
+        out.append(f"| {w} | {ipc} | {s} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def _predict_mb(rows: list[dict], width: int, ipc: int, steps: int) -> float | None:
+    """Linear in ``syn_steps`` through the two largest measured autograd runs of this width and IPC."""
+    pts = sorted((r["steps"], r["peak_mem_mb"]) for r in rows
+                 if (r["width"], r["ipc"], r["provider"]) == (width, ipc, "autograd"))
+    if len(pts) < 2:
+        return None
+    (s0, m0), (s1, m1) = pts[-2:]
+    return m1 + (m1 - m0) / (s1 - s0) * (steps - s1)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", nargs="*", type=int, default=[10, 20, 50, 80])
+    ap.add_argument("--widths", nargs="*", type=int, default=[32, 128])
+    ap.add_argument("--ipc", nargs="*", type=int, default=[1, 10])
+    ap.add_argument("--iterations", type=int, default=2, help="timed outer iterations (1 at syn_steps >= 50 on CPU)")
+    ap.add_argument("--max-gb", type=float, default=9.0, help="skip autograd runs predicted to need more")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--out", default=os.path.join(HERE, "results"))
+    args = ap.parse_args(argv)
+    for k in ("steps", "widths", "ipc"):
+        if not getattr(args, k) or any(v < 1 for v in getattr(args, k)):
+            raise SystemExit(f"--{k} must list positive ints, got {getattr(args, k)}")
+
+    from ddkernels.distill import data
+    from ddkernels.distill.device import resolve as resolve_device
+
+    device = resolve_device(args.device, what="--device")
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    ds = data.load_dataset(DATASET)
+    rows, skipped = [], []
+    t_start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as root:
+        for width in args.widths:
+            experts = make_experts(root, width, device)
+            for ipc in args.ipc:
+                for steps in [1, *sorted(args.steps)]:
+                    for mode in ("autograd", "reverse") if steps > 1 else ("reverse",):
+                        if mode == "autograd":
+                            gb = (_predict_mb(rows, width, ipc, steps) or 0) / 1024
+                            if gb > args.max_gb:
+                                skipped.append((width, ipc, steps, gb))
+                                print(f"w{width} IPC {ipc} steps {steps} autograd: skipped (≈{gb:.1f} GB predicted)",
+                                      flush=True)
+                                continue
+                        n = 1 if device.type == "cpu" and steps >= 50 else args.iterations
+                        r = measure(ds, experts, width, ipc, steps, mode, n, device)
+                        r.update(op="unroll", case=f"MTT FMNIST w{width} IPC {ipc} syn_steps {steps}", provider=mode,
+                                 mode="iteration", bytes=int(r["buffer_mb"] * 2**20), width=width, ipc=ipc,
+                                 steps=steps)
+                        rows.append(r)
+                        print(f"w{width} IPC {ipc} steps {steps} {mode}: {r['peak_mem_mb']:.1f} MB peak, "
+                              f"{r['median_ms']:.0f} ms/it ({n} timed; {time.perf_counter() - t_start:.0f} s so far)",
+                              flush=True)
+    os.makedirs(args.out, exist_ok=True)
+    harness.append_csv(os.path.join(args.out, "results.csv"), rows, bandwidth_gbs=float("nan"))
+    table = (f"Measured on {harness.hardware()}, torch {torch.__version__}, git {harness.git_sha()}; MTT `quick` "
+             f"preset on Fashion-MNIST (all IPC·10 images per student step, per-sample DSA), one throwaway expert "
+             f"per width. Peak = memory allocated during one outer iteration above what was live before; time = "
+             f"median of {args.iterations} outer iterations ({'1 at syn_steps ≥ 50' if device.type == 'cpu' else 'all'}"
+             f") after one warm-up. memory ÷ = autograd ÷ reverse; reverse − 1-step = reverse's peak above "
+             f"its own 1-step unroll's; weight buffer = syn_steps × P × 4 bytes; time × = reverse ÷ autograd. "
+             f"Whole grid: {time.perf_counter() - t_start:.0f} s.\n\n" + markdown(rows, skipped))
+    complete = all(getattr(args, k) == ap.get_default(k) for k in ("steps", "widths", "ipc", "device"))
+    path = harness.write_table(args.out, f"latest-unroll-{device.type}", table, complete)
+    print("\n" + table + f"\nwritten to {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+"""The shared reverse pass (ddkernels/distill/methods/unroll.py) against plain autograd through the same
+unroll, in float64: the generic momentum-SGD student (inputs, θ_0, lr, momentum), MTT (images, lr),
+HaBa on MTT (bases, every hallucinator parameter, lr, with the contrastive term on), both with chunked
+minibatches and per-sample DSA; RTP's instance is tested in test_rtp.py."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ddkernels.distill import data
+from ddkernels.distill.methods import make_distiller
+from ddkernels.distill.methods import unroll as unroll_mod
+from ddkernels.distill.methods.unroll import (FlatParams, autograd_unroll, unroll_forward, unroll_reverse,
+                                              unrolled_sgd)
+from ddkernels.nn.convnet import ConvNet
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+TOL = 1e-10  # the issue's bar: max |reverse − autograd| / max |autograd|, per tensor
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return data.load_dataset("digits")
+
+
+def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got - want).abs().max() / want.abs().max())
+
+
+def assert_same(got, want, names):
+    for g, w, n in zip(got, want, names):
+        assert g is not None and g.shape == w.shape, n
+        assert float(w.abs().max()) > 1e-8, f"{n}: the gradient vanishes; the test would prove nothing"
+        assert rel_err(g, w) <= TOL, f"{n}: relative error {rel_err(g, w):.2e}"
+        print(f"{n}: max relative error {rel_err(g, w):.1e}")
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.7])
+def test_generic_unroll_equals_autograd(momentum):
+    """Every gradient the unroll has: the inputs the batches are built from, θ_0, η and μ (as tensors)."""
+    gen = torch.Generator().manual_seed(0)
+    f = FlatParams(ConvNet(1, 3, width=4, im_size=(8, 8)).double())
+    pool = torch.randn(12, 1, 8, 8, dtype=torch.float64, generator=gen).requires_grad_(True)
+    scale = torch.tensor(1.5, dtype=torch.float64, requires_grad=True)  # a second input, used by every step
+    labels = torch.arange(12) % 3
+    idx = [torch.randperm(12, generator=gen)[:5] for _ in range(4)]
+
+    def build(t):
+        return scale * pool[idx[t]] ** 2, labels[idx[t]]
+
+    lr = torch.tensor(0.2, dtype=torch.float64, requires_grad=True)
+    mu = torch.tensor(momentum, dtype=torch.float64, requires_grad=True)
+    theta0 = f.flat().requires_grad_(True)
+    target = torch.randn(theta0.shape, dtype=torch.float64, generator=gen)
+
+    def grads(theta_T):
+        loss = ((theta_T - target) ** 2).sum()
+        return torch.autograd.grad(loss, [pool, scale, theta0, lr, mu])
+
+    want = grads(autograd_unroll(f, theta0, 4, lambda t: t, build, lr, mu))
+    names = ["pool", "scale", "theta0", "lr", "momentum"]
+    for pinned in (False, True):  # pinned: host memory (the host is the device here)
+        got = grads(unrolled_sgd(f, theta0, 4, lambda t: t, build, lr, mu, [pool, scale], pinned=pinned))
+        assert_same(got if momentum else got[:4], want if momentum else want[:4], names)
+
+
+def test_tape_holds_one_weight_buffer_and_checks_its_arguments():
+    f = FlatParams(ConvNet(1, 3, width=4, im_size=(8, 8)).double())
+    x = torch.randn(4, 1, 8, 8, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 0])
+    theta0 = f.flat()
+    theta, tape = unroll_forward(f, theta0, 3, lambda t: t, lambda t: (x, y), 0.1, 0.9)
+    assert tape.weights.shape == (3, theta0.numel()) and tape.velocities is None
+    assert tape.buffer_bytes() == 3 * theta0.numel() * 8 and torch.equal(tape.weights[0], theta0)
+    with pytest.raises(ValueError, match="need the velocities"):
+        unroll_reverse(tape, theta, [], lr_grad=True)
+    with pytest.raises(ValueError, match=r"inputs\[0\] does not require grad"):
+        unroll_reverse(tape, theta, [x])
+    with pytest.raises(ValueError, match="steps must be a positive int"):
+        unroll_forward(f, theta0, 0, lambda t: t, lambda t: (x, y), 0.1)
+
+
+def _double(d, haba: bool):
+    """Run the trainer's unroll in float64: stored tensors, the learnable lr, the student, the experts
+    (and HaBa's hallucinators and feature extractor)."""
+    obj = d.objective
+    obj.student.double()
+    obj.experts.trajectories = [t.double() for t in obj.experts.trajectories]
+    obj.syn_lr = obj.syn_lr.detach().double().requires_grad_(True)
+    if haba:
+        d.param.bases = d.param.bases.detach().double().requires_grad_(True)
+        d.param.bank.double()
+        d.param.extractor.double()
+        with torch.no_grad():  # off the near-identity init, so every hallucinator parameter matters
+            for p in d.param.bank.parameters():
+                p.add_(0.1 * torch.randn(p.shape, dtype=p.dtype, generator=torch.Generator().manual_seed(p.numel())))
+    else:
+        d.param.syn = d.param.syn.detach().double().requires_grad_(True)
+
+
+def _both_modes(d, monkeypatch):
+    """The gradient of one outer iteration's loss (plus the parameterization's regularizer, as
+    ``image_step`` adds it) w.r.t. every stored tensor, for unroll="reverse" and "autograd" from the
+    same stream state."""
+    state, chunks = d.gen.get_state(), [c.clone() for c in d.objective._chunks]
+    calls = []
+    real = unroll_mod.unroll_reverse
+    monkeypatch.setattr(unroll_mod, "unroll_reverse", lambda *a, **k: calls.append(1) or real(*a, **k))
+    out = {}
+    for mode in ("reverse", "autograd"):
+        d.gen.set_state(state)
+        d.objective._chunks = [c.clone() for c in chunks]
+        d.hp["unroll"] = mode
+        loss = d.objective.trajectory_loss()
+        extra = d.param.regularizer()
+        if extra is not None:
+            loss = loss + extra
+        named = d.synthetic_params()
+        out[mode] = (list(named), torch.autograd.grad(loss, list(named.values())))
+        assert len(calls) == 1  # the reverse pass ran once, for "reverse" only
+    return out
+
+
+@pytest.mark.parametrize("batch_syn", [None, 3])
+def test_mtt_reverse_equals_autograd(digits, expert_dir, batch_syn, monkeypatch):
+    d = make_distiller("mtt", digits, 2, "quick", seed=0, width=8, max_start_epoch=2, expert_epochs=1,
+                       expert_dir=expert_dir, syn_steps=5, batch_syn=batch_syn)
+    assert d.objective.aug is not None  # per-sample DSA, replayed from the records
+    _double(d, haba=False)
+    out = _both_modes(d, monkeypatch)
+    names, got = out["reverse"]
+    assert names == ["syn", "syn_lr"]
+    assert_same(got, out["autograd"][1], names)
+
+
+@pytest.mark.parametrize("batch_syn", [None, 4])
+def test_haba_reverse_equals_autograd(digits, expert_dir, batch_syn, monkeypatch):
+    d = make_distiller("haba", digits, 2, "quick", seed=0, width=8, max_start_epoch=2, expert_epochs=1,
+                       expert_dir=expert_dir, syn_steps=4, batch_syn=batch_syn, batch_real=16, hallucinators=3,
+                       mid_channels=2)
+    assert d.param.contrastive_on() and d.hp["lambda_club"] > 0 and d.objective.aug is not None
+    _double(d, haba=True)
+    out = _both_modes(d, monkeypatch)
+    names, got = out["reverse"]
+    assert names[0] == "bases" and "syn_lr" in names and len(names) == 2 + len(list(d.param.bank.parameters()))
+    assert_same(got, out["autograd"][1], names)
+
+
+def test_mtt_run_reverse_and_autograd_agree(digits, expert_dir):
+    """Two float32 iterations of a run either way: the same stored tensors up to float32 rounding."""
+    runs_ = {}
+    for mode in ("reverse", "autograd"):
+        d = make_distiller("mtt", digits, 2, "quick", seed=0, width=8, max_start_epoch=2, expert_epochs=1,
+                           expert_dir=expert_dir, syn_steps=4, batch_syn=6, unroll=mode)
+        d.run(2, progress=False)
+        runs_[mode] = d
+    for k in ("syn", "syn_lr"):
+        assert rel_err(getattr(runs_["reverse"], k).detach(), getattr(runs_["autograd"], k).detach()) < 1e-5, k
+    with pytest.raises(ValueError, match="unroll must be one of"):
+        make_distiller("mtt", digits, 2, "quick", expert_dir=expert_dir, width=8, max_start_epoch=1, unroll="tesla")
+
+
+def test_rtp_is_an_instance_of_the_reverse_pass():
+    """bptt_meta_gradient's result equals the generic reverse pass driven by hand."""
+    from ddkernels.distill.methods.rtp import bptt_meta_gradient
+    from ddkernels.nn import AddressableMemory
+
+    f = FlatParams(ConvNet(1, 3, width=4, im_size=(8, 8)).double())
+    mem = AddressableMemory(3, 3, 4, (1, 8, 8), 1, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    with torch.no_grad():
+        mem.bases.mul_(20)
+    rows = torch.stack([mem.sample_rows(2, torch.Generator().manual_seed(t)) for t in range(3)])
+    real_x, real_y = torch.randn(6, 1, 8, 8, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1, 2])
+    _, g_bases, g_table = bptt_meta_gradient(f, f.flat(), mem, rows, real_x, real_y, lr=0.1, momentum=0.9,
+                                             pinned=True)
+    bases, table = mem.bases.detach().clone().requires_grad_(True), mem.addressing.detach().clone().requires_grad_(True)
+    theta = unrolled_sgd(f, f.flat(), 3, lambda t: t, lambda t: ((table[rows[t]] @ bases).view(-1, 1, 8, 8),
+                                                                   mem.labels(rows[t])), 0.1, 0.9, [bases, table])
+    want = torch.autograd.grad(F.cross_entropy(f(theta, real_x), real_y), [bases, table])
+    assert_same([g_bases, g_table], want, ["bases", "addressing"])
