@@ -647,7 +647,7 @@ def evaluate_dir(out: str, *, preset: str | None = None, eval_nets: int | None =
                                eval_nets=eval_nets, baseline=baseline, progress=progress, overrides=overrides,
                                backend=config.get("backend", "auto"), device=dev, archs=archs,
                                scores={"cache_dir": cache_dir, "full_epochs": full_epochs} if scores else None))
-    record["device"] = describe_device(dev)
+    record["eval_device"] = describe_device(dev)  # the key metrics.json used for it
     record["versions"] = versions()
     record["record"] = _write_record(out, record)
     _logger(out).info(f"evaluation record {record['record']}")

@@ -92,7 +92,7 @@ def test_evaluate_writes_numbered_records_and_keeps_metrics(dm_run, capsys):
     assert first["accuracy"]["accuracies"] == distilled["accuracy"]["accuracies"]
     assert first["random_real"]["accuracies"] == distilled["random_real"]["accuracies"]
     assert first["record"] == os.path.join("evaluations", "001.json") and first["protocol"] == "quick"
-    assert first["device"]["threads"] == 1 and first["device"]["device"] == "cpu" and first["classes"][3] == "3"
+    assert first["eval_device"]["threads"] == 1 and first["eval_device"]["device"] == "cpu" and first["classes"][3] == "3"
     assert cli.main(["evaluate", dm_run, "--eval-nets", "1", "--no-baseline", "--threads", "1"]) == 0
     out = capsys.readouterr().out
     assert "random real" not in out and "distillation" not in out  # nothing stale, nothing not measured here
