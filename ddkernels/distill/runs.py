@@ -19,18 +19,21 @@ A run directory holds:
   DC/DSA/DM: normalized), ``storage`` counts stored floats against the IPC budget, and
   ``images``/``image_labels`` are the decoded training set, ``eval_overrides`` the evaluation-protocol
   fields the set needs (MTT/HaBa: the learned lr; HaBa: ``choose``, one random hallucination per base
-  and epoch);
+  and epoch), ``classes`` the class names by label;
 * ``images_labels.pt``   - the training set they stand for, as the tuple ``(images, labels)``:
   float32 ``(N, C, H, W)`` normalized with the dataset's mean/std, int64 ``(N,)`` (the layout
   DC-BENCH-style loaders read: ``images, labels = torch.load(path)``);
 * ``zca.pt``             - with hyperparameter ``zca``: the train-fitted :class:`~ddkernels.distill.data.zca.ZCA`
   (``ZCA.from_state_dict(torch.load(path))``); "normalized" above then means ZCA-whitened, and
   ``synthetic.pt`` holds the same state under ``"zca"``;
-* ``synthetic.png``      - the stored images, one row per class (``decoded.png`` too for IDC), shown
-  un-normalized (un-whitened);
-* ``metrics.json``       - method, dataset, ipc, backend, seconds, accuracy and random_real
+* ``synthetic.png``      - the stored images, one row per class labelled with its name, each enlarged to
+  at least 64 px (``decoded.png`` too for IDC), shown un-normalized (un-whitened);
+* ``metrics.json``       - method, dataset, ipc, backend, seconds, classes, accuracy and random_real
   ``{mean, std, n, accuracies}`` (final epoch); with a protocol that tests several times (IDC)
-  also ``accuracy_best`` and ``random_real.best`` (per network the best test accuracy); versions;
+  also ``accuracy_best`` and ``random_real.best`` (per network the best test accuracy); the protocol
+  (``protocol``: quick/paper, ``eval_protocol``: every field); versions; the device and CPU threads;
+* ``evaluations/NNN.json`` - one record per :func:`evaluate_dir` (``ddkernels evaluate``), numbered
+  001, 002, …; ``metrics.json`` is never rewritten;
 * ``log.txt``            - the log, starting with ``ddkernels.info``'s report.
 """
 from __future__ import annotations
