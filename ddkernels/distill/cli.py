@@ -87,6 +87,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--protocol", help="quick or paper: the method's protocol of that preset (paper: width 128, "
                                       "its epochs, schedule and augmentation, the full test set, its number of "
                                       "networks); default: the run's")
+    e.add_argument("--epochs", type=int, help="train every network for this many epochs instead of the "
+                                              "protocol's (a reduced budget; recorded)")
     e.add_argument("--scores", action="store_true",
                    help="also DD-Ranking's label- and augmentation-robust scores (LRS, ARS)")
     e.add_argument("--cache-dir", help="folder of the cached full-data accuracies for --scores "
@@ -274,7 +276,7 @@ def _command(args) -> None:
         record = evaluate_dir(args.run_dir, preset=args.preset, eval_nets=args.eval_nets,
                               baseline=not args.no_baseline, archs=args.arch, device=args.device,
                               protocol=args.protocol, scores=args.scores, cache_dir=args.cache_dir,
-                              full_epochs=args.full_epochs)
+                              full_epochs=args.full_epochs, epochs=args.epochs)
         _summary(record)
         print(f"evaluation record: {os.path.join(args.run_dir, record['record'])}")
     elif args.command == "report":

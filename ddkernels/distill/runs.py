@@ -596,7 +596,7 @@ EVALUATIONS = "evaluations"
 def evaluate_dir(out: str, *, preset: str | None = None, eval_nets: int | None = None, baseline: bool = True,
                  progress: bool = True, device: str | torch.device | None = "auto", archs=None,
                  protocol: str | None = None, scores: bool = False, cache_dir: str | None = None,
-                 full_epochs: int | None = None) -> dict:
+                 full_epochs: int | None = None, epochs: int | None = None) -> dict:
     """Re-evaluate a finished run directory (its ``images_labels.pt``) on ``device``; returns the new
     evaluation record, written to ``out/evaluations/NNN.json`` (001, 002, …: the distillation's own
     ``metrics.json`` is never changed). The record holds only what this evaluation measured (no
@@ -606,7 +606,9 @@ def evaluate_dir(out: str, *, preset: str | None = None, eval_nets: int | None =
     ``protocol``: ``quick`` or ``paper`` (:func:`protocol_hp`); ``preset`` (the older option) keeps the
     run's hyperparameters and takes only the budget table's entry; not both. ``scores``: also DD-Ranking's
     LRS and ARS (needs the baseline), the full-data accuracy cached in ``cache_dir`` (default
-    :func:`ddkernels.distill.scores.cache_dir`) and trained for ``full_epochs`` (default the protocol's)."""
+    :func:`ddkernels.distill.scores.cache_dir`) and trained for ``full_epochs`` (default the protocol's).
+    ``epochs``: train every network for this many epochs instead of the protocol's (a reduced budget for
+    large networks on a CPU; recorded in ``eval_protocol``)."""
     if preset is not None:
         check_choice("--preset", preset, PRESET_NAMES)
     if protocol is not None:
@@ -618,6 +620,7 @@ def evaluate_dir(out: str, *, preset: str | None = None, eval_nets: int | None =
         raise ValueError("--scores compares with the random-real baseline: drop --no-baseline")
     check_int("--eval-nets", eval_nets, optional=True)
     check_int("--full-epochs", full_epochs, optional=True)
+    check_int("--epochs", epochs, optional=True)
     dev = resolve_device(device, what="--device")
     archs = eval_archs(archs)
     paths = [os.path.join(out, f) for f in ("config.json", "images_labels.pt")]
@@ -642,6 +645,8 @@ def evaluate_dir(out: str, *, preset: str | None = None, eval_nets: int | None =
     else:
         hp, budget = protocol_hp(config["method"], config["dataset"], config["ipc"], config["hp"], config["preset"],
                                  protocol)
+    if epochs is not None:
+        hp = {**hp, "eval_epochs": epochs}
     record = {"method": config["method"], "dataset": config["dataset"], "ipc": config["ipc"],
               "preset": config["preset"], "protocol": budget, "classes": class_names(ds),
               "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "command": sys.argv,

@@ -100,8 +100,12 @@ def test_evaluate_writes_numbered_records_and_keeps_metrics(dm_run, capsys):
     second = json.loads(open(os.path.join(dm_run, "evaluations", "002.json")).read())
     assert "random_real" not in second and second["accuracy"]["n"] == 1
     assert open(os.path.join(dm_run, "metrics.json")).read() == before
+    third = runs.evaluate_dir(dm_run, eval_nets=1, baseline=False, progress=False, epochs=1)
+    assert third["eval_protocol"]["epochs"] == 1 and third["record"] == os.path.join("evaluations", "003.json")
+    with pytest.raises(ValueError, match="--epochs must be"):
+        runs.evaluate_dir(dm_run, epochs=0)
     assert [r["record"] for r in runs.evaluation_records(dm_run)] == [os.path.join("evaluations", f"00{i}.json")
-                                                                       for i in (1, 2)]
+                                                                       for i in (1, 2, 3)]
 
 
 def test_protocol_paper_is_the_methods_own(dm_run, monkeypatch):
