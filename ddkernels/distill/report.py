@@ -2,7 +2,7 @@
 
 Each run contributes its distillation's evaluation (``metrics.json``) and every re-evaluation
 (``evaluations/NNN.json``), one table row per (evaluation, network). The plot has one panel per
-(dataset, network, protocol): accuracy against IPC, one line per method (the newest evaluation of
+(dataset, network, protocol and its epochs): accuracy against IPC, one line per method (the newest evaluation of
 each run), random real as a shaded band (the baselines' mean ± std, lowest to highest across the
 runs at each IPC). Drawn with :mod:`ddkernels.distill.data.raster`, no plotting library.
 """
@@ -76,18 +76,23 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _setting(r: dict) -> str:
+    """The protocol's name and epochs: evaluations with another ``--epochs`` get a panel of their own."""
+    return r["protocol"] + (f", {r['eval_epochs']} ep." if r["eval_epochs"] else "")
+
+
 def _latest(rows: list[dict]) -> dict:
-    """Per (run, arch, protocol) the last row (records come after metrics.json, oldest first)."""
+    """Per (run, arch, setting) the last row (records come after metrics.json, oldest first)."""
     out = {}
     for r in rows:
-        out[(r["run"], r["arch"], r["protocol"])] = r
+        out[(r["run"], r["arch"], _setting(r))] = r
     return out
 
 
 def plot(rows: list[dict], *, panel_w: int = 380, panel_h: int = 300) -> np.ndarray:
     """The accuracy-vs-IPC figure as an ``(H, W, 3)`` array in [0, 1]."""
     latest = list(_latest(rows).values())
-    panels = sorted({(r["dataset"], r["arch"], r["protocol"]) for r in latest})
+    panels = sorted({(r["dataset"], r["arch"], _setting(r)) for r in latest})
     methods = sorted({r["method"] for r in latest})
     colour = {m: _PALETTE[i % len(_PALETTE)] for i, m in enumerate(methods)}
     cols = min(3, max(1, len(panels)))
@@ -96,7 +101,7 @@ def plot(rows: list[dict], *, panel_w: int = 380, panel_h: int = 300) -> np.ndar
     c = Canvas(nrows * panel_h + legend_h, cols * panel_w)
     for i, key in enumerate(panels):
         _panel(c, (i % cols) * panel_w, (i // cols) * panel_h, panel_w, panel_h, key,
-               [r for r in latest if (r["dataset"], r["arch"], r["protocol"]) == key], colour)
+               [r for r in latest if (r["dataset"], r["arch"], _setting(r)) == key], colour)
     x, y = 10, nrows * panel_h + 14
     for m in methods:
         c.rect(x, y, x + 14, y + 14, colour[m])
