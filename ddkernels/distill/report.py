@@ -121,8 +121,10 @@ def _panel(c: Canvas, x0: int, y0: int, w: int, h: int, key, rows: list[dict], c
                                         r["accuracy"]["mean"] + r["accuracy"]["std"])]
     values += [v for r in rows if r["random_real"] for v in (r["random_real"]["mean"] - r["random_real"]["std"],
                                                              r["random_real"]["mean"] + r["random_real"]["std"])]
-    step = _tick_step(max(values) - min(values))
-    lo, hi = step * np.floor(min(values) / step), step * np.ceil(max(values) / step)
+    pad = max(0.05 * (max(values) - min(values)), 0.25)  # no point on the frame
+    vmin, vmax = min(values) - pad, max(values) + pad
+    step = _tick_step(vmax - vmin)
+    lo, hi = step * np.floor(vmin / step), step * np.ceil(vmax / step)
     hi = hi if hi > lo else lo + step
 
     def px(ipc):  # IPCs evenly spaced, in order (1, 10, 50 read better than on a linear axis)
@@ -145,15 +147,21 @@ def _panel(c: Canvas, x0: int, y0: int, w: int, h: int, key, rows: list[dict], c
         c.text(int(round(px(ipc))), bottom + 8, str(ipc), anchor="center")
     c.text((left + right) // 2, bottom + 22, "IPC", anchor="center")
     c.text(x0 + 4, top - 14, "ACC %")
-    base = {}
+    base, means = {}, {}
     for r in rows:
         if r["random_real"]:
             rr = r["random_real"]
             a, b = base.get(r["ipc"], (np.inf, -np.inf))
             base[r["ipc"]] = (min(a, rr["mean"] - rr["std"]), max(b, rr["mean"] + rr["std"]))
+            means.setdefault(r["ipc"], []).append(rr["mean"])
     if base:
         xs = sorted(base)
-        c.band([px(i) for i in xs], [py(base[i][0]) for i in xs], [py(base[i][1]) for i in xs], _BAND, alpha=0.35)
+        mid = [py(sum(means[i]) / len(means[i])) for i in xs]
+        # at least 5 px high, so a single network's baseline (std 0) still shows
+        c.band([px(i) for i in xs], [max(py(base[i][0]), m + 2) for i, m in zip(xs, mid)],
+               [min(py(base[i][1]), m - 2) for i, m in zip(xs, mid)], _BAND, alpha=0.35)
+        for (xa, ya), (xb, yb) in zip(zip(xs, mid), list(zip(xs, mid))[1:]):
+            c.line(px(xa), ya, px(xb), yb, _BAND)
     for m in sorted({r["method"] for r in rows}):
         pts = sorted((r["ipc"], r["accuracy"]["mean"], r["accuracy"]["std"]) for r in rows if r["method"] == m)
         for (ia, va, _), (ib, vb, _) in zip(pts, pts[1:]):
