@@ -49,7 +49,8 @@ def export_run(run: str, fmt: str, out: str | None = None) -> dict:
                 "images": len(labels), "per_class": torch.bincount(labels).tolist(),
                 "classes": syn.get("classes") or [], "mean": list(syn["mean"]), "std": list(syn["std"]),
                 "normalized": "with mean/std" + (" and ZCA-whitened (the run's zca.pt)" if syn.get("zca") else ""),
-                "files": {}}
+                # protocol fields the set needs (HaBa's choose: rows come in groups of alternatives)
+                "eval_overrides": syn.get("eval_overrides") or {}, "files": {}}
     if fmt == "ddranking":
         atomic_save(images, os.path.join(out, "images.pt"))
         atomic_save(labels, os.path.join(out, "labels.pt"))
