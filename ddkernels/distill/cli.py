@@ -1,7 +1,10 @@
-"""``ddkernels`` / ``python -m ddkernels``: distill, evaluate, experts, info, bench.
+"""``ddkernels`` / ``python -m ddkernels``: distill, evaluate, report, export, experts, info, bench.
 
     ddkernels distill --method idc --dataset fashion-mnist --ipc 1 --preset quick --out runs/idc1
-    ddkernels evaluate runs/idc1
+    ddkernels evaluate runs/idc1                # a new record: runs/idc1/evaluations/001.json
+    ddkernels evaluate runs/idc1 --protocol paper --arch convnet,resnet18 --scores
+    ddkernels report runs/idc1 runs/dm1 --out runs/report    # runs/report.md and runs/report.png
+    ddkernels export runs/idc1 --format ddranking             # or dcbench
     ddkernels experts --dataset fashion-mnist --preset quick --out runs/experts-fmnist
     ddkernels info
     ddkernels bench --quick                     # = python -m benchmarks.run --quick (source checkout)
@@ -68,6 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--no-baseline", action="store_true", help="skip the random-real baseline")
     d.add_argument("--eval-arch", help="comma-separated evaluation networks, get_network names in any case "
                                        "(default convnet), e.g. convnet,resnet18,vgg11")
+    d.add_argument("--eval-protocol", help="evaluation protocol: quick or paper (the method's own: width 128, "
+                                           "its epochs, schedule and augmentation, the full test set, its number "
+                                           "of networks); default: the preset's")
     d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one hyperparameter (JSON value), e.g. --set lr_img=0.001")
     d.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a busy machine)")
@@ -76,12 +82,31 @@ def _parser() -> argparse.ArgumentParser:
                         f"(default {DEFAULT_TIMEOUT_S})")
     e = sub.add_parser("evaluate", help="evaluate a run directory's synthetic set")
     e.add_argument("run_dir")
-    e.add_argument("--preset", choices=PRESET_NAMES, help="evaluation budget (default: the run's preset)")
+    e.add_argument("--preset", choices=PRESET_NAMES,
+                   help="budget table entry, keeping the run's hyperparameters (default: the run's preset)")
+    e.add_argument("--protocol", help="quick or paper: the method's protocol of that preset (paper: width 128, "
+                                      "its epochs, schedule and augmentation, the full test set, its number of "
+                                      "networks); default: the run's")
+    e.add_argument("--epochs", type=int, help="train every network for this many epochs instead of the "
+                                              "protocol's (a reduced budget; recorded)")
+    e.add_argument("--scores", action="store_true",
+                   help="also DD-Ranking's label- and augmentation-robust scores (LRS, ARS)")
+    e.add_argument("--cache-dir", help="folder of the cached full-data accuracies for --scores "
+                                       "(default $DDKERNELS_CACHE, else ~/.cache/ddkernels)")
+    e.add_argument("--full-epochs", type=int, help="--scores: epochs of the full-data network (default: the "
+                                                   "protocol's; part of the cache key)")
     e.add_argument("--eval-nets", type=int)
     e.add_argument("--no-baseline", action="store_true")
     e.add_argument("--arch", help="comma-separated evaluation networks (default convnet), e.g. convnet,resnet18")
     e.add_argument("--device", default="auto", help="where to compute: auto (CUDA when visible, else CPU), cpu, cuda, cuda:N (default auto)")
     e.add_argument("--threads", type=int)
+    r = sub.add_parser("report", help="a Markdown table and a PNG plot of run directories' evaluations")
+    r.add_argument("runs", nargs="+", metavar="RUN")
+    r.add_argument("--out", default="report", help="writes OUT.md and OUT.png (default report)")
+    xp = sub.add_parser("export", help="write a run's training set in another benchmark's format")
+    xp.add_argument("run_dir")
+    xp.add_argument("--format", required=True, help="ddranking (DD-Ranking) or dcbench (DC-BENCH)")
+    xp.add_argument("--out", help="folder (default RUN/export/FORMAT)")
     x = sub.add_parser("experts", help="train expert trajectories for MTT/HaBa (resumable)")
     x.add_argument("--dataset", choices=data.DATASETS, required=True)
     x.add_argument("--out", required=True, help="run directory (an existing one is resumed)")
@@ -221,7 +246,7 @@ def _interrupted(command: str, args) -> str:
         return (f"interrupted; the finished experts and the current one's last epoch are kept in {args.out}: "
                 f"run the same command again to continue")
     if command == "evaluate":
-        return f"interrupted; {os.path.join(args.run_dir, 'metrics.json')} is unchanged"
+        return f"interrupted; nothing was written to {args.run_dir} (its metrics.json and evaluations/ are unchanged)"
     if command == "distill":
         return "interrupted before distilling started; nothing was changed"
     return "interrupted"
@@ -243,13 +268,28 @@ def _command(args) -> None:
                           checkpoint_every=o["checkpoint_every"], evaluate_after=not o.get("no_eval", False),
                           eval_nets=o.get("eval_nets"), baseline=not o.get("no_baseline", False),
                           overrides=o["overrides"], dist_timeout=o["dist_timeout"], device=o["device"],
-                          eval_arch=o.get("eval_arch"))
+                          eval_arch=o.get("eval_arch"), eval_protocol=o.get("eval_protocol"))
         _summary(metrics)
     elif args.command == "evaluate":
         from .runs import evaluate_dir
 
-        _summary(evaluate_dir(args.run_dir, preset=args.preset, eval_nets=args.eval_nets,
-                              baseline=not args.no_baseline, archs=args.arch, device=args.device))
+        record = evaluate_dir(args.run_dir, preset=args.preset, eval_nets=args.eval_nets,
+                              baseline=not args.no_baseline, archs=args.arch, device=args.device,
+                              protocol=args.protocol, scores=args.scores, cache_dir=args.cache_dir,
+                              full_epochs=args.full_epochs, epochs=args.epochs)
+        _summary(record)
+        print(f"evaluation record: {os.path.join(args.run_dir, record['record'])}")
+    elif args.command == "report":
+        from .report import report
+
+        done = report(args.runs, args.out)
+        print(done["markdown"], end="")
+        print(f"wrote {args.out}.md and {done['png']}")
+    elif args.command == "export":
+        from .export import export_run
+
+        done = export_run(args.run_dir, args.format, args.out)
+        print(f"{args.format}: {', '.join(done['files'])} in {done['out']} ({done['images']} images); {done['usage']}")
     elif args.command == "experts":
         from .experts import train_experts
 
@@ -296,7 +336,7 @@ def _summary(m: dict) -> None:
         r = m["random_real"]
         print(f"  |  random real, same storage: {r['mean']:.2f} ± {r['std']:.2f} % (n={r['n']}){_best(r.get('best'))}",
               end="")
-    print(f"  |  distillation {m.get('seconds', 0):.0f} s")
+    print(f"  |  distillation {m['seconds']:.0f} s" if "seconds" in m else "")
     for name, r in m.get("architectures", {}).items():
         a = r["accuracy"]
         line = f"  {name}: synthetic {a['mean']:.2f} ± {a['std']:.2f} % (n={a['n']}){_best(r.get('accuracy_best'))}"
@@ -304,6 +344,12 @@ def _summary(m: dict) -> None:
             b = r["random_real"]
             line += f"  |  random real {b['mean']:.2f} ± {b['std']:.2f} % (n={b['n']}){_best(b.get('best'))}"
         print(line)
+    for name, r in ({m.get("arch", "ConvNet"): m} if "architectures" not in m else m["architectures"]).items():
+        if "scores" in r:
+            s = r["scores"]
+            print(f"  {name}: LRS {s['lrs']['lrs']['mean']:.4f} ± {s['lrs']['lrs']['std']:.4f} (HLR "
+                  f"{s['lrs']['hlr']['mean']:.2f}, IOR {s['lrs']['ior']['mean']:.2f} points)  |  ARS "
+                  f"{s['ars']['ars']['mean']:.4f} ± {s['ars']['ars']['std']:.4f}")
 
 
 def _best(b: dict | None) -> str:

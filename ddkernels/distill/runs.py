@@ -19,18 +19,21 @@ A run directory holds:
   DC/DSA/DM: normalized), ``storage`` counts stored floats against the IPC budget, and
   ``images``/``image_labels`` are the decoded training set, ``eval_overrides`` the evaluation-protocol
   fields the set needs (MTT/HaBa: the learned lr; HaBa: ``choose``, one random hallucination per base
-  and epoch);
+  and epoch), ``classes`` the class names by label;
 * ``images_labels.pt``   - the training set they stand for, as the tuple ``(images, labels)``:
   float32 ``(N, C, H, W)`` normalized with the dataset's mean/std, int64 ``(N,)`` (the layout
   DC-BENCH-style loaders read: ``images, labels = torch.load(path)``);
 * ``zca.pt``             - with hyperparameter ``zca``: the train-fitted :class:`~ddkernels.distill.data.zca.ZCA`
   (``ZCA.from_state_dict(torch.load(path))``); "normalized" above then means ZCA-whitened, and
   ``synthetic.pt`` holds the same state under ``"zca"``;
-* ``synthetic.png``      - the stored images, one row per class (``decoded.png`` too for IDC), shown
-  un-normalized (un-whitened);
-* ``metrics.json``       - method, dataset, ipc, backend, seconds, accuracy and random_real
+* ``synthetic.png``      - the stored images, one row per class labelled with its name, each enlarged to
+  at least 64 px (``decoded.png`` too for IDC), shown un-normalized (un-whitened);
+* ``metrics.json``       - method, dataset, ipc, backend, seconds, classes, accuracy and random_real
   ``{mean, std, n, accuracies}`` (final epoch); with a protocol that tests several times (IDC)
-  also ``accuracy_best`` and ``random_real.best`` (per network the best test accuracy); versions;
+  also ``accuracy_best`` and ``random_real.best`` (per network the best test accuracy); the protocol
+  (``protocol``: quick/paper, ``eval_protocol``: every field); versions; the device and CPU threads;
+* ``evaluations/NNN.json`` - one record per :func:`evaluate_dir` (``ddkernels evaluate``), numbered
+  001, 002, …; ``metrics.json`` is never rewritten;
 * ``log.txt``            - the log, starting with ``ddkernels.info``'s report.
 """
 from __future__ import annotations
@@ -40,6 +43,7 @@ import logging
 import os
 import platform
 import shlex
+import sys
 import time
 
 import torch
@@ -53,7 +57,7 @@ from .device import describe as describe_device, dist_backend, resolve as resolv
 from .distributed import DEFAULT_TIMEOUT_S, Shard, join, launched_world, leave
 from .evaluate import evaluate, get_protocol
 from ..nn.networks import get_network, network_name
-from .data.imageio import class_grid, write_png
+from .data.imageio import labelled_grid, write_png
 from .methods import METHODS, PRESET_NAMES, make_distiller, preset as preset_hp
 from .data.zca import ZCA
 
@@ -101,6 +105,25 @@ def eval_protocol(hp: dict, preset: str, n_nets: int | None = None, **overrides)
                         dc_aug=hp.get("eval_dc_aug"), width=hp.get("eval_width"), n_nets=n_nets, **overrides)
 
 
+#: The hyperparameters that choose a run's evaluation protocol (what ``--protocol`` takes from a preset).
+EVAL_KEYS = ("eval", "eval_epochs", "eval_aug", "eval_dc_aug", "eval_width")
+PROTOCOL_NAMES = PRESET_NAMES
+
+
+def protocol_hp(method: str, dataset: str, ipc: int, hp: dict, run_preset: str, protocol: str | None) -> tuple[dict, str]:
+    """``(hp, budget)`` for evaluating a run distilled with ``hp`` under ``run_preset`` with evaluation
+    ``protocol`` (``quick``/``paper``; None: the run's own, as before ``--protocol`` existed). The run's
+    own preset keeps the run's hyperparameters (``--set eval_epochs=…`` included); another one takes its
+    evaluation keys (:data:`EVAL_KEYS`) from the method's preset of that name: ``paper`` is the
+    method's own protocol (width 128, its epochs, schedule, augmentation, the full test set and its
+    number of networks)."""
+    if protocol is None or protocol == run_preset:
+        return hp, run_preset if protocol is None else protocol
+    check_choice("--protocol", protocol, PROTOCOL_NAMES)
+    other = preset_hp(method, dataset, ipc, protocol)
+    return {**hp, **{k: other[k] for k in EVAL_KEYS if k in other}}, protocol
+
+
 def eval_archs(archs, dataset: data.Dataset | None = None) -> list[str]:
     """Evaluation networks as registry names: None → ``["ConvNet"]``; a comma-separated string or a
     list of get_network names (any case). ValueError naming ``--eval-arch``/``--arch`` otherwise,
@@ -127,7 +150,7 @@ def distill(method: str, dataset: str, ipc: int, out: str, *, preset: str = "qui
             checkpoint_every: int = 1, evaluate_after: bool = True, eval_nets: int | None = None,
             baseline: bool = True, overrides: dict | None = None, progress: bool = True,
             dist_timeout: float = DEFAULT_TIMEOUT_S, device: str | torch.device | None = "auto",
-            eval_arch=None) -> dict:
+            eval_arch=None, eval_protocol: str | None = None) -> dict:
     """Distill ``dataset`` with ``method`` into run directory ``out``; returns the metrics dict.
 
     ``device``: where the run computes (``"auto"``: CUDA when visible, else the CPU; ``"cpu"``,
@@ -150,10 +173,15 @@ def distill(method: str, dataset: str, ipc: int, out: str, *, preset: str = "qui
     not split by class, fewer classes than ranks, or a resumed run distilled on another number of ranks;
     ``RuntimeError`` when not every rank joins in time. Ctrl-C raises :class:`Interrupted` (a
     ``KeyboardInterrupt``) naming the last checkpoint.
+
+    ``eval_protocol`` (``--eval-protocol``): the evaluation's protocol, ``quick`` or ``paper`` (see
+    :func:`protocol_hp`; default: the preset's own).
     """
     hp_overrides = check_arguments(method, dataset, ipc, preset=preset, iterations=iterations, backend=backend,
                                    seed=seed, checkpoint_every=checkpoint_every, eval_nets=eval_nets,
                                    overrides=overrides, dist_timeout=dist_timeout)
+    if eval_protocol is not None:
+        check_choice("--eval-protocol", eval_protocol, PROTOCOL_NAMES)
     dev = resolve_device(device, what="--device")
     archs = eval_archs(eval_arch)  # names now; whether they fit the images once the data is loaded
     world, rank = launched_world()
@@ -171,7 +199,7 @@ def distill(method: str, dataset: str, ipc: int, out: str, *, preset: str = "qui
                         seed=seed, data_dir=data_dir, resume=resume, checkpoint_every=checkpoint_every,
                         evaluate_after=evaluate_after, eval_nets=eval_nets, baseline=baseline,
                         overrides=hp_overrides, progress=progress, dist_timeout=dist_timeout, device=dev,
-                        archs=archs)
+                        archs=archs, eval_protocol=eval_protocol)
     except KeyboardInterrupt:
         interrupted = True
     if interrupted:  # raised here, not in the handler: the trainer's frames (and its progress bar) close first
@@ -223,7 +251,7 @@ class Interrupted(KeyboardInterrupt):
 
 
 #: :func:`distill` arguments recorded in ``config.json`` besides the run's identity.
-RUN_OPTIONS = ("checkpoint_every", "evaluate_after", "eval_nets", "baseline")
+RUN_OPTIONS = ("checkpoint_every", "evaluate_after", "eval_nets", "baseline", "eval_protocol")
 
 
 def saved_options(out: str) -> dict:
@@ -257,7 +285,7 @@ def saved_options(out: str) -> dict:
 
 def _distill(method, dataset, ipc, out, ckpt, *, preset, iterations, backend, seed, data_dir, resume,
              checkpoint_every, evaluate_after, eval_nets, baseline, overrides, progress, dist_timeout, device,
-             archs) -> dict:
+             archs, eval_protocol=None) -> dict:
     world, rank = ckpt.world, ckpt.rank
     log = _logger(out) if rank == 0 and resume else None
     saved = state = None
@@ -294,6 +322,8 @@ def _distill(method, dataset, ipc, out, ckpt, *, preset, iterations, backend, se
                   "baseline": baseline}
         if shard is not None:
             config["world_size"] = world
+        if eval_protocol is not None:  # only when given: the config of a run without it stays as it was
+            config["eval_protocol"] = eval_protocol
         ckpt.config, ckpt.shard = config, shard
         if resume:
             if saved.get("hp") != config["hp"]:
@@ -323,7 +353,7 @@ def _distill(method, dataset, ipc, out, ckpt, *, preset, iterations, backend, se
     if rank != 0:
         return {"rank": rank}
     return finish(out, result, preset, evaluate_after=evaluate_after, eval_nets=eval_nets, baseline=baseline,
-                  progress=progress, archs=archs)
+                  progress=progress, archs=archs, protocol=eval_protocol)
 
 
 class _Checkpoints:
@@ -419,11 +449,19 @@ class _Checkpoints:
         return manifest["config"], state["trainer"]
 
 
+def class_names(ds: data.Dataset) -> list[str]:
+    """The dataset's class names (an image folder's folder names); the class indices where it has none."""
+    return list(ds.classes) if ds.classes else [str(k) for k in range(ds.num_classes)]
+
+
 def finish(out: str, trainer, preset: str, *, evaluate_after: bool = True, eval_nets: int | None = None,
-           baseline: bool = True, progress: bool = True, archs: list[str] | None = None) -> dict:
-    """Write the synthetic set, its images and (optionally) its evaluation into ``out``."""
+           baseline: bool = True, progress: bool = True, archs: list[str] | None = None,
+           protocol: str | None = None) -> dict:
+    """Write the synthetic set, its images and (optionally) its evaluation into ``out``; ``protocol``:
+    the evaluation's (see :func:`protocol_hp`)."""
     log = _logger(out)
     ds = trainer.ds
+    names = class_names(ds)
     images, labels = (t.detach().cpu() for t in trainer.training_set())  # run outputs live on the host
     factor = getattr(trainer, "factor", 1)
     params = {k: v.detach().cpu().clone() for k, v in trainer.synthetic_params().items()}
@@ -433,23 +471,25 @@ def finish(out: str, trainer, preset: str, *, evaluate_after: bool = True, eval_
                  "stored": params.get("syn"), "labels": trainer.labels.cpu().clone(), "factor": factor,
                  "space": trainer.stored_space, "mean": ds.mean, "std": ds.std, "storage": storage,
                  "images": images.float(), "image_labels": labels, "eval_overrides": eval_overrides,
-                 "zca": _host_zca(ds)}, os.path.join(out, "synthetic.pt"))
+                 "zca": _host_zca(ds), "classes": names}, os.path.join(out, "synthetic.pt"))
     if ds.zca is not None:
         atomic_save(_host_zca(ds), os.path.join(out, ZCA_FILE))
     atomic_save((images.float(), labels), os.path.join(out, "images_labels.pt"))
     write_png(os.path.join(out, "synthetic.png"),
-              class_grid(trainer.pixel_images().detach().cpu(), trainer.labels.cpu(), ds.num_classes))
+              labelled_grid(trainer.pixel_images().detach().cpu(), trainer.labels.cpu(), ds.num_classes, names))
     if trainer.decodes:
         write_png(os.path.join(out, "decoded.png"),
-                  class_grid(ds.denormalize(images.to(ds.device)).clamp(0, 1).cpu(), labels, ds.num_classes))
+                  labelled_grid(ds.denormalize(images.to(ds.device)).clamp(0, 1).cpu(), labels, ds.num_classes, names))
     log.info(f"storage: {storage['stored_floats']} stored floats, budget {storage['budget_floats']} "
              f"({trainer.ipc} images/class), ratio {storage['ratio']}")
     metrics = {"method": trainer.method, "dataset": ds.name, "ipc": trainer.ipc, "preset": preset,
                "backend": trainer.backend, "iterations": trainer.iteration, "seconds": round(trainer.seconds, 2),
                "train_images": len(labels), "storage": storage, "eval_overrides": eval_overrides,
-               "versions": versions(), "device": describe_device(trainer.device)}
+               "versions": versions(), "device": describe_device(trainer.device), "classes": names}
     if evaluate_after:
-        metrics.update(evaluate_run(out, trainer.hp, preset, images, labels, ds, ipc=trainer.ipc, seed=trainer.seed,
+        hp, budget = protocol_hp(trainer.method, ds.name, trainer.ipc, trainer.hp, preset, protocol)
+        metrics["protocol"] = budget
+        metrics.update(evaluate_run(out, hp, budget, images, labels, ds, ipc=trainer.ipc, seed=trainer.seed,
                                     eval_nets=eval_nets, baseline=baseline, progress=progress,
                                     overrides=eval_overrides, backend=trainer.backend, device=trainer.device,
                                     archs=archs))
@@ -460,15 +500,16 @@ def finish(out: str, trainer, preset: str, *, evaluate_after: bool = True, eval_
 
 def evaluate_run(out, hp, preset, images, labels, ds, *, ipc, seed, eval_nets=None, baseline=True,
                  progress=True, overrides: dict | None = None, backend: str = "auto", device=None,
-                 archs: list[str] | None = None) -> dict:
+                 archs: list[str] | None = None, scores: dict | None = None) -> dict:
     """Evaluate ``(images, labels)`` and, with ``baseline``, ``ipc`` random real images per class,
     on each network of ``archs`` (get_network names; default ConvNet). The first one's results are
     the top-level keys, as with ConvNet alone; with other networks, ``"arch"`` names it and
-    ``"architectures"`` holds every network's results by name."""
+    ``"architectures"`` holds every network's results by name. ``scores`` (``{"cache_dir", "full_epochs"}``):
+    also DD-Ranking's LRS and ARS (:mod:`ddkernels.distill.scores`) under ``"scores"``."""
     archs = eval_archs(archs, ds)
     results = {a: _evaluate_arch(out, hp, preset, images, labels, ds, ipc=ipc, seed=seed, eval_nets=eval_nets,
                                  baseline=baseline, progress=progress, overrides=overrides, backend=backend,
-                                 device=device, arch=a)
+                                 device=device, arch=a, scores=scores)
                for a in archs}
     result = dict(results[archs[0]])
     if archs != ["ConvNet"]:
@@ -477,7 +518,7 @@ def evaluate_run(out, hp, preset, images, labels, ds, *, ipc, seed, eval_nets=No
 
 
 def _evaluate_arch(out, hp, preset, images, labels, ds, *, ipc, seed, eval_nets, baseline, progress, overrides,
-                   backend, device, arch) -> dict:
+                   backend, device, arch, scores=None) -> dict:
     """One network's evaluation. ``overrides`` (the trainer's ``eval_overrides()``) change the
     protocol for the synthetic set only; the baseline keeps the preset's protocol. ``backend``: the
     evaluation networks'."""
@@ -502,7 +543,35 @@ def _evaluate_arch(out, hp, preset, images, labels, ds, *, ipc, seed, eval_nets,
             result["random_real"]["best"] = _best(base)
         log.info(f"{arch}: random real ({ipc}/class, same storage): {base['mean']:.2f} ± {base['std']:.2f} %"
                  + _best_text(base))
+        if scores is not None:
+            result["scores"] = _scores(log, proto, eval_protocol(hp, preset, eval_nets), res, base, images, labels,
+                                       rx, ry, ds, seed=seed, progress=progress, backend=backend, device=device,
+                                       arch=arch, **scores)
     return result
+
+
+def _scores(log, proto, base_proto, res, base, images, labels, rx, ry, ds, *, seed, progress, backend, device, arch,
+            cache_dir=None, full_epochs=None) -> dict:
+    """LRS and ARS (DD-Ranking, :mod:`.scores`) from this evaluation (with augmentation), the same two sets
+    evaluated again without it, and the cached full-data accuracy."""
+    from . import scores as dd
+
+    kw = dict(seed=seed, progress=progress, backend=backend, arch=arch, device=device)
+    syn_naug = evaluate(images, labels, ds, dd.without_augmentation(proto), desc=f"eval synthetic, no aug ({arch})",
+                        **kw)
+    rdm_naug = evaluate(rx, ry, ds, dd.without_augmentation(base_proto), desc=f"eval random real, no aug ({arch})",
+                        **kw)
+    full = dd.full_data_accuracy(ds, arch, base_proto, seed=seed, backend=backend, device=device, folder=cache_dir,
+                                 epochs=full_epochs, progress=progress, log=log.info)
+    lrs = dd.label_robust_score(res["accuracies"], base["accuracies"], full["mean"])
+    ars = dd.augmentation_robust_score(res["accuracies"], base["accuracies"], syn_naug["accuracies"],
+                                       rdm_naug["accuracies"])
+    log.info(f"{arch}: LRS {lrs['lrs']['mean']:.4f} ± {lrs['lrs']['std']:.4f} (HLR {lrs['hlr']['mean']:.2f}, IOR "
+             f"{lrs['ior']['mean']:.2f} points; full data {full['mean']:.2f} %), ARS {ars['ars']['mean']:.4f} ± "
+             f"{ars['ars']['std']:.4f}")
+    return {"lrs": lrs, "ars": ars, "synthetic_no_aug": _final(syn_naug), "random_real_no_aug": _final(rdm_naug),
+            "full_data": {k: full[k] for k in ("mean", "key", "cached", "file", "train_images")},
+            "definition": "DD-Ranking (arXiv 2505.13300): accuracies as fractions, w = gamma = 0.5"}
 
 
 def _host_zca(ds) -> dict | None:
@@ -527,13 +596,37 @@ def _best_text(res: dict) -> str:
         if "best" in res else ""
 
 
+EVALUATIONS = "evaluations"
+
+
 def evaluate_dir(out: str, *, preset: str | None = None, eval_nets: int | None = None, baseline: bool = True,
-                 progress: bool = True, device: str | torch.device | None = "auto", archs=None) -> dict:
-    """Re-evaluate a finished run directory (its ``images_labels.pt``) on ``device`` and update
-    ``metrics.json`` (``eval_device`` records where)."""
+                 progress: bool = True, device: str | torch.device | None = "auto", archs=None,
+                 protocol: str | None = None, scores: bool = False, cache_dir: str | None = None,
+                 full_epochs: int | None = None, epochs: int | None = None) -> dict:
+    """Re-evaluate a finished run directory (its ``images_labels.pt``) on ``device``; returns the new
+    evaluation record, written to ``out/evaluations/NNN.json`` (001, 002, …: the distillation's own
+    ``metrics.json`` is never changed). The record holds only what this evaluation measured (no
+    baseline with ``baseline=False``), the protocol by name and in full, the class names, the device
+    and thread count, the time and the command line.
+
+    ``protocol``: ``quick`` or ``paper`` (:func:`protocol_hp`); ``preset`` (the older option) keeps the
+    run's hyperparameters and takes only the budget table's entry; not both. ``scores``: also DD-Ranking's
+    LRS and ARS (needs the baseline), the full-data accuracy cached in ``cache_dir`` (default
+    :func:`ddkernels.distill.scores.cache_dir`) and trained for ``full_epochs`` (default the protocol's).
+    ``epochs``: train every network for this many epochs instead of the protocol's (a reduced budget for
+    large networks on a CPU; recorded in ``eval_protocol``)."""
     if preset is not None:
         check_choice("--preset", preset, PRESET_NAMES)
+    if protocol is not None:
+        check_choice("--protocol", protocol, PROTOCOL_NAMES)
+        if preset is not None:
+            raise ValueError("--preset and --protocol: give one (--protocol paper is the method's own protocol; "
+                             "--preset only switches the budget table's entry)")
+    if scores and not baseline:
+        raise ValueError("--scores compares with the random-real baseline: drop --no-baseline")
     check_int("--eval-nets", eval_nets, optional=True)
+    check_int("--full-epochs", full_epochs, optional=True)
+    check_int("--epochs", epochs, optional=True)
     dev = resolve_device(device, what="--device")
     archs = eval_archs(archs)
     paths = [os.path.join(out, f) for f in ("config.json", "images_labels.pt")]
@@ -549,25 +642,61 @@ def evaluate_dir(out: str, *, preset: str | None = None, eval_nets: int | None =
         ds = ds.whitened(ZCA.from_state_dict(torch.load(zca_path, map_location="cpu", weights_only=True)))
     elif config["hp"].get("zca"):
         raise FileNotFoundError(f"RUN_DIR {out!r} was distilled with zca but has no {ZCA_FILE}")
-    mpath = os.path.join(out, "metrics.json")
-    metrics = json.load(open(mpath)) if os.path.isfile(mpath) else {}
-    if baseline is False and metrics.get("arch", "ConvNet") != archs[0]:
-        metrics.pop("random_real", None)  # kept without --no-baseline's re-run only for the same network
-    for stale in ("accuracy_best", "arch", "architectures"):  # this evaluation may not write them: drop old ones
-        metrics.pop(stale, None)
-    for key in ("method", "dataset", "ipc", "preset"):  # a run whose first evaluation was killed has no metrics yet
-        metrics.setdefault(key, config[key])
+    overrides = {}
     spath = os.path.join(out, "synthetic.pt")
     if os.path.isfile(spath):  # written before the first evaluation, so it survives a killed one
-        metrics["eval_overrides"] = torch.load(spath, map_location="cpu", weights_only=False).get("eval_overrides", {})
-    metrics.update(evaluate_run(out, config["hp"], preset or config["preset"], images, labels, ds, ipc=config["ipc"],
-                                seed=config["seed"], eval_nets=eval_nets, baseline=baseline, progress=progress,
-                                overrides=metrics.get("eval_overrides"), backend=config.get("backend", "auto"),
-                                device=dev, archs=archs))
-    metrics["eval_device"] = describe_device(dev)
-    write_json(metrics, mpath)
-    return metrics
+        overrides = torch.load(spath, map_location="cpu", weights_only=False).get("eval_overrides", {})
+    if protocol is None and preset is not None:
+        hp, budget = config["hp"], preset
+    else:
+        hp, budget = protocol_hp(config["method"], config["dataset"], config["ipc"], config["hp"], config["preset"],
+                                 protocol)
+    if epochs is not None:
+        hp = {**hp, "eval_epochs": epochs}
+    record = {"method": config["method"], "dataset": config["dataset"], "ipc": config["ipc"],
+              "preset": config["preset"], "protocol": budget, "classes": class_names(ds),
+              "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "command": sys.argv,
+              "eval_overrides": overrides}
+    record.update(evaluate_run(out, hp, budget, images, labels, ds, ipc=config["ipc"], seed=config["seed"],
+                               eval_nets=eval_nets, baseline=baseline, progress=progress, overrides=overrides,
+                               backend=config.get("backend", "auto"), device=dev, archs=archs,
+                               scores={"cache_dir": cache_dir, "full_epochs": full_epochs} if scores else None))
+    record["eval_device"] = describe_device(dev)  # the key metrics.json used for it
+    record["versions"] = versions()
+    record["record"] = _write_record(out, record)
+    _logger(out).info(f"evaluation record {record['record']}")
+    return record
 
 
-__all__ = ["Interrupted", "atomic_save", "check_arguments", "distill", "eval_archs", "evaluate_dir", "finish", "random_real",
-           "saved_options", "versions"]
+def _write_record(out: str, record: dict) -> str:
+    """Write ``record`` as the next free ``out/evaluations/NNN.json`` (claimed with O_EXCL, so two
+    evaluations finishing at once never share a number); returns its path relative to ``out``."""
+    folder = os.path.join(out, EVALUATIONS)
+    os.makedirs(folder, exist_ok=True)
+    n = 1 + max((int(f[:-5]) for f in os.listdir(folder) if f.endswith(".json") and f[:-5].isdigit()), default=0)
+    while True:
+        path = os.path.join(folder, f"{n:03d}.json")
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            break
+        except FileExistsError:
+            n += 1
+    write_json(record, path)
+    return os.path.relpath(path, out)
+
+
+def evaluation_records(out: str) -> list[dict]:
+    """The evaluation records of run directory ``out``, oldest first (each with its ``"record"`` path)."""
+    folder = os.path.join(out, EVALUATIONS)
+    if not os.path.isdir(folder):
+        return []
+    names = sorted((f for f in os.listdir(folder) if f.endswith(".json") and f[:-5].isdigit()), key=lambda f: int(f[:-5]))
+    records = []
+    for f in names:
+        with open(os.path.join(folder, f)) as fh:
+            records.append({**json.load(fh), "record": os.path.join(EVALUATIONS, f)})
+    return records
+
+__all__ = ["EVAL_KEYS", "Interrupted", "PROTOCOL_NAMES", "atomic_save", "check_arguments", "class_names", "distill",
+           "eval_archs", "evaluate_dir", "evaluation_records", "finish", "protocol_hp", "random_real", "saved_options",
+           "versions"]

@@ -224,7 +224,8 @@ def test_interrupted_evaluate_and_experts_say_what_is_kept(tmp_path, capsys, mon
     monkeypatch.setattr(runs, "evaluate_dir", stop)
     monkeypatch.setattr(experts, "train_experts", stop)
     assert cli.main(["evaluate", str(tmp_path)]) == 130
-    assert capsys.readouterr().err == f"interrupted; {tmp_path / 'metrics.json'} is unchanged\n"
+    assert capsys.readouterr().err == (f"interrupted; nothing was written to {tmp_path} (its metrics.json and "
+                                       f"evaluations/ are unchanged)\n")
     assert cli.main(["experts", "--dataset", "digits", "--out", str(tmp_path)]) == 130
     assert capsys.readouterr().err == (f"interrupted; the finished experts and the current one's last epoch are "
                                        f"kept in {tmp_path}: run the same command again to continue\n")

@@ -163,11 +163,13 @@ def test_cli_evaluation_architectures(tmp_path, capsys):
     assert m["accuracy"] == m["architectures"]["ConvNet"]["accuracy"]
     assert all(r["accuracy"]["n"] == 1 and "random_real" in r for r in m["architectures"].values())
     assert "ResNet18BN_AP: synthetic" in capsys.readouterr().out
+    distilled = open(os.path.join(out, "metrics.json")).read()
     assert cli.main(["evaluate", out, "--arch", "mlp", "--eval-nets", "1", "--no-baseline"]) == 0
-    m = json.loads(open(os.path.join(out, "metrics.json")).read())
+    m = json.loads(open(os.path.join(out, "evaluations", "001.json")).read())  # a new record ...
     assert m["arch"] == "MLP" and list(m["architectures"]) == ["MLP"] and "random_real" not in m
     assert cli.main(["evaluate", out, "--eval-nets", "1", "--no-baseline"]) == 0  # the default: ConvNet alone
-    assert not {"arch", "architectures"} & set(json.loads(open(os.path.join(out, "metrics.json")).read()))
+    assert not {"arch", "architectures"} & set(json.loads(open(os.path.join(out, "evaluations", "002.json")).read()))
+    assert open(os.path.join(out, "metrics.json")).read() == distilled  # ... the distillation's result kept
     capsys.readouterr()
     for args in (["evaluate", out, "--arch", "resnet50"], ["evaluate", out, "--arch", "convnet,,mlp"],
                  ["evaluate", out, "--arch", "lenet"],  # 8×8 digits are too small for LeNet: before any work

@@ -103,4 +103,37 @@ def class_grid(images: torch.Tensor, labels: torch.Tensor, num_classes: int, pad
     return g[0] if c == 1 else g[:3]
 
 
-__all__ = ["class_grid", "read_png", "write_png"]
+def labelled_grid(images: torch.Tensor, labels: torch.Tensor, num_classes: int, names=(), *, min_px: int = 64,
+                  pad: int = 2, text_scale: int = 2, max_chars: int = 20) -> torch.Tensor:
+    """:func:`class_grid`, readable: each image enlarged (nearest neighbour, an integer factor) to at
+    least ``min_px`` pixels on its short side, and each row labelled on the left with its class name
+    (``names[k]``; the class index where there are no names), drawn with the built-in 5×7 font
+    (:mod:`.raster`) ``text_scale`` times enlarged. Returns ``(H', W')`` for one-channel images,
+    else ``(3, H', W')``, values in [0, 1]."""
+    from .raster import GLYPH_H, text_mask, text_width
+
+    if images.dim() != 4:
+        raise ValueError(f"labelled_grid: images must be (N, C, H, W), got {tuple(images.shape)}")
+    h, w = images.shape[-2:]
+    factor = max(1, -(-min_px // min(h, w)))  # ceil: every image at least min_px
+    big = images.detach().float().cpu().repeat_interleave(factor, -2).repeat_interleave(factor, -1)
+    grid = class_grid(big, labels.cpu(), num_classes, pad=pad)
+    if grid.dim() == 2:
+        grid = grid.unsqueeze(0)
+    titles = []
+    for k in range(num_classes):
+        name = str(names[k]) if k < len(names) else str(k)
+        titles.append(name if len(name) <= max_chars else name[:max_chars - 2] + "..")
+    margin = 2 * pad + max(text_width(t, text_scale) for t in titles) + 4 * text_scale
+    out = torch.ones(grid.shape[0], grid.shape[1], margin + grid.shape[2])
+    out[:, :, margin:] = grid
+    row = h * factor + pad
+    for k, t in enumerate(titles):  # black text, vertically centred on its row
+        m = torch.from_numpy(text_mask(t, text_scale))
+        y0 = pad + k * row + (h * factor - GLYPH_H * text_scale) // 2
+        x0 = 2 * pad
+        out[:, y0:y0 + m.shape[0], x0:x0 + m.shape[1]][:, m] = 0.0
+    return out[0] if out.shape[0] == 1 else out
+
+
+__all__ = ["class_grid", "labelled_grid", "read_png", "write_png"]
