@@ -145,6 +145,17 @@ inline void from_float(const float* src, c10::Half* dst, int64_t n) {
   for (; i < n; ++i) dst[i] = c10::Half(src[i]);
 }
 
+// n values from src to dst, converting between a half type and float32 where they differ.
+template <typename A, typename B>
+inline void convert_n(const A* src, B* dst, int64_t n) {
+  if constexpr (std::is_same_v<A, B>)
+    std::memcpy(dst, src, n * sizeof(A));
+  else if constexpr (std::is_same_v<B, float>)
+    to_float(src, dst, n);
+  else
+    from_float(src, dst, n);
+}
+
 // A plane of n storage values as compute type T: p itself when the types agree, else converted
 // into buf (n elements).
 template <typename T, typename S>
