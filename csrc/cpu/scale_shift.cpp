@@ -63,6 +63,20 @@ void affine_norm(int64_t L, const T* __restrict__ s, const T* __restrict__ t,
       [&](int64_t i) { return s[i] * ((x[i] - m) * r) + t[i]; });
 }
 
+// affine_norm on half x and y (float32 s, t): converted in registers, 8 lanes at a time.
+template <typename T, typename S, std::enable_if_t<is_half_v<S>, int> = 0>
+void affine_norm(int64_t L, const T* __restrict__ s, const T* __restrict__ t,
+                 const S* __restrict__ x, T m, T r, S* __restrict__ y, const S*, bool) {
+  int64_t i = 0;
+  for (; i + 8 <= L; i += 8) {
+    VF sv, tv;
+    DDK_VLOAD(sv, s + i);
+    DDK_VLOAD(tv, t + i);
+    store8(y + i, VF(sv * ((load8(x + i) - m) * r) + tv));
+  }
+  for (; i < L; ++i) y[i] = S(s[i] * ((float(x[i]) - m) * r) + t[i]);
+}
+
 // dx = s * dy and the per-pixel partial sums of dy * x and dy, from one read of dy and x.
 template <typename T>
 void bwd_sweep(int64_t L, const T* __restrict__ s, const T* __restrict__ g,
@@ -92,6 +106,32 @@ void bwd_sweep(int64_t L, const T* __restrict__ s, const T* __restrict__ g,
         pt[i] += g[i];
         return s[i] * g[i];
       });
+}
+
+// bwd_sweep on half dy, x and dx (float32 s and partial sums): converted in registers.
+template <typename T, typename S, std::enable_if_t<is_half_v<S>, int> = 0>
+void bwd_sweep(int64_t L, const T* __restrict__ s, const S* __restrict__ g,
+               const S* __restrict__ x, S* __restrict__ gx, T* __restrict__ ps,
+               T* __restrict__ pt, const S*, const S*, bool) {
+  int64_t i = 0;
+  for (; i + 8 <= L; i += 8) {
+    VF sv, pv, tv;
+    DDK_VLOAD(sv, s + i);
+    DDK_VLOAD(pv, ps + i);
+    DDK_VLOAD(tv, pt + i);
+    const VF gv = load8(g + i), xv = load8(x + i);
+    pv += gv * xv;
+    tv += gv;
+    DDK_VSTORE(ps + i, pv);
+    DDK_VSTORE(pt + i, tv);
+    store8(gx + i, VF(sv * gv));
+  }
+  for (; i < L; ++i) {
+    const float gf = float(g[i]), xf = float(x[i]);
+    ps[i] += gf * xf;
+    pt[i] += gf;
+    gx[i] = S(s[i] * gf);
+  }
 }
 
 // One pass over a normalized plane's inputs: xhat = (x - m)·r and d = s·dy into L1 buffers, the
@@ -272,8 +312,7 @@ void bwd_plain_pixel(const BwdArgs<S, T>& a) {
   const int64_t CL = a.C * a.L, nblk = (CL + 4095) / 4096, width = (CL + nblk - 1) / nblk;
   at::parallel_for(0, a.Hn * nblk, 1, [&](int64_t begin, int64_t end) {
     PixelSums<T> sums(width);
-    const int64_t hb = half_buf<T, S>(width);
-    std::vector<T> sb(hb), gb(hb), xb(hb), ob(hb);
+    std::vector<T> sb(half_buf<T, S>(width));
     for (int64_t task = begin; task < end; ++task) {
       const int64_t k = task / nblk, lo = (task % nblk) * width, w = std::min(width, CL - lo);
       const T* sc = load_plane(a.SC + k * CL + lo, w, sb.data());
@@ -281,11 +320,10 @@ void bwd_plain_pixel(const BwdArgs<S, T>& a) {
       for (int64_t q = a.off[k]; q < a.off[k + 1]; ++q) {
         const int64_t row = a.ord[q] * CL + lo;
         const int64_t next = q + 1 < a.off[k + 1] ? a.ord[q + 1] * CL + lo : -1;
-        T* gx = out_plane(a.GX + row, ob.data());
-        bwd_sweep(w, sc, load_plane(a.G + row, w, gb.data()), load_plane(a.X + row, w, xb.data()), gx,
-                  sums.ps(), sums.pt(), next < 0 ? nullptr : same_or_null<T>(a.G + next),
-                  next < 0 ? nullptr : same_or_null<T>(a.X + next), a.stream);
-        store_plane(gx, a.GX + row, w);
+        if (next >= 0) prefetch_half<T>(a.G + next, w), prefetch_half<T>(a.X + next, w);
+        // Half rows convert in registers (the half overload); float rows as they always did.
+        bwd_sweep(w, sc, a.G + row, a.X + row, a.GX + row, sums.ps(), sums.pt(),
+                  next < 0 ? nullptr : a.G + next, next < 0 ? nullptr : a.X + next, a.stream);
         sums.sample_done(w);
       }
       sums.finish(w, a.GS + k * CL + lo, a.GT + k * CL + lo);
@@ -308,6 +346,10 @@ void bwd_per_channel(const BwdArgs<S, T>& a, bool normalize) {
       for (int64_t q = a.off[k]; q < a.off[k + 1]; ++q) {
         const int64_t p = a.ord[q] * a.C + c;
         double sum_g, sum_gx;
+        if (q + 1 < a.off[k + 1]) {
+          const int64_t pn = a.ord[q + 1] * a.C + c;
+          prefetch_half<T>(a.G + pn * a.L, a.L), prefetch_half<T>(a.X + pn * a.L, a.L);
+        }
         T* gx = out_plane(a.GX + p * a.L, ob.data());
         channel_plane_bwd(a.L, T(a.SC[kc]), load_plane(a.G + p * a.L, a.L, gb.data()),
                           load_plane(a.X + p * a.L, a.L, xb.data()), normalize,
@@ -339,6 +381,7 @@ void bwd_norm_pixel(const BwdArgs<S, T>& a) {
       for (int64_t q = a.off[k]; q < a.off[k + 1]; ++q) {
         const int64_t p = a.ord[q] * C + c;
         const int64_t pn = q + 1 < a.off[k + 1] ? a.ord[q + 1] * C + c : -1;
+        if (pn >= 0) prefetch_half<T>(a.G + pn * L, L), prefetch_half<T>(a.X + pn * L, L);
         T* gx = out_plane(a.GX + p * L, ob.data());
         norm_pixel_plane_bwd(L, sc, load_plane(a.G + p * L, L, gb.data()), load_plane(a.X + p * L, L, xb.data()),
                              a.M[p], a.R[p], xhat.data(), d.data(), sums.ps(), sums.pt(), gx,
@@ -421,8 +464,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> scale_shift_fwd_cpu(const at::Ten
     using St = scalar_t;          // storage
     using scalar_t = acc_t<St>;   // computation
     const St* __restrict__ X = x.data_ptr<St>();
-    const St* __restrict__ SC = scale.data_ptr<St>();
-    const St* __restrict__ SH = shift.data_ptr<St>();
+    // The (small) parameters once in the accumulation type (the tensors themselves for float).
+    const at::Tensor sc_acc = scale.to(acc_type(x)), sh_acc = shift.to(acc_type(x));
+    const scalar_t* __restrict__ SC = sc_acc.data_ptr<scalar_t>();
+    const scalar_t* __restrict__ SH = sh_acc.data_ptr<scalar_t>();
     St* __restrict__ Y = y.data_ptr<St>();
     scalar_t* M = normalize ? mean.data_ptr<scalar_t>() : nullptr;
     scalar_t* R = normalize ? rstd.data_ptr<scalar_t>() : nullptr;
@@ -431,22 +476,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> scale_shift_fwd_cpu(const at::Ten
     // A HaBa plane is 900 elements: batch several per task so scheduling stays negligible.
     at::parallel_for(0, N * C, std::max<int64_t>(1, 16384 / std::max<int64_t>(L, 1)),
                      [&](int64_t begin, int64_t end) {
-      const int64_t hb = half_buf<scalar_t, St>(L), hs = half_buf<scalar_t, St>(S);
-      std::vector<scalar_t> xb(hb), yb(hb), sb(hs), tb(hs);
+      const int64_t hb = half_buf<scalar_t, St>(L);
+      std::vector<scalar_t> xb(hb), yb(hb);
       for (int64_t p = begin; p < end; ++p) {
         const int64_t n = p / C, c = p % C;
+        if (p + 1 < end) prefetch_half<scalar_t>(X + (p + 1) * L, L);
+        const St* next = p + 1 < end ? X + (p + 1) * L : nullptr;
+        const scalar_t* __restrict__ s = SC + (idx[n] * C + c) * S;
+        const scalar_t* __restrict__ t = SH + (idx[n] * C + c) * S;
+        if (!normalize && S != 1) {  // HaBa's default: one streaming pass, straight from storage
+          affine_norm(L, s, t, X + p * L, scalar_t(0), scalar_t(1), Y + p * L, next, stream);
+          continue;
+        }
         const scalar_t* __restrict__ xp = load_plane(X + p * L, L, xb.data());
-        const scalar_t* next = p + 1 < end ? same_or_null<scalar_t>(X + (p + 1) * L) : nullptr;
         scalar_t* __restrict__ yp = out_plane(Y + p * L, yb.data());
-        const scalar_t* __restrict__ s = load_plane(SC + (idx[n] * C + c) * S, S, sb.data());
-        const scalar_t* __restrict__ t = load_plane(SH + (idx[n] * C + c) * S, S, tb.data());
         if (!normalize) {
-          if (S == 1) {
-            const scalar_t s0 = s[0], t0 = t[0];
-            for (int64_t i = 0; i < L; ++i) yp[i] = s0 * xp[i] + t0;
-          } else {
-            affine_norm(L, s, t, xp, scalar_t(0), scalar_t(1), yp, next, stream);
-          }
+          const scalar_t s0 = s[0], t0 = t[0];  // per-channel (S == 1)
+          for (int64_t i = 0; i < L; ++i) yp[i] = s0 * xp[i] + t0;
           store_plane(yp, Y + p * L, L);
           continue;
         }
@@ -456,7 +502,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> scale_shift_fwd_cpu(const at::Ten
           const scalar_t s0 = s[0], t0 = t[0];
           for (int64_t i = 0; i < L; ++i) yp[i] = s0 * ((xp[i] - m) * r) + t0;
         } else {
-          affine_norm(L, s, t, xp, m, r, yp, next, stream);
+          affine_norm(L, s, t, xp, m, r, yp, same_or_null<scalar_t>(next), stream);
         }
         store_plane(yp, Y + p * L, L);
       }
