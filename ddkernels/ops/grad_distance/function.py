@@ -8,13 +8,15 @@ import torch
 
 from ... import _ext, dispatch
 from ..._checks import check_finite_enabled, check_same_device, check_tensor
+from .._autocast import autocast_inputs
+from .._dtypes import acc_dtype
 from .._autograd import recomputed_vjp, select_backend
 from . import reference
 from .tables import total_rows
 
 METRICS = ("ours", "mse", "l1", "l1_mean", "global_cos")
 
-BACKENDS = dispatch.op_backends("grad_distance")
+BACKENDS = dispatch.op_backends("grad_distance", cpu_dtypes=dispatch.FLOATS)
 
 
 # --- cpu backend: C++ ops registered by ddkernels._C -------------------------------------------
@@ -36,13 +38,15 @@ def _register_fakes() -> None:
 
     @torch.library.register_fake("ddkernels::grad_distance_fwd")
     def _(syn, real, metric):
-        k = syn[0].shape[0]
-        return syn[0].new_empty(k), syn[0].new_empty(k, total_rows(t.shape[1:] for t in syn), 3)
+        k = syn[0].shape[0]  # statistics in the accumulation dtype
+        return syn[0].new_empty(k), syn[0].new_empty(k, total_rows(t.shape[1:] for t in syn), 3,
+                                                     dtype=acc_dtype(syn[0].dtype))
 
     @torch.library.register_fake("ddkernels::grad_distance_fwd_grad")
     def _(syn, real, metric, need_syn, need_real):
         k = syn[0].shape[0]
-        return (syn[0].new_empty(k), syn[0].new_empty(k, total_rows(t.shape[1:] for t in syn), 3),
+        return (syn[0].new_empty(k), syn[0].new_empty(k, total_rows(t.shape[1:] for t in syn), 3,
+                                                      dtype=acc_dtype(syn[0].dtype)),
                 [torch.empty_like(t) for t in syn] if need_syn else [],
                 [torch.empty_like(t) for t in real] if need_real else [])
 
@@ -224,6 +228,10 @@ def grad_distance(
         on every backend, twice (``create_graph=True``) included: the fused backends' second
         derivative runs through the reference.
     """
+    amp = autocast_inputs("grad_distance", g_syn, g_real)
+    if amp is not None:  # a loss: float32 under autocast, as mse_loss / cosine_similarity
+        with torch.autocast(amp[0][0].device.type, enabled=False):
+            return grad_distance(*amp, metric, batched=batched, backend=backend)
     _check_inputs(g_syn, g_real, metric, batched)
     name = select_backend(BACKENDS, backend, g_syn[0].device, g_syn[0].dtype)
     if name == "reference":
