@@ -52,6 +52,7 @@ from ._files import atomic_save, write_json
 from .device import describe as describe_device, dist_backend, resolve as resolve_device
 from .distributed import DEFAULT_TIMEOUT_S, Shard, join, launched_world, leave
 from .evaluate import evaluate, get_protocol
+from .precision import check_precision
 from ..nn.networks import get_network, network_name
 from .data.imageio import class_grid, write_png
 from .methods import METHODS, PRESET_NAMES, make_distiller, preset as preset_hp
@@ -155,6 +156,7 @@ def distill(method: str, dataset: str, ipc: int, out: str, *, preset: str = "qui
                                    seed=seed, checkpoint_every=checkpoint_every, eval_nets=eval_nets,
                                    overrides=overrides, dist_timeout=dist_timeout)
     dev = resolve_device(device, what="--device")
+    check_precision(hp_overrides.get("precision", "fp32"), dev, what="--precision")
     archs = eval_archs(eval_arch)  # names now; whether they fit the images once the data is loaded
     world, rank = launched_world()
     if world > 1 and not METHODS[method].class_parallel:
@@ -441,7 +443,7 @@ def finish(out: str, trainer, preset: str, *, evaluate_after: bool = True, eval_
     metrics = {"method": trainer.method, "dataset": ds.name, "ipc": trainer.ipc, "preset": preset,
                "backend": trainer.backend, "iterations": trainer.iteration, "seconds": round(trainer.seconds, 2),
                "train_images": len(labels), "storage": storage, "eval_overrides": eval_overrides,
-               "versions": versions(), "device": describe_device(trainer.device)}
+               "precision": trainer.precision, "versions": versions(), "device": describe_device(trainer.device)}
     if evaluate_after:
         metrics.update(evaluate_run(out, trainer.hp, preset, images, labels, ds, ipc=trainer.ipc, seed=trainer.seed,
                                     eval_nets=eval_nets, baseline=baseline, progress=progress,
@@ -454,15 +456,16 @@ def finish(out: str, trainer, preset: str, *, evaluate_after: bool = True, eval_
 
 def evaluate_run(out, hp, preset, images, labels, ds, *, ipc, seed, eval_nets=None, baseline=True,
                  progress=True, overrides: dict | None = None, backend: str = "auto", device=None,
-                 archs: list[str] | None = None) -> dict:
+                 archs: list[str] | None = None, precision: str | None = None) -> dict:
     """Evaluate ``(images, labels)`` and, with ``baseline``, ``ipc`` random real images per class,
     on each network of ``archs`` (get_network names; default ConvNet). The first one's results are
     the top-level keys, as with ConvNet alone; with other networks, ``"arch"`` names it and
-    ``"architectures"`` holds every network's results by name."""
+    ``"architectures"`` holds every network's results by name. ``precision``: the evaluation networks'
+    (:class:`~ddkernels.distill.evaluate.Protocol`; default fp32, whatever the distillation's)."""
     archs = eval_archs(archs, ds)
     results = {a: _evaluate_arch(out, hp, preset, images, labels, ds, ipc=ipc, seed=seed, eval_nets=eval_nets,
                                  baseline=baseline, progress=progress, overrides=overrides, backend=backend,
-                                 device=device, arch=a)
+                                 device=device, arch=a, precision=precision)
                for a in archs}
     result = dict(results[archs[0]])
     if archs != ["ConvNet"]:
@@ -471,12 +474,12 @@ def evaluate_run(out, hp, preset, images, labels, ds, *, ipc, seed, eval_nets=No
 
 
 def _evaluate_arch(out, hp, preset, images, labels, ds, *, ipc, seed, eval_nets, baseline, progress, overrides,
-                   backend, device, arch) -> dict:
+                   backend, device, arch, precision=None) -> dict:
     """One network's evaluation. ``overrides`` (the trainer's ``eval_overrides()``) change the
     protocol for the synthetic set only; the baseline keeps the preset's protocol. ``backend``: the
     evaluation networks'."""
     log = _logger(out)
-    proto = eval_protocol(hp, preset, eval_nets, **(overrides or {}))
+    proto = eval_protocol(hp, preset, eval_nets, precision=precision, **(overrides or {}))
     t0 = time.perf_counter()
     res = evaluate(images, labels, ds, proto, seed=seed, desc=f"eval synthetic ({arch})", progress=progress,
                    backend=backend, arch=arch, device=device)
@@ -488,7 +491,7 @@ def _evaluate_arch(out, hp, preset, images, labels, ds, *, ipc, seed, eval_nets,
              + _best_text(res))
     if baseline:
         rx, ry = random_real(ds, ipc, seed)
-        base = evaluate(rx, ry, ds, eval_protocol(hp, preset, eval_nets), seed=seed,
+        base = evaluate(rx, ry, ds, eval_protocol(hp, preset, eval_nets, precision=precision), seed=seed,
                         desc=f"eval random real ({arch})", progress=progress, backend=backend, arch=arch,
                         device=device)
         result["random_real"] = dict(_final(base), ipc=ipc)
@@ -522,13 +525,15 @@ def _best_text(res: dict) -> str:
 
 
 def evaluate_dir(out: str, *, preset: str | None = None, eval_nets: int | None = None, baseline: bool = True,
-                 progress: bool = True, device: str | torch.device | None = "auto", archs=None) -> dict:
-    """Re-evaluate a finished run directory (its ``images_labels.pt``) on ``device`` and update
-    ``metrics.json`` (``eval_device`` records where)."""
+                 progress: bool = True, device: str | torch.device | None = "auto", archs=None,
+                 precision: str = "fp32") -> dict:
+    """Re-evaluate a finished run directory (its ``images_labels.pt``) on ``device`` in ``precision``
+    and update ``metrics.json`` (``eval_device`` records where; ``eval_protocol`` the precision)."""
     if preset is not None:
         check_choice("--preset", preset, PRESET_NAMES)
     check_int("--eval-nets", eval_nets, optional=True)
     dev = resolve_device(device, what="--device")
+    check_precision(precision, dev, what="--precision")
     archs = eval_archs(archs)
     paths = [os.path.join(out, f) for f in ("config.json", "images_labels.pt")]
     for p in paths:
@@ -557,7 +562,7 @@ def evaluate_dir(out: str, *, preset: str | None = None, eval_nets: int | None =
     metrics.update(evaluate_run(out, config["hp"], preset or config["preset"], images, labels, ds, ipc=config["ipc"],
                                 seed=config["seed"], eval_nets=eval_nets, baseline=baseline, progress=progress,
                                 overrides=metrics.get("eval_overrides"), backend=config.get("backend", "auto"),
-                                device=dev, archs=archs))
+                                device=dev, archs=archs, precision=precision))
     metrics["eval_device"] = describe_device(dev)
     write_json(metrics, mpath)
     return metrics

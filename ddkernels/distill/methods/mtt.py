@@ -134,7 +134,7 @@ def paper(dataset: str, ipc: int, name: str = "paper") -> dict:
     return dict(iterations=5000, lr_img=1000.0, momentum_img=0.5, lr_lr=1e-5, momentum_lr=0.5, lr_teacher=0.01,
                 syn_steps=20, expert_epochs=3, max_start_epoch=20, batch_syn=None, init="real", aug=DSA_STRATEGY,
                 zca=False, expert_dir=default_expert_dir(dataset, name), width=128, batch_real=256,
-                eval="dsa", eval_epochs=1000, eval_aug=None, eval_width=None)
+                eval="dsa", eval_epochs=1000, eval_aug=None, eval_width=None, precision="fp32")
 
 
 def quick(dataset: str, ipc: int) -> dict:
