@@ -104,13 +104,14 @@ def no_kernel(name: str, why: str) -> Backend:
     return Backend(name, (), (), lambda: [why])
 
 
-def op_backends(op: str, *, triton: bool = True, gpu_note: str = "") -> "OpBackends":
-    """The usual declaration: reference, the C++ CPU kernel (float32/float64) and the Triton kernel;
+def op_backends(op: str, *, triton: bool = True, gpu_note: str = "",
+                cpu_dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.float64)) -> "OpBackends":
+    """The usual declaration: reference, the C++ CPU kernel (``cpu_dtypes``) and the Triton kernel;
     an op without a Triton kernel (``triton=False``) says in ``gpu_note`` what runs on GPUs instead."""
     assert triton or gpu_note, f"{op}: an op without a Triton kernel must say what runs on GPUs (gpu_note)"
     return OpBackends(op, [
         reference_backend(),
-        cpu_backend(),
+        cpu_backend(cpu_dtypes),
         triton_backend() if triton else no_kernel("triton", f"no Triton kernel for {op} ({gpu_note})"),
     ])
 

@@ -8,6 +8,7 @@ import torch
 
 from ... import _ext, dispatch
 from ..._checks import check_finite_enabled, check_same_device, check_tensor
+from .._autocast import autocast_inputs
 from .._autograd import recomputed_vjp, select_backend
 from . import reference
 from .tables import total_rows
@@ -224,6 +225,10 @@ def grad_distance(
         on every backend, twice (``create_graph=True``) included: the fused backends' second
         derivative runs through the reference.
     """
+    amp = autocast_inputs("grad_distance", g_syn, g_real)
+    if amp is not None:  # a loss: float32 under autocast, as mse_loss / cosine_similarity
+        with torch.autocast(amp[0][0].device.type, enabled=False):
+            return grad_distance(*amp, metric, batched=batched, backend=backend)
     _check_inputs(g_syn, g_real, metric, batched)
     name = select_backend(BACKENDS, backend, g_syn[0].device, g_syn[0].dtype)
     if name == "reference":

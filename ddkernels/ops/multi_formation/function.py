@@ -7,6 +7,7 @@ import torch
 
 from ... import _ext, dispatch
 from ..._checks import check_int, check_tensor
+from .._autocast import autocast_inputs
 from .._autograd import empty_result, select_backend
 from . import reference
 from .tables import adjoint_taps, forward_taps
@@ -148,6 +149,10 @@ def multi_formation(
     Returns:
         The decoded images; differentiable in ``x`` on every backend, to any order.
     """
+    amp = autocast_inputs("multi_formation", x)
+    if amp is not None:  # CUDA autocast: float32, as upsample_bilinear2d
+        with torch.autocast(x.device.type, enabled=False):
+            return multi_formation(*amp, factor, size, multi=multi, backend=backend)
     check_tensor(x, "x", ndim=4, layout="(N, C, h, w)")
     h, w = x.shape[2], x.shape[3]
     if not (h and w):

@@ -14,21 +14,38 @@ import torch
 
 from ... import _ext, dispatch
 from ..._checks import check_same_device, check_tensor
+from .._autocast import HALF, autocast_inputs
 from .._autograd import select_backend
 from . import reference
 
-BACKENDS = dispatch.op_backends("norm_relu_pool")
+BACKENDS = dispatch.op_backends("norm_relu_pool", cpu_dtypes=dispatch.FLOATS)
 
 
+def _f32(*ts):
+    return [t if t is None else t.float() for t in ts]
+
+
+# Half inputs go through the float32 kernel for now (converted here, results converted back).
 def _cpu_forward(x, weight, bias, eps, pool):
+    if x.dtype in HALF:
+        out, mean, rstd = torch.ops.ddkernels.norm_relu_pool_fwd(*_f32(x, weight, bias), eps, pool)
+        return out.to(x.dtype), mean, rstd
     return torch.ops.ddkernels.norm_relu_pool_fwd(x, weight, bias, eps, pool)
 
 
 def _cpu_backward(grad_out, x, weight, bias, mean, rstd, pool, need_x, need_wb):
+    if x.dtype in HALF:
+        gx, gw, gb = torch.ops.ddkernels.norm_relu_pool_bwd(*_f32(grad_out, x, weight, bias), mean, rstd, pool,
+                                                            need_x, need_wb)
+        return gx.to(x.dtype), gw.to(weight.dtype), gb.to(bias.dtype)
     return torch.ops.ddkernels.norm_relu_pool_bwd(grad_out, x, weight, bias, mean, rstd, pool, need_x, need_wb)
 
 
 def _cpu_double_backward(grad_out, x, weight, bias, mean, rstd, pool, ggx, ggw, ggb, need):
+    if x.dtype in HALF:
+        g_go, g_x, g_w = torch.ops.ddkernels.norm_relu_pool_bwd2(*_f32(grad_out, x, weight, bias), mean, rstd, pool,
+                                                                 *_f32(ggx, ggw, ggb), *need)
+        return g_go.to(x.dtype), g_x.to(x.dtype), g_w.to(weight.dtype)
     return torch.ops.ddkernels.norm_relu_pool_bwd2(grad_out, x, weight, bias, mean, rstd, pool, ggx, ggw, ggb, *need)
 
 
@@ -131,8 +148,9 @@ def _check(x, weight, bias, eps, pool) -> None:
             continue
         check_tensor(t, name, ndim=1, layout=f"(C,) = ({c},)")
         check_same_device("x", x, name, t)
-        if t.dtype != x.dtype:
-            raise TypeError(f"{name} must have the dtype of x ({x.dtype}), got {t.dtype}")
+        if t.dtype != x.dtype and not (x.dtype in HALF and t.dtype == torch.float32):
+            raise TypeError(f"{name} must have the dtype of x ({x.dtype}) or, for a bfloat16/float16 x, "
+                            f"float32 (as F.group_norm under autocast); got {t.dtype}")
         if t.shape[0] != c:
             raise ValueError(f"{name} must have shape (C,) = ({c},) like x.shape[1], got {tuple(t.shape)}")
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
@@ -164,9 +182,20 @@ def norm_relu_pool(x: torch.Tensor, weight: torch.Tensor | None = None, bias: to
         x: ``(N, C, H, W)``. Returns ``(N, C, H // 2, W // 2)`` with ``pool``, else ``(N, C, H, W)``.
 
     Returns:
-        The block output, differentiable in ``x``, ``weight`` and ``bias`` on every backend, twice
-        (``create_graph=True``, e.g. gradient matching) included.
+        The block output in ``x``'s dtype, differentiable in ``x``, ``weight`` and ``bias`` on every
+        backend, twice (``create_graph=True``, e.g. gradient matching) included.
+
+    Dtypes: ``weight``/``bias`` have ``x``'s dtype, or are float32 for a bfloat16/float16 ``x`` (a
+    GroupNorm's float32 parameters after an autocast conv); half inputs compute in float32 and the
+    result has ``x``'s dtype, as CPU ``F.group_norm`` does. Under ``torch.autocast`` the op follows
+    ``group_norm``'s rule for the device: on CPU the inputs are used as they come (half in, half
+    out); on CUDA (group_norm is on autocast's fp32 list) half inputs are cast to float32 and the
+    result is float32.
     """
+    amp = autocast_inputs("norm_relu_pool", x, weight, bias)
+    if amp is not None:
+        with torch.autocast(x.device.type, enabled=False):
+            return norm_relu_pool(*amp, eps, pool=pool, backend=backend)
     _check(x, weight, bias, eps, pool)
     name = select_backend(BACKENDS, backend, x.device, x.dtype)
     if name == "reference":

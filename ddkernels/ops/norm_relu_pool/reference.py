@@ -28,6 +28,9 @@ def norm_relu_pool(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Ten
         return sum((t.sum() for t in (weight, bias) if t is not None), empty)
     weight = x.new_ones(c) if weight is None else weight
     bias = x.new_zeros(c) if bias is None else bias
+    if x.device.type != "cpu" and weight.dtype != x.dtype:
+        # float32 γ/β with a half x: CPU group_norm takes the mix (float32 math), other devices' may not
+        weight, bias = weight.to(x.dtype), bias.to(x.dtype)
     y = F.relu(torch.group_norm(x.contiguous(), c, weight, bias, eps, torch.backends.cudnn.enabled))
     return F.avg_pool2d(y, 2, 2) if pool else y
 

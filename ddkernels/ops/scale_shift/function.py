@@ -5,6 +5,7 @@ import torch
 
 from ... import _ext, dispatch
 from ..._checks import check_same_device, check_tensor
+from .._autocast import autocast_inputs
 from .._autograd import empty_result, recomputed_vjp, select_backend
 from . import reference
 
@@ -176,6 +177,10 @@ def scale_shift(
         ``y[b] = scale[index[b]] ⊙ n(x[b]) + shift[index[b]]`` (sampled); differentiable in ``x``,
         ``scale`` and ``shift`` on every backend, twice (``create_graph=True``) included.
     """
+    amp = autocast_inputs("scale_shift", x, scale, shift)
+    if amp is not None:  # elementwise: the widest dtype, as scale * x + shift under autocast
+        with torch.autocast(x.device.type, enabled=False):
+            return scale_shift(*amp, index=index, normalize=normalize, eps=eps, backend=backend)
     check_tensor(x, "x")
     if index is None:
         if x.dim() != 5:

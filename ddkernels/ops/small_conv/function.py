@@ -11,6 +11,7 @@ import torch
 
 from ... import _ext, dispatch
 from ..._checks import check_int, check_tensor
+from .._autocast import autocast_inputs
 from .._autograd import recomputed_vjp, select_backend
 from . import reference
 
@@ -99,6 +100,10 @@ def small_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     Returns:
         The convolution, differentiable in ``x``, ``weight`` and ``bias`` on every backend.
     """
+    amp = autocast_inputs("small_conv", x, weight, bias)
+    if amp is not None:  # a convolution: the autocast dtype
+        with torch.autocast(x.device.type, enabled=False):
+            return small_conv2d(*amp, padding, groups, backend=backend)
     _check(x, weight, bias, groups)
     k = weight.shape[2]
     check_int(padding, "padding", low=0, high=k - 1)
@@ -140,6 +145,10 @@ def small_conv_transpose2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Te
     Shapes:
         x: ``(N, C, H, W)``. Returns ``(N, O, H + K − 1, W + K − 1)``.
     """
+    amp = autocast_inputs("small_conv", x, weight, bias)
+    if amp is not None:
+        with torch.autocast(x.device.type, enabled=False):
+            return small_conv_transpose2d(*amp, groups, backend=backend)
     _check(x, weight, bias, groups)
     if x.shape[1] != weight.shape[0] or weight.shape[0] % groups:
         raise ValueError(f"x has {x.shape[1]} channels and weight shape {tuple(weight.shape)}: x needs "

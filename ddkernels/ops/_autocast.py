@@ -1,0 +1,85 @@
+"""How the fused ops behave under ``torch.autocast``: each follows the PyTorch op it replaces.
+
+The ops are autograd Functions over C++ / Triton kernels, which autocast cannot look into, so the
+rule is applied once at each public wrapper (:func:`autocast_inputs`), for every backend alike; the
+call then runs with autocast off for that device, as PyTorch's own autocast kernels do. Policies
+(PyTorch 2.13's lists, ``ATen/autocast_mode.h`` and ``autocast_mode.cpp``):
+
+* ``"keep"``: inputs as they come (the op's own dtype rule applies);
+* ``"fp32"``: half inputs cast to float32 (the "fp32" list: norms and losses on CUDA);
+* ``"lower"``: float32 / half inputs cast to the autocast dtype (the lower-precision list:
+  convolutions);
+* ``"promote"``: floating inputs cast to the widest floating dtype among them (ordinary type
+  promotion, what ``scale * x + shift`` does under autocast).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+HALF = (torch.bfloat16, torch.float16)
+
+# op -> device type -> policy. norm_relu_pool / multi_formation: CPU autocast runs group_norm and
+# upsample_bilinear2d in the input's dtype (group_norm with float32 γ/β), CUDA's lists them fp32.
+# grad_distance is a loss (mse_loss, l1_loss, cosine_similarity: fp32). small_conv is a conv.
+POLICIES: dict[str, dict[str, str]] = {
+    "norm_relu_pool": {"cpu": "keep", "cuda": "fp32"},
+    "multi_formation": {"cpu": "keep", "cuda": "fp32"},
+    "grad_distance": {"cpu": "fp32", "cuda": "fp32"},
+    "scale_shift": {"cpu": "promote", "cuda": "promote"},
+    "small_conv": {"cpu": "lower", "cuda": "lower"},
+}
+
+
+def _device(arg) -> torch.device | None:
+    if isinstance(arg, torch.Tensor):
+        return arg.device
+    if isinstance(arg, (list, tuple)) and arg and isinstance(arg[0], torch.Tensor):
+        return arg[0].device
+    return None
+
+
+def _floats(args):
+    for a in args:
+        for t in (a if isinstance(a, (list, tuple)) else (a,)):
+            if isinstance(t, torch.Tensor) and t.is_floating_point():
+                yield t
+
+
+def autocast_inputs(op: str, *args: Any) -> tuple[Any, ...] | None:
+    """``args`` (tensors, sequences of tensors, None) cast by ``op``'s autocast policy for the
+    device of the first one, or None when autocast is off there or the policy keeps them (the
+    caller then runs as usual). Non-floating and non-tensor arguments pass through unchanged;
+    the caller validates them afterwards.
+    """
+    device = _device(args[0]) if args else None
+    if device is None or device.type not in ("cpu", "cuda") or not torch.is_autocast_enabled(device.type):
+        return None
+    policy = POLICIES[op][device.type]
+    if policy == "keep":
+        return None
+    if policy == "fp32":
+        def target(t):
+            return torch.float32 if t.dtype in HALF else t.dtype
+    elif policy == "lower":
+        low = torch.get_autocast_dtype(device.type)
+
+        def target(t):  # autocast leaves float64 alone
+            return t.dtype if t.dtype == torch.float64 else low
+    else:  # promote
+        wide = None
+        for t in _floats(args):
+            wide = t.dtype if wide is None else torch.promote_types(wide, t.dtype)
+
+        def target(t):
+            return wide
+
+    def cast(a):
+        if isinstance(a, (list, tuple)):
+            return type(a)(cast(t) for t in a)
+        if isinstance(a, torch.Tensor) and a.is_floating_point():
+            return a.to(target(a))
+        return a
+
+    return tuple(cast(a) for a in args)
