@@ -31,10 +31,14 @@ def check_precision(precision, device: str | torch.device | None = None, what: s
 
 
 def autocast(precision: str, device: str | torch.device):
-    """The context the networks run in: :func:`torch.autocast` to the half type, or nothing for fp32."""
+    """The context the networks run in: :func:`torch.autocast` to the half type, or nothing for fp32.
+
+    Without autocast's cast cache: it keys a leaf weight's half copy by the tensor alone, so within
+    one region a weight updated in place (DC's and IDC's inner network training, HaBa's and KFS's
+    stored networks stepped several times per outer iteration) would keep running with its stale copy."""
     if precision == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(torch.device(device).type, dtype=_DTYPES[precision])
+    return torch.autocast(torch.device(device).type, dtype=_DTYPES[precision], cache_enabled=False)
 
 
 def grad_scaler(precision: str, device: str | torch.device) -> torch.amp.GradScaler | None:

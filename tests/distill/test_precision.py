@@ -165,3 +165,16 @@ def test_cli_precision_choices(capsys):
         cli.main(["distill", "--method", "dm", "--dataset", "digits", "--ipc", "1", "--precision", "fp8",
                   "--out", "x"])
     assert "--precision" in capsys.readouterr().err
+
+
+def test_autocast_sees_weights_updated_inside_the_region():
+    """DC/IDC train their network inside the outer iteration's autocast region: a weight updated in
+    place must be re-cast (autocast's cast cache would keep the stale half copy)."""
+    lin = torch.nn.Linear(4, 4)
+    x = torch.randn(2, 4)
+    with amp.autocast("bf16", "cpu"):
+        a = lin(x)
+        with torch.no_grad():
+            lin.weight.add_(1.0)
+        b = lin(x)
+    assert a.dtype == torch.bfloat16 and not torch.equal(a, b)
