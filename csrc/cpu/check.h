@@ -15,3 +15,8 @@
 #define DDK_CHECK_FLOAT(t)                                                                  \
   TORCH_CHECK((t).scalar_type() == at::kFloat || (t).scalar_type() == at::kDouble,        \
               #t " must be float32 or float64 for the cpu backend, got ", (t).scalar_type())
+#define DDK_CHECK_FLOATING(t)                                                                \
+  TORCH_CHECK((t).scalar_type() == at::kFloat || (t).scalar_type() == at::kDouble ||         \
+                  (t).scalar_type() == at::kBFloat16 || (t).scalar_type() == at::kHalf,      \
+              #t " must be float32, float64, bfloat16 or float16 for the cpu backend, got ", \
+              (t).scalar_type())

@@ -10,10 +10,13 @@
 //              pass writing both gradients.
 // Rows are independent and every sum has a fixed order (lanes, then rows in table order), so the
 // results do not depend on the thread split and are bitwise repeatable.
+// bfloat16 / float16: each row is converted into a float32 L1 buffer, reduced and differentiated by
+// the same float32 code; statistics stay float32, gradients are rounded once, the distances too.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -89,6 +92,18 @@ Layout make_layout(at::TensorList syn, at::TensorList real, Metric metric) {
   }
   L.R = int64_t(L.row_seg.size());
   return L;
+}
+
+bool is_half(const at::Tensor& t) {
+  return t.scalar_type() == at::kBFloat16 || t.scalar_type() == at::kHalf;
+}
+
+at::ScalarType acc_type(const at::Tensor& t) { return is_half(t) ? at::kFloat : t.scalar_type(); }
+
+int64_t max_rowlen(const Layout& L) {
+  int64_t n = 0;
+  for (const Seg& s : L.segs) n = std::max(n, s.rowlen);
+  return n;
 }
 
 int64_t written_bytes(at::TensorList syn, bool need_syn, bool need_real) {
@@ -230,35 +245,40 @@ namespace {
 std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> forward_impl(
     at::TensorList syn, at::TensorList real, Metric metric, bool need_syn, bool need_real) {
   const Layout L = make_layout(syn, real, metric);
-  DDK_CHECK_FLOAT(syn[0]);
+  DDK_CHECK_FLOATING(syn[0]);
   TORCH_CHECK(!(need_syn || need_real) || metric != Metric::GlobalCos,
               "grad_distance_fwd_grad: metric 'global_cos' needs the class totals before any gradient");
-  at::Tensor dist = syn[0].new_empty({L.K});
-  at::Tensor stats = syn[0].new_zeros({L.K, L.R, 3});  // per row: (dot, |s|², |r|²) or (sum, 0, 0)
+  const at::TensorOptions acc = syn[0].options().dtype(acc_type(syn[0]));
+  at::Tensor dist = syn[0].new_empty({L.K}, acc);
+  at::Tensor stats = syn[0].new_zeros({L.K, L.R, 3}, acc);  // per row: (dot, |s|², |r|²) or (sum, 0, 0)
   std::vector<at::Tensor> gs, gr;
   for (size_t i = 0; i < syn.size(); ++i) {
     if (need_syn) gs.push_back(syn[i].new_empty(syn[i].sizes()));
     if (need_real) gr.push_back(real[i].new_empty(real[i].sizes()));
   }
-  if (L.K == 0) return {dist, stats, gs, gr};
+  if (L.K == 0) return {dist.to(syn[0].scalar_type()), stats, gs, gr};
 
-  AT_DISPATCH_FLOATING_TYPES(syn[0].scalar_type(), "grad_distance_fwd_cpu", [&] {
-    std::vector<const scalar_t*> S(syn.size()), Rp(syn.size());
-    std::vector<scalar_t*> GS(syn.size(), nullptr), GR(syn.size(), nullptr);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, syn[0].scalar_type(), "grad_distance_fwd_cpu", [&] {
+    using St = scalar_t;             // storage
+    using scalar_t = acc_t<St>;      // computation
+    std::vector<const St*> S(syn.size()), Rp(syn.size());
+    std::vector<St*> GS(syn.size(), nullptr), GR(syn.size(), nullptr);
     for (size_t i = 0; i < syn.size(); ++i) {
-      S[i] = syn[i].data_ptr<scalar_t>(), Rp[i] = real[i].data_ptr<scalar_t>();
-      if (need_syn) GS[i] = gs[i].data_ptr<scalar_t>();
-      if (need_real) GR[i] = gr[i].data_ptr<scalar_t>();
+      S[i] = syn[i].data_ptr<St>(), Rp[i] = real[i].data_ptr<St>();
+      if (need_syn) GS[i] = gs[i].data_ptr<St>();
+      if (need_real) GR[i] = gr[i].data_ptr<St>();
     }
     scalar_t* st = stats.data_ptr<scalar_t>();
-    const bool stream = written_bytes(syn, need_syn, need_real) >= kStreamBytes;
+    const bool stream = !is_half_v<St> && written_bytes(syn, need_syn, need_real) >= kStreamBytes;
+    const int64_t buf = half_buf<scalar_t, St>(max_rowlen(L));
     at::parallel_for(0, L.K * L.R, grain(L), [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> sb(buf), rb(buf), gsb(need_syn ? buf : 0), grb(need_real ? buf : 0);
       for (int64_t idx = begin; idx < end; ++idx) {
         const int64_t k = idx / L.R, q = idx % L.R;
         const Seg& g = L.segs[L.row_seg[q]];
         const int64_t off = k * g.per_class + L.row_in_seg[q] * g.rowlen;
-        const scalar_t* s = S[g.tensor] + off;
-        const scalar_t* r = Rp[g.tensor] + off;
+        const scalar_t* s = load_plane(S[g.tensor] + off, g.rowlen, sb.data());
+        const scalar_t* r = load_plane(Rp[g.tensor] + off, g.rowlen, rb.data());
         scalar_t* o = st + idx * 3;
         if (g.active) {
           switch (metric) {
@@ -269,9 +289,13 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tens
             case Metric::L1Mean: o[0] = scalar_t(g.scale) * row_diff<scalar_t, false>(s, r, g.rowlen); break;
           }
         }
-        if (need_syn || need_real)
-          row_grads(metric, g, s, r, g.rowlen, o, scalar_t(1), need_syn ? GS[g.tensor] + off : nullptr,
-                    need_real ? GR[g.tensor] + off : nullptr, stream);
+        if (need_syn || need_real) {
+          scalar_t* os = need_syn ? out_plane(GS[g.tensor] + off, gsb.data()) : nullptr;
+          scalar_t* orr = need_real ? out_plane(GR[g.tensor] + off, grb.data()) : nullptr;
+          row_grads(metric, g, s, r, g.rowlen, o, scalar_t(1), os, orr, stream);
+          if (need_syn) store_plane(os, GS[g.tensor] + off, g.rowlen);
+          if (need_real) store_plane(orr, GR[g.tensor] + off, g.rowlen);
+        }
       }
       if (stream) stream_fence();
     });
@@ -293,7 +317,7 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tens
                                          : acc;
     }
   });
-  return {dist, stats, gs, gr};
+  return {dist.to(syn[0].scalar_type()), stats, gs, gr};
 }
 
 }  // namespace
@@ -315,12 +339,12 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> grad_distance_bwd_c
     c10::string_view metric_name, bool need_syn, bool need_real) {
   const Metric metric = parse_metric(std::string(metric_name));
   const Layout L = make_layout(syn, real, metric);
-  DDK_CHECK_FLOAT(syn[0]);
+  DDK_CHECK_FLOATING(syn[0]);
   DDK_CHECK_CPU(grad);
   DDK_CHECK_CPU(stats);
   DDK_CHECK_CONTIG(stats);
   DDK_CHECK_DTYPE(grad, syn[0].scalar_type());
-  DDK_CHECK_DTYPE(stats, syn[0].scalar_type());
+  DDK_CHECK_DTYPE(stats, acc_type(syn[0]));
   TORCH_CHECK(grad.dim() == 1 && grad.size(0) == L.K, "grad must have shape (K=", L.K, ",), got ",
               grad.sizes());
   TORCH_CHECK(stats.dim() == 3 && stats.size(0) == L.K && stats.size(1) == L.R && stats.size(2) == 3,
@@ -332,9 +356,10 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> grad_distance_bwd_c
   }
   if (L.K == 0 || (!need_syn && !need_real)) return {gs, gr};
 
-  AT_DISPATCH_FLOATING_TYPES(syn[0].scalar_type(), "grad_distance_bwd_cpu", [&] {
-    using T = scalar_t;
-    const at::Tensor g_c = grad.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, syn[0].scalar_type(), "grad_distance_bwd_cpu", [&] {
+    using St = scalar_t;
+    using T = acc_t<St>;
+    const at::Tensor g_c = grad.contiguous().to(acc_type(syn[0]));
     const T* G = g_c.data_ptr<T>();
     const T* st = stats.data_ptr<T>();
     // global_cos: one cosine per class, its statistics summed over all rows in table order.
@@ -342,25 +367,29 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> grad_distance_bwd_c
     for (int64_t k = 0; k < int64_t(tot.size()) / 3; ++k)
       for (int64_t q = 0; q < L.R; ++q)
         for (int j = 0; j < 3; ++j) tot[3 * k + j] += st[(k * L.R + q) * 3 + j];
-    std::vector<const T*> S(syn.size()), Rp(syn.size());
-    std::vector<T*> GS(syn.size(), nullptr), GR(syn.size(), nullptr);
+    std::vector<const St*> S(syn.size()), Rp(syn.size());
+    std::vector<St*> GS(syn.size(), nullptr), GR(syn.size(), nullptr);
     for (size_t i = 0; i < syn.size(); ++i) {
-      S[i] = syn[i].data_ptr<T>(), Rp[i] = real[i].data_ptr<T>();
-      if (need_syn) GS[i] = gs[i].data_ptr<T>();
-      if (need_real) GR[i] = gr[i].data_ptr<T>();
+      S[i] = syn[i].data_ptr<St>(), Rp[i] = real[i].data_ptr<St>();
+      if (need_syn) GS[i] = gs[i].data_ptr<St>();
+      if (need_real) GR[i] = gr[i].data_ptr<St>();
     }
-    const bool stream = written_bytes(syn, need_syn, need_real) >= kStreamBytes;
+    const bool stream = !is_half_v<St> && written_bytes(syn, need_syn, need_real) >= kStreamBytes;
+    const int64_t buf = half_buf<T, St>(max_rowlen(L));
     at::parallel_for(0, L.K * L.R, grain(L), [&](int64_t begin, int64_t end) {
+      std::vector<T> sb(buf), rb(buf), gsb(need_syn ? buf : 0), grb(need_real ? buf : 0);
       for (int64_t idx = begin; idx < end; ++idx) {
         const int64_t k = idx / L.R, q = idx % L.R, n = L.segs[L.row_seg[q]].rowlen;
         const Seg& sg = L.segs[L.row_seg[q]];
         const int64_t off = k * sg.per_class + L.row_in_seg[q] * n;
-        const T* __restrict__ s = S[sg.tensor] + off;
-        const T* __restrict__ r = Rp[sg.tensor] + off;
-        T* __restrict__ os = need_syn ? GS[sg.tensor] + off : nullptr;
-        T* __restrict__ orr = need_real ? GR[sg.tensor] + off : nullptr;
+        const T* __restrict__ s = load_plane(S[sg.tensor] + off, n, sb.data());
+        const T* __restrict__ r = load_plane(Rp[sg.tensor] + off, n, rb.data());
+        T* __restrict__ os = need_syn ? out_plane(GS[sg.tensor] + off, gsb.data()) : nullptr;
+        T* __restrict__ orr = need_real ? out_plane(GR[sg.tensor] + off, grb.data()) : nullptr;
         const T* o = metric == Metric::GlobalCos ? tot.data() + 3 * k : st + idx * 3;
         row_grads(metric, sg, s, r, n, o, G[k], os, orr, stream);
+        if (need_syn) store_plane(os, GS[sg.tensor] + off, n);
+        if (need_real) store_plane(orr, GR[sg.tensor] + off, n);
       }
       if (stream) stream_fence();
     });

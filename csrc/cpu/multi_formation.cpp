@@ -13,6 +13,8 @@
 //              bitwise repeatable.
 // Tap tables (indices + weights, computed once per shape in Python) are tile-local, so the same
 // table serves every tile.
+// bfloat16 / float16: rows are converted into the float32 L1 buffers as they are copied in, the
+// blends run in float32 (tap weights are float32), and each output row is rounded once.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -22,6 +24,7 @@
 
 #include "check.h"
 #include "ops.h"
+#include "simd.h"
 #include "transpose.h"
 
 namespace ddkernels {
@@ -29,6 +32,11 @@ namespace {
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 inline int64_t round8(int64_t a) { return ceil_div(a, 8) * 8; }
+
+// The tap weights' dtype: float32 for half data.
+at::ScalarType acc_type(at::ScalarType t) {
+  return t == at::kBFloat16 || t == at::kHalf ? at::kFloat : t;
+}
 
 void check_tables(const at::Tensor& row_idx, const at::Tensor& row_w, const at::Tensor& col_idx,
                   const at::Tensor& col_w, at::ScalarType wdtype) {
@@ -69,11 +77,11 @@ at::Tensor multi_formation_fwd_cpu(const at::Tensor& x, int64_t factor, const at
   DDK_CHECK_CPU(x);
   DDK_CHECK_CONTIG(x);
   DDK_CHECK_DIM(x, 4, "(N, C, h, w)");
-  DDK_CHECK_FLOAT(x);
+  DDK_CHECK_FLOATING(x);
   const int64_t N = x.size(0), C = x.size(1), h = x.size(2), w = x.size(3);
   TORCH_CHECK(factor >= 1 && factor <= std::min(h, w), "factor must be in [1, min(h, w)=",
               std::min(h, w), "], got ", factor);
-  check_tables(row_idx, row_w, col_idx, col_w, x.scalar_type());
+  check_tables(row_idx, row_w, col_idx, col_w, acc_type(x.scalar_type()));
   TORCH_CHECK(row_idx.size(0) == 2 && col_idx.size(0) == 2,
               "forward tap tables must have shape (2, out), got row_idx ", row_idx.sizes(),
               " and col_idx ", col_idx.sizes());
@@ -86,9 +94,11 @@ at::Tensor multi_formation_fwd_cpu(const at::Tensor& x, int64_t factor, const at
   if (out.numel() == 0) return out;
   const int64_t planes = N * C, hp = sh * f, wp = sw * f;
 
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "multi_formation_fwd_cpu", [&] {
-    const scalar_t* __restrict__ X = x.data_ptr<scalar_t>();
-    scalar_t* __restrict__ Y = out.data_ptr<scalar_t>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "multi_formation_fwd_cpu", [&] {
+    using S = scalar_t;
+    using scalar_t = acc_t<S>;  // the blends below compute in the accumulation type
+    const S* __restrict__ X = x.data_ptr<S>();
+    S* __restrict__ Y = out.data_ptr<S>();
     const int64_t* ri0 = row_idx.data_ptr<int64_t>();
     const int64_t* ri1 = ri0 + H;
     const scalar_t* rw0 = row_w.data_ptr<scalar_t>();
@@ -107,14 +117,15 @@ at::Tensor multi_formation_fwd_cpu(const at::Tensor& x, int64_t factor, const at
       std::vector<scalar_t> xt(wp8 * hp8);       // its transpose: xt[x][r]
       std::vector<scalar_t> ht(W8 * hp8, 0);     // one tile column resized horizontally, transposed
       std::vector<scalar_t> hbuf(f * hp8 * W8);  // hbuf[j][r][ox], row-major again
+      std::vector<scalar_t> obuf(half_buf<scalar_t, S>(W));  // one output row before rounding
       for (int64_t p = begin; p < end; ++p) {
         const int64_t b = p / C, c = p % C;
-        const scalar_t* src = X + p * h * w;
+        const S* src = X + p * h * w;
         // The 0.5 padding becomes data, so the blends below have no branches.
         for (int64_t r = 0; r < hp8; ++r) {
           scalar_t* row = plane.data() + r * wp8;
           const int64_t valid = r < h ? w : 0;
-          std::copy(src + r * w, src + r * w + valid, row);
+          convert_n(src + r * w, row, valid);
           std::fill(row + valid, row + wp8, pad);
         }
         transpose(plane.data(), wp8, xt.data(), hp8, hp8, wp8);
@@ -133,13 +144,14 @@ at::Tensor multi_formation_fwd_cpu(const at::Tensor& x, int64_t factor, const at
           for (int64_t j = 0; j < f; ++j) {
             const int64_t k = i * f + j;
             const scalar_t* base = hbuf.data() + (j * hp8 + i * sh) * W8;
-            scalar_t* __restrict__ o = Y + ((k * N + b) * C + c) * H * W;
+            S* __restrict__ o = Y + ((k * N + b) * C + c) * H * W;
             for (int64_t oy = 0; oy < H; ++oy) {
               const scalar_t* __restrict__ a0 = base + ri0[oy] * W8;
               const scalar_t* __restrict__ a1 = base + ri1[oy] * W8;
               const scalar_t w0 = rw0[oy], w1 = rw1[oy];
-              scalar_t* __restrict__ orow = o + oy * W;
+              scalar_t* __restrict__ orow = out_plane(o + oy * W, obuf.data());
               for (int64_t ox = 0; ox < W; ++ox) orow[ox] = w0 * a0[ox] + w1 * a1[ox];
+              store_plane(orow, o + oy * W, W);
             }
           }
         }
@@ -155,14 +167,14 @@ at::Tensor multi_formation_bwd_cpu(const at::Tensor& grad_out, int64_t factor, i
   DDK_CHECK_CPU(grad_out);
   DDK_CHECK_CONTIG(grad_out);
   DDK_CHECK_DIM(grad_out, 4, "(f*f*N, C, H, W)");
-  DDK_CHECK_FLOAT(grad_out);
+  DDK_CHECK_FLOATING(grad_out);
   const int64_t h = in_h, w = in_w, f = factor;
   TORCH_CHECK(h >= 1 && w >= 1, "in_h and in_w must be positive, got ", h, " and ", w);
   TORCH_CHECK(f >= 1 && f <= std::min(h, w), "factor must be in [1, min(in_h, in_w)=",
               std::min(h, w), "], got ", f);
   TORCH_CHECK(grad_out.size(0) % (f * f) == 0, "grad_out.size(0) must be a multiple of factor^2=",
               f * f, ", got ", grad_out.size(0));
-  check_tables(row_idx, row_w, col_idx, col_w, grad_out.scalar_type());
+  check_tables(row_idx, row_w, col_idx, col_w, acc_type(grad_out.scalar_type()));
   const int64_t sh = ceil_div(h, f), sw = ceil_div(w, f);
   const int64_t N = grad_out.size(0) / (f * f), C = grad_out.size(1);
   const int64_t H = grad_out.size(2), W = grad_out.size(3);
@@ -176,9 +188,11 @@ at::Tensor multi_formation_bwd_cpu(const at::Tensor& grad_out, int64_t factor, i
   if (grad_x.numel() == 0) return grad_x;
   const int64_t KH = row_idx.size(1), KW = col_idx.size(1), planes = N * C;
 
-  AT_DISPATCH_FLOATING_TYPES(grad_out.scalar_type(), "multi_formation_bwd_cpu", [&] {
-    const scalar_t* __restrict__ G = grad_out.data_ptr<scalar_t>();
-    scalar_t* __restrict__ GX = grad_x.data_ptr<scalar_t>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, grad_out.scalar_type(), "multi_formation_bwd_cpu", [&] {
+    using S = scalar_t;
+    using scalar_t = acc_t<S>;  // the adjoint computes in the accumulation type
+    const S* __restrict__ G = grad_out.data_ptr<S>();
+    S* __restrict__ GX = grad_x.data_ptr<S>();
     const int64_t* rgi = row_idx.data_ptr<int64_t>();
     const scalar_t* rgw = row_w.data_ptr<scalar_t>();
     const int64_t* cgi = col_idx.data_ptr<int64_t>();
@@ -192,9 +206,10 @@ at::Tensor multi_formation_bwd_cpu(const at::Tensor& grad_out, int64_t factor, i
       std::vector<scalar_t> vt(W8 * sh8, 0);    // its transpose: vt[ox][r]
       std::vector<scalar_t> gt(sw8 * sh8, 0);   // horizontal adjoint, transposed: gt[xc][r]
       std::vector<scalar_t> gb(sh8 * sw8, 0);   // the tile's gradient, row-major
+      std::vector<scalar_t> gin(half_buf<scalar_t, S>(H * W));  // a half grad_out plane in float32
       for (int64_t p = begin; p < end; ++p) {
         const int64_t b = p / C, c = p % C;
-        scalar_t* gx = GX + p * h * w;
+        S* gx = GX + p * h * w;
         // Tiles do not overlap, so every stored pixel is written by exactly one tile; pixels
         // of the 0.5 padding have no gradient and are never visited.
         for (int64_t i = 0; i < f; ++i) {
@@ -202,7 +217,7 @@ at::Tensor multi_formation_bwd_cpu(const at::Tensor& grad_out, int64_t factor, i
           for (int64_t j = 0; j < f; ++j) {
             const int64_t cols = std::min(sw, w - j * sw);
             if (rows <= 0 || cols <= 0) continue;
-            const scalar_t* g = G + (((i * f + j) * N + b) * C + c) * H * W;
+            const scalar_t* g = load_plane(G + (((i * f + j) * N + b) * C + c) * H * W, H * W, gin.data());
             for (int64_t r = 0; r < rows; ++r) {
               scalar_t* __restrict__ t = vbuf.data() + r * W8;
               const int64_t* gi = rgi + r * KH;
@@ -230,7 +245,7 @@ at::Tensor multi_formation_bwd_cpu(const at::Tensor& grad_out, int64_t factor, i
             }
             transpose(gt.data(), sh8, gb.data(), sw8, sw8, sh8);
             for (int64_t r = 0; r < rows; ++r)
-              std::copy(gb.data() + r * sw8, gb.data() + r * sw8 + cols, gx + (i * sh + r) * w + j * sw);
+              convert_n(gb.data() + r * sw8, gx + (i * sh + r) * w + j * sw, cols);
           }
         }
       }

@@ -15,6 +15,9 @@
 //              of reference.double_backward: one pass for d and five plane sums, one pass writing
 //              ∂/∂x and the masked e that pools into ∂/∂grad_out; ∂/∂γ from per-plane partials.
 // Rows/columns the floor-mode pool drops (odd H or W) get no gradient, as in PyTorch.
+// bfloat16 / float16 x: each plane is converted into a float32 L1 buffer and the same float32 code
+// runs on it (simd.h's load_plane / store_plane); γ/β (float32 or x's dtype), μ, rstd and the
+// parameter gradients' sums are float32, results are rounded once into x's dtype.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -212,14 +215,23 @@ void check_x(const at::Tensor& x, const char* name) {
   TORCH_CHECK(x.device().is_cpu(), name, " must be a CPU tensor, got device ", x.device());
   TORCH_CHECK(x.is_contiguous(), name, " must be contiguous (got strides ", x.strides(), ")");
   TORCH_CHECK(x.dim() == 4, name, " must be 4-D (N, C, H, W), got shape ", x.sizes());
-  DDK_CHECK_FLOAT(x);
+  DDK_CHECK_FLOATING(x);
 }
 
+bool is_half(const at::Tensor& x) {
+  return x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf;
+}
+
+// The accumulation dtype of x: float32 for the half types.
+at::ScalarType acc_type(const at::Tensor& x) { return is_half(x) ? at::kFloat : x.scalar_type(); }
+
+// weight, bias (and ggw, ggb): x's dtype, or float32 with a half x (autocast's GroupNorm).
 void check_channel(const at::Tensor& t, const at::Tensor& x, const char* name) {
   TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor, got device ", t.device());
   TORCH_CHECK(t.is_contiguous(), name, " must be contiguous (got strides ", t.strides(), ")");
-  TORCH_CHECK(t.scalar_type() == x.scalar_type(), name, " must have x's dtype ", x.scalar_type(),
-              ", got ", t.scalar_type());
+  TORCH_CHECK(t.scalar_type() == x.scalar_type() || t.scalar_type() == acc_type(x), name,
+              " must have x's dtype ", x.scalar_type(), " (or float32 for a half x), got ",
+              t.scalar_type());
   TORCH_CHECK(t.dim() == 1 && t.size(0) == x.size(1), name, " must have shape (C=", x.size(1),
               ",), got ", t.sizes());
 }
@@ -237,7 +249,7 @@ void pool_plane(const T* __restrict__ e, int64_t H, int64_t W, T* __restrict__ o
 }
 
 // The inputs both backward kernels share: x, grad_out of the block's output shape, (C,) weight and
-// bias, (N, C) mean and rstd of x's dtype.
+// bias, (N, C) mean and rstd of x's accumulation dtype.
 void check_backward_inputs(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
                            const at::Tensor& bias, const at::Tensor& mean, const at::Tensor& rstd,
                            bool pool) {
@@ -256,7 +268,7 @@ void check_backward_inputs(const at::Tensor& grad_out, const at::Tensor& x, cons
   for (const at::Tensor* t : {&mean, &rstd}) {
     DDK_CHECK_CPU((*t));
     DDK_CHECK_CONTIG((*t));
-    DDK_CHECK_DTYPE((*t), x.scalar_type());
+    DDK_CHECK_DTYPE((*t), acc_type(x));
     TORCH_CHECK(t->dim() == 2 && t->size(0) == N && t->size(1) == C,
                 "mean and rstd must have shape (N=", N, ", C=", C, "), got ", t->sizes());
   }
@@ -278,6 +290,12 @@ void sum_over_batch(const std::vector<double>& part, int64_t N, int64_t C, int64
 // to schedule than to run.
 int64_t grain(int64_t L) { return std::max<int64_t>(1, 8192 / std::max<int64_t>(L, 1)); }
 
+// A (C,) parameter in the accumulation dtype (the tensor itself when it already is).
+at::Tensor acc_param(const at::Tensor& t, const at::Tensor& x) { return t.to(acc_type(x)); }
+
+#define DDK_DISPATCH_FLOATING(TYPE, NAME, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, TYPE, NAME, __VA_ARGS__)
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_relu_pool_fwd_cpu(const at::Tensor& x,
@@ -292,25 +310,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_relu_pool_fwd_cpu(const at::
   TORCH_CHECK(!pool || (H >= 2 && W >= 2), "pooling needs H, W >= 2, got ", H, "x", W);
   const int64_t Ho = pool ? H / 2 : H, Wo = pool ? W / 2 : W;
   at::Tensor out = x.new_empty({N, C, Ho, Wo});
-  at::Tensor mean = x.new_empty({N, C});
-  at::Tensor rstd = x.new_empty({N, C});
+  at::Tensor mean = x.new_empty({N, C}, x.options().dtype(acc_type(x)));
+  at::Tensor rstd = x.new_empty({N, C}, mean.options());
   if (N * C == 0 || L == 0) return {out, mean, rstd};
+  const at::Tensor w = acc_param(weight, x), b = acc_param(bias, x);
 
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "norm_relu_pool_fwd_cpu", [&] {
-    const scalar_t* X = x.data_ptr<scalar_t>();
-    const scalar_t* G = weight.data_ptr<scalar_t>();
-    const scalar_t* B = bias.data_ptr<scalar_t>();
-    scalar_t* O = out.data_ptr<scalar_t>();
-    scalar_t* M = mean.data_ptr<scalar_t>();
-    scalar_t* R = rstd.data_ptr<scalar_t>();
+  DDK_DISPATCH_FLOATING(x.scalar_type(), "norm_relu_pool_fwd_cpu", [&] {
+    using S = scalar_t;
+    using T = acc_t<S>;
+    const S* X = x.data_ptr<S>();
+    const T* G = w.data_ptr<T>();
+    const T* B = b.data_ptr<T>();
+    S* O = out.data_ptr<S>();
+    T* M = mean.data_ptr<T>();
+    T* R = rstd.data_ptr<T>();
     at::parallel_for(0, N * C, grain(L), [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> t(W);
+      std::vector<T> t(W), xb(half_buf<T, S>(L)), ob(half_buf<T, S>(Ho * Wo));
       for (int64_t p = begin; p < end; ++p) {
-        const scalar_t* xp = X + p * L;
-        if (p + 1 < end) prefetch(xp + L);
+        if (p + 1 < end) prefetch(X + (p + 1) * L);
+        const T* xp = load_plane(X + p * L, L, xb.data());
         plane_stats(xp, L, eps, M[p], R[p]);
         const int64_t c = p % C;
-        fwd_plane(xp, H, W, M[p], R[p], G[c], B[c], pool, O + p * Ho * Wo, t.data());
+        T* op = out_plane(O + p * Ho * Wo, ob.data());
+        fwd_plane(xp, H, W, M[p], R[p], G[c], B[c], pool, op, t.data());
+        store_plane(op, O + p * Ho * Wo, Ho * Wo);
       }
     });
   });
@@ -324,48 +347,57 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_relu_pool_bwd_cpu(
   check_backward_inputs(grad_out, x, weight, bias, mean, rstd, pool);
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), L = H * W;
   const int64_t Ho = pool ? H / 2 : H, Wo = pool ? W / 2 : W;
+  const at::ScalarType acc = acc_type(x);
   at::Tensor grad_x = need_x ? x.new_empty(x.sizes()) : x.new_empty({0});
-  at::Tensor grad_w = need_wb ? weight.new_zeros({C}) : x.new_empty({0});
-  at::Tensor grad_b = need_wb ? weight.new_zeros({C}) : x.new_empty({0});
-  if (N * C == 0 || L == 0 || !(need_x || need_wb)) return {grad_x, grad_w, grad_b};
+  at::Tensor grad_w = need_wb ? weight.new_zeros({C}, weight.options().dtype(acc)) : x.new_empty({0});
+  at::Tensor grad_b = need_wb ? weight.new_zeros({C}, weight.options().dtype(acc)) : x.new_empty({0});
+  if (N * C == 0 || L == 0 || !(need_x || need_wb))
+    return {grad_x, need_wb ? grad_w.to(weight.scalar_type()) : grad_w,
+            need_wb ? grad_b.to(bias.scalar_type()) : grad_b};
+  const at::Tensor w = acc_param(weight, x), b = acc_param(bias, x);
 
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "norm_relu_pool_bwd_cpu", [&] {
-    const scalar_t* GO = grad_out.data_ptr<scalar_t>();
-    const scalar_t* X = x.data_ptr<scalar_t>();
-    const scalar_t* G = weight.data_ptr<scalar_t>();
-    const scalar_t* B = bias.data_ptr<scalar_t>();
-    const scalar_t* M = mean.data_ptr<scalar_t>();
-    const scalar_t* R = rstd.data_ptr<scalar_t>();
-    scalar_t* DX = need_x ? grad_x.data_ptr<scalar_t>() : nullptr;
+  DDK_DISPATCH_FLOATING(x.scalar_type(), "norm_relu_pool_bwd_cpu", [&] {
+    using S = scalar_t;
+    using T = acc_t<S>;
+    const S* GO = grad_out.data_ptr<S>();
+    const S* X = x.data_ptr<S>();
+    const T* G = w.data_ptr<T>();
+    const T* B = b.data_ptr<T>();
+    const T* M = mean.data_ptr<T>();
+    const T* R = rstd.data_ptr<T>();
+    S* DX = need_x ? grad_x.data_ptr<S>() : nullptr;
     // Per-plane Σd·x̂ and Σd, summed over n below.
     std::vector<double> part(need_wb ? 2 * N * C : 0);
     at::parallel_for(0, N * C, grain(L), [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> buf(L);
+      std::vector<T> buf(L), xb(half_buf<T, S>(L)), gb(half_buf<T, S>(Ho * Wo)), db(half_buf<T, S>(L));
       for (int64_t p = begin; p < end; ++p) {
         const int64_t c = p % C;
-        const scalar_t* xp = X + p * L;
-        const scalar_t* gp = GO + p * Ho * Wo;
-        if (p + 1 < end) prefetch(xp + L), prefetch(gp + Ho * Wo);
-        const scalar_t* u = gp;  // without pooling the output gradient is already per pixel
+        if (p + 1 < end) prefetch(X + (p + 1) * L), prefetch(GO + (p + 1) * Ho * Wo);
+        const T* xp = load_plane(X + p * L, L, xb.data());
+        const T* gp = load_plane(GO + p * Ho * Wo, Ho * Wo, gb.data());
+        const T* u = gp;  // without pooling the output gradient is already per pixel
         if (pool) {
           spread(gp, H, W, buf.data());
           u = buf.data();
         }
         double s[5];
-        mask_sums<scalar_t, false>(L, xp, u, nullptr, M[p], R[p], G[c], B[c], buf.data(), s);
+        mask_sums<T, false>(L, xp, u, nullptr, M[p], R[p], G[c], B[c], buf.data(), s);
         const double sum_d = s[0], sum_dx = s[1];
         if (need_wb) part[2 * p] = sum_dx, part[2 * p + 1] = sum_d;
-        if (need_x)
-          dx_pass(L, xp, buf.data(), M[p], R[p], scalar_t(G[c] * R[p]), scalar_t(sum_d / L),
-                  scalar_t(sum_dx / L), DX + p * L);
+        if (need_x) {
+          T* dx = out_plane(DX + p * L, db.data());
+          dx_pass(L, xp, buf.data(), M[p], R[p], T(G[c] * R[p]), T(sum_d / L), T(sum_dx / L), dx);
+          store_plane(dx, DX + p * L, L);
+        }
       }
     });
     if (need_wb) {
-      sum_over_batch(part, N, C, 2, 0, grad_w.data_ptr<scalar_t>());
-      sum_over_batch(part, N, C, 2, 1, grad_b.data_ptr<scalar_t>());
+      sum_over_batch(part, N, C, 2, 0, grad_w.data_ptr<T>());
+      sum_over_batch(part, N, C, 2, 1, grad_b.data_ptr<T>());
     }
   });
-  return {grad_x, grad_w, grad_b};
+  if (!need_wb) return {grad_x, grad_w, grad_b};
+  return {grad_x, grad_w.to(weight.scalar_type()), grad_b.to(bias.scalar_type())};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_relu_pool_bwd2_cpu(
@@ -383,36 +415,43 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_relu_pool_bwd2_cpu(
   }
   if (ggw) check_channel(*ggw, x, "ggw");
   if (ggb) check_channel(*ggb, x, "ggb");
+  const at::ScalarType acc = acc_type(x);
   at::Tensor g_go = need_go ? grad_out.new_empty(grad_out.sizes()) : x.new_empty({0});
   at::Tensor g_x = need_x ? x.new_empty(x.sizes()) : x.new_empty({0});
-  at::Tensor g_w = need_w ? weight.new_zeros({C}) : x.new_empty({0});
+  at::Tensor g_w = need_w ? weight.new_zeros({C}, weight.options().dtype(acc)) : x.new_empty({0});
   if (N * C == 0 || L == 0 || !(need_go || need_x || need_w)) {
     if (need_go) g_go.zero_();
     if (need_x) g_x.zero_();
-    return {g_go, g_x, g_w};
+    return {g_go, g_x, need_w ? g_w.to(weight.scalar_type()) : g_w};
   }
+  const at::Tensor w = acc_param(weight, x), b = acc_param(bias, x);
+  const std::optional<at::Tensor> ggw_a = ggw ? std::optional<at::Tensor>(acc_param(*ggw, x)) : std::nullopt;
+  const std::optional<at::Tensor> ggb_a = ggb ? std::optional<at::Tensor>(acc_param(*ggb, x)) : std::nullopt;
 
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "norm_relu_pool_bwd2_cpu", [&] {
-    using T = scalar_t;
-    const T* GO = grad_out.data_ptr<T>();
-    const T* X = x.data_ptr<T>();
-    const T* G = weight.data_ptr<T>();
-    const T* B = bias.data_ptr<T>();
+  DDK_DISPATCH_FLOATING(x.scalar_type(), "norm_relu_pool_bwd2_cpu", [&] {
+    using S = scalar_t;
+    using T = acc_t<S>;
+    const S* GO = grad_out.data_ptr<S>();
+    const S* X = x.data_ptr<S>();
+    const T* G = w.data_ptr<T>();
+    const T* B = b.data_ptr<T>();
     const T* M = mean.data_ptr<T>();
     const T* R = rstd.data_ptr<T>();
-    const T* GGX = ggx ? ggx->data_ptr<T>() : nullptr;
-    const T* GGW = ggw ? ggw->data_ptr<T>() : nullptr;
-    const T* GGB = ggb ? ggb->data_ptr<T>() : nullptr;
-    T* DGO = need_go ? g_go.data_ptr<T>() : nullptr;
-    T* DX = need_x ? g_x.data_ptr<T>() : nullptr;
+    const S* GGX = ggx ? ggx->data_ptr<S>() : nullptr;
+    const T* GGW = ggw_a ? ggw_a->data_ptr<T>() : nullptr;
+    const T* GGB = ggb_a ? ggb_a->data_ptr<T>() : nullptr;
+    S* DGO = need_go ? g_go.data_ptr<S>() : nullptr;
+    S* DX = need_x ? g_x.data_ptr<S>() : nullptr;
     std::vector<double> part(need_w ? N * C : 0);
     at::parallel_for(0, N * C, grain(L), [&](int64_t begin, int64_t end) {
       std::vector<T> dbuf(L), ebuf(pool ? L : 0);
+      std::vector<T> xb(half_buf<T, S>(L)), gb(half_buf<T, S>(Ho * Wo)), ggb_(half_buf<T, S>(GGX ? L : 0));
+      std::vector<T> eo_b(half_buf<T, S>(L)), xo_b(half_buf<T, S>(L));
       for (int64_t p = begin; p < end; ++p) {
         const int64_t c = p % C;
-        const T* xp = X + p * L;
-        const T* gp = GO + p * Ho * Wo;
-        const T* gg = GGX ? GGX + p * L : nullptr;
+        const T* xp = load_plane(X + p * L, L, xb.data());
+        const T* gp = load_plane(GO + p * Ho * Wo, Ho * Wo, gb.data());
+        const T* gg = GGX ? load_plane(GGX + p * L, L, ggb_.data()) : nullptr;
         const T m = M[p], r = R[p], g = G[c], b = B[c];
         const T* u = gp;
         if (pool) {
@@ -427,18 +466,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_relu_pool_bwd2_cpu(
         const Bwd2<T> k{m, r, g, b, T(s[0] / L), T(s[1] / L), T(s[2] / L), T(s[3] / L),
                         T(s[4] / L - (s[2] / L) * (s[0] / L)), GGW ? GGW[c] : T(0), GGB ? GGB[c] : T(0)};
         if (need_w) part[p] = gg ? double(r) * L * (double(k.cq) - double(k.a) * k.bq) : 0.0;
-        T* eo = !DGO ? nullptr : pool ? ebuf.data() : DGO + p * L;
-        T* xo = DX ? DX + p * L : nullptr;
+        T* eo = !DGO ? nullptr : pool ? ebuf.data() : out_plane(DGO + p * L, eo_b.data());
+        T* xo = DX ? out_plane(DX + p * L, xo_b.data()) : nullptr;
         if (gg)
           bwd2_outputs<T, true>(L, xp, dbuf.data(), gg, k, eo, xo);
         else
           bwd2_outputs<T, false>(L, xp, dbuf.data(), gg, k, eo, xo);
-        if (pool && DGO) pool_plane(ebuf.data(), H, W, DGO + p * Ho * Wo);
+        if (DGO) {
+          if (pool) {
+            T* po = out_plane(DGO + p * Ho * Wo, eo_b.data());
+            pool_plane(ebuf.data(), H, W, po);
+            store_plane(po, DGO + p * Ho * Wo, Ho * Wo);
+          } else {
+            store_plane(eo, DGO + p * L, L);
+          }
+        }
+        if (DX) store_plane(xo, DX + p * L, L);
       }
     });
     if (need_w) sum_over_batch(part, N, C, 1, 0, g_w.data_ptr<T>());
   });
-  return {g_go, g_x, g_w};
+  return {g_go, g_x, need_w ? g_w.to(weight.scalar_type()) : g_w};
 }
 
 }  // namespace ddkernels

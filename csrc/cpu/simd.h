@@ -1,9 +1,13 @@
 // Small SIMD helpers shared by the streaming kernels: a 32-byte vector type (GCC/Clang vector
-// extensions, so sums have a fixed lane order without -ffast-math), non-temporal stores and
-// software prefetch.
+// extensions, so sums have a fixed lane order without -ffast-math), non-temporal stores, software
+// prefetch, and the half-precision planes (bfloat16 / float16 storage computed in float32).
 #pragma once
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #if defined(__AVX__)
 #include <immintrin.h>
@@ -78,6 +82,111 @@ inline void write_each(T* __restrict__ out, int64_t n, bool stream, Pre&& pre, F
       DDK_VSTORE(out + i, v);
   }
   for (; i < n; ++i) out[i] = fs(i);
+}
+
+// --- half precision: storage type S, compute type acc_t<S> -------------------------------------
+// bfloat16 and float16 tensors are loaded into float32 L1 buffers a plane (or row block) at a time,
+// computed by the same float32 code and accumulated in float32 (double where the float path does),
+// and rounded back once on the way out. float32 / float64 use their storage directly (no copy).
+
+template <typename S>
+using acc_t = std::conditional_t<std::is_same_v<S, double>, double, float>;
+
+template <typename S>
+constexpr bool is_half_v = std::is_same_v<S, c10::BFloat16> || std::is_same_v<S, c10::Half>;
+
+// n half values at src as float32 at dst (exact).
+inline void to_float(const c10::BFloat16* src, float* dst, int64_t n) {
+  int64_t i = 0;
+#if defined(__AVX512F__)
+  for (; i + 16 <= n; i += 16) {  // bfloat16 is the top half of a float32
+    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i));
+    _mm512_storeu_ps(dst + i, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)));
+  }
+#endif
+  for (; i < n; ++i) dst[i] = float(src[i]);
+}
+
+inline void to_float(const c10::Half* src, float* dst, int64_t n) {
+  int64_t i = 0;
+#if defined(__AVX512F__)
+  for (; i + 16 <= n; i += 16)
+    _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i))));
+#endif
+  for (; i < n; ++i) dst[i] = float(src[i]);
+}
+
+// n float32 values rounded to nearest even, as c10's scalar conversions (NaN stays NaN).
+inline void from_float(const float* src, c10::BFloat16* dst, int64_t n) {
+  int64_t i = 0;
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+  // Integer rounding (not VCVTNEPS2BF16, which flushes subnormals): bits + 0x7FFF + lsb, top half.
+  const __m512i bias = _mm512_set1_epi32(0x7FFF), one = _mm512_set1_epi32(1);
+  const __m512i qnan = _mm512_set1_epi32(0x7FC0);
+  for (; i + 16 <= n; i += 16) {
+    const __m512 f = _mm512_loadu_ps(src + i);
+    const __m512i b = _mm512_castps_si512(f);
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(b, 16), one);
+    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(b, bias), lsb), 16);
+    r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(f, f, _CMP_UNORD_Q), qnan);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), _mm512_cvtepi32_epi16(r));
+  }
+#endif
+  for (; i < n; ++i) dst[i] = c10::BFloat16(src[i]);
+}
+
+inline void from_float(const float* src, c10::Half* dst, int64_t n) {
+  int64_t i = 0;
+#if defined(__AVX512F__)
+  for (; i + 16 <= n; i += 16)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i),
+                        _mm512_cvtps_ph(_mm512_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+#endif
+  for (; i < n; ++i) dst[i] = c10::Half(src[i]);
+}
+
+// n values from src to dst, converting between a half type and float32 where they differ.
+template <typename A, typename B>
+inline void convert_n(const A* src, B* dst, int64_t n) {
+  if constexpr (std::is_same_v<A, B>)
+    std::memcpy(dst, src, n * sizeof(A));
+  else if constexpr (std::is_same_v<B, float>)
+    to_float(src, dst, n);
+  else
+    from_float(src, dst, n);
+}
+
+// A plane of n storage values as compute type T: p itself when the types agree, else converted
+// into buf (n elements).
+template <typename T, typename S>
+inline const T* load_plane(const S* p, int64_t n, T* buf) {
+  if constexpr (std::is_same_v<S, T>) {
+    return p;
+  } else {
+    to_float(p, buf, n);
+    return buf;
+  }
+}
+
+// Where to compute an output plane: the output itself when the types agree, else buf; then
+// store_plane rounds buf into the output (a no-op when they agree).
+template <typename T, typename S>
+inline T* out_plane(S* p, T* buf) {
+  if constexpr (std::is_same_v<S, T>)
+    return p;
+  else
+    return buf;
+}
+
+template <typename T, typename S>
+inline void store_plane(const T* buf, S* p, int64_t n) {
+  if constexpr (!std::is_same_v<S, T>) from_float(buf, p, n);
+}
+
+// A per-task scratch buffer that only half storage needs (empty otherwise).
+template <typename T, typename S>
+inline int64_t half_buf(int64_t n) {
+  return std::is_same_v<S, T> ? 0 : n;
 }
 
 }  // namespace ddkernels

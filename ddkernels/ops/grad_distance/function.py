@@ -9,13 +9,14 @@ import torch
 from ... import _ext, dispatch
 from ..._checks import check_finite_enabled, check_same_device, check_tensor
 from .._autocast import autocast_inputs
+from .._dtypes import acc_dtype
 from .._autograd import recomputed_vjp, select_backend
 from . import reference
 from .tables import total_rows
 
 METRICS = ("ours", "mse", "l1", "l1_mean", "global_cos")
 
-BACKENDS = dispatch.op_backends("grad_distance")
+BACKENDS = dispatch.op_backends("grad_distance", cpu_dtypes=dispatch.FLOATS)
 
 
 # --- cpu backend: C++ ops registered by ddkernels._C -------------------------------------------
@@ -37,13 +38,15 @@ def _register_fakes() -> None:
 
     @torch.library.register_fake("ddkernels::grad_distance_fwd")
     def _(syn, real, metric):
-        k = syn[0].shape[0]
-        return syn[0].new_empty(k), syn[0].new_empty(k, total_rows(t.shape[1:] for t in syn), 3)
+        k = syn[0].shape[0]  # statistics in the accumulation dtype
+        return syn[0].new_empty(k), syn[0].new_empty(k, total_rows(t.shape[1:] for t in syn), 3,
+                                                     dtype=acc_dtype(syn[0].dtype))
 
     @torch.library.register_fake("ddkernels::grad_distance_fwd_grad")
     def _(syn, real, metric, need_syn, need_real):
         k = syn[0].shape[0]
-        return (syn[0].new_empty(k), syn[0].new_empty(k, total_rows(t.shape[1:] for t in syn), 3),
+        return (syn[0].new_empty(k), syn[0].new_empty(k, total_rows(t.shape[1:] for t in syn), 3,
+                                                      dtype=acc_dtype(syn[0].dtype)),
                 [torch.empty_like(t) for t in syn] if need_syn else [],
                 [torch.empty_like(t) for t in real] if need_real else [])
 

@@ -12,14 +12,14 @@ from .._autograd import empty_result, select_backend
 from . import reference
 from .tables import adjoint_taps, forward_taps
 
-BACKENDS = dispatch.op_backends("multi_formation")
+BACKENDS = dispatch.op_backends("multi_formation", cpu_dtypes=dispatch.FLOATS)
 
 
 # --- cpu backend: C++ ops registered by ddkernels._C -------------------------------------------
 
 def _cpu_forward(x: torch.Tensor, factor: int, out_h: int, out_w: int) -> torch.Tensor:
     sh, sw = -(-x.shape[2] // factor), -(-x.shape[3] // factor)
-    ri, rw = forward_taps(sh, out_h, x.dtype, x.device)
+    ri, rw = forward_taps(sh, out_h, x.dtype, x.device)  # weights in the accumulation dtype
     ci, cw = forward_taps(sw, out_w, x.dtype, x.device)
     return torch.ops.ddkernels.multi_formation_fwd(x, factor, ri, rw, ci, cw)
 

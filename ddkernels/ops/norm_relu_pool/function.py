@@ -15,37 +15,24 @@ import torch
 from ... import _ext, dispatch
 from ..._checks import check_same_device, check_tensor
 from .._autocast import HALF, autocast_inputs
+from .._dtypes import acc_dtype
 from .._autograd import select_backend
 from . import reference
 
 BACKENDS = dispatch.op_backends("norm_relu_pool", cpu_dtypes=dispatch.FLOATS)
 
 
-def _f32(*ts):
-    return [t if t is None else t.float() for t in ts]
-
-
-# Half inputs go through the float32 kernel for now (converted here, results converted back).
+# The C++ kernels take half x (computed in float32) with float32 or half weight/bias; mean and
+# rstd are in the accumulation dtype, the parameter gradients in the parameters' dtype.
 def _cpu_forward(x, weight, bias, eps, pool):
-    if x.dtype in HALF:
-        out, mean, rstd = torch.ops.ddkernels.norm_relu_pool_fwd(*_f32(x, weight, bias), eps, pool)
-        return out.to(x.dtype), mean, rstd
     return torch.ops.ddkernels.norm_relu_pool_fwd(x, weight, bias, eps, pool)
 
 
 def _cpu_backward(grad_out, x, weight, bias, mean, rstd, pool, need_x, need_wb):
-    if x.dtype in HALF:
-        gx, gw, gb = torch.ops.ddkernels.norm_relu_pool_bwd(*_f32(grad_out, x, weight, bias), mean, rstd, pool,
-                                                            need_x, need_wb)
-        return gx.to(x.dtype), gw.to(weight.dtype), gb.to(bias.dtype)
     return torch.ops.ddkernels.norm_relu_pool_bwd(grad_out, x, weight, bias, mean, rstd, pool, need_x, need_wb)
 
 
 def _cpu_double_backward(grad_out, x, weight, bias, mean, rstd, pool, ggx, ggw, ggb, need):
-    if x.dtype in HALF:
-        g_go, g_x, g_w = torch.ops.ddkernels.norm_relu_pool_bwd2(*_f32(grad_out, x, weight, bias), mean, rstd, pool,
-                                                                 *_f32(ggx, ggw, ggb), *need)
-        return g_go.to(x.dtype), g_x.to(x.dtype), g_w.to(weight.dtype)
     return torch.ops.ddkernels.norm_relu_pool_bwd2(grad_out, x, weight, bias, mean, rstd, pool, ggx, ggw, ggb, *need)
 
 
@@ -55,7 +42,7 @@ def _register_fakes() -> None:
     @torch.library.register_fake("ddkernels::norm_relu_pool_fwd")
     def _(x, weight, bias, eps, pool):
         n, c, h, w = x.shape
-        stats = x.new_empty(n, c)
+        stats = x.new_empty(n, c, dtype=acc_dtype(x.dtype))
         return x.new_empty(n, c, h // 2 if pool else h, w // 2 if pool else w), stats, stats.new_empty(n, c)
 
     @torch.library.register_fake("ddkernels::norm_relu_pool_bwd")
