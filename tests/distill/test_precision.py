@@ -178,3 +178,21 @@ def test_autocast_sees_weights_updated_inside_the_region():
             lin.weight.add_(1.0)
         b = lin(x)
     assert a.dtype == torch.bfloat16 and not torch.equal(a, b)
+
+
+@pytest.mark.parametrize("case", ["dc", "idc", "haba-dc", "mtt"])
+def test_scaler_path_is_exact_without_overflow(case):
+    """fp16's scaler path, run on the CPU in float32 (fp16 itself needs CUDA): scaling by a power of
+    two and unscaling is exact, so with no overflow the run is bit for bit the plain one (a scaled
+    gradient stepped without unscaling would not be); the scalers' step counts show which steps
+    went through them (MTT trains no network)."""
+    plain = _run(case, "fp32")
+    method, ipc, kw, *backend = CASES[case]
+    t = make_distiller(method, data.load_dataset("digits"), ipc, "quick", seed=0, **kw)
+    t.scaler, t.net_scaler = (torch.amp.GradScaler("cpu", init_scale=2.0 ** 10) for _ in range(2))
+    t.run(2, progress=False)
+    for k, v in plain.synthetic_params().items():
+        assert torch.equal(t.synthetic_params()[k], v), k
+    assert t.scaler.get_scale() == 2.0 ** 10 and "scalers" in t.state_dict()
+    steps = {k: v["_growth_tracker"] for k, v in t.state_dict()["scalers"].items()}
+    assert steps["image"] > 0 and (steps["net"] > 0) == (case != "mtt"), steps
