@@ -56,6 +56,7 @@ from .precision import check_precision
 from ..nn.networks import get_network, network_name
 from .data.imageio import class_grid, write_png
 from .methods import METHODS, PRESET_NAMES, make_distiller, preset as preset_hp
+from .methods.presets import HP_SINCE
 from .data.zca import ZCA
 
 CHECKPOINT = "checkpoint.pt"
@@ -292,7 +293,9 @@ def _distill(method, dataset, ipc, out, ckpt, *, preset, iterations, backend, se
             config["world_size"] = world
         ckpt.config, ckpt.shard = config, shard
         if resume:
-            if saved.get("hp") != config["hp"]:
+            # a run written before a hyperparameter existed ran with the value that keeps its behaviour
+            saved_hp = {**{k: v for k, v in HP_SINCE.items() if k in config["hp"]}, **(saved.get("hp") or {})}
+            if saved_hp != config["hp"]:
                 raise ValueError(f"--resume: the run in {out!r} has hp={saved.get('hp')!r}, this call has "
                                  f"{config['hp']!r}")
             trainer.load_state_dict(state)

@@ -3,7 +3,8 @@
 2-core CPU, why in one line per entry and the tuning behind it in docs/methods.md).
 
 ``preset(method, dataset, ipc, name)`` returns a dict; every key can be overridden. Keys every
-method has: ``zca`` (whiten the data, :mod:`ddkernels.distill.data.zca`; off in DC/DSA/DM/IDC's code) and the
+method has: ``zca`` (whiten the data, :mod:`ddkernels.distill.data.zca`; off in DC/DSA/DM/IDC's code),
+``precision`` (``"fp32"``; ``"bf16"``/``"fp16"``: :mod:`ddkernels.distill.precision`) and the
 ``eval*`` keys of the evaluation protocol (:func:`ddkernels.distill.runs.eval_protocol`).
 """
 from __future__ import annotations
@@ -11,6 +12,9 @@ from __future__ import annotations
 from .registry import METHODS
 
 DSA_STRATEGY = "color_crop_cutout_flip_scale_rotate"
+#: hyperparameters every preset gained after runs were first written, with the value that does what
+#: those runs did (a resumed old run counts as having it)
+HP_SINCE = {"precision": "fp32"}
 GRAY = ("mnist", "fashion-mnist", "digits")
 
 
@@ -39,4 +43,4 @@ def preset(method: str, dataset: str, ipc: int, name: str) -> dict:
     return table[name](dataset, ipc)
 
 
-__all__ = ["DSA_STRATEGY", "GRAY", "default_expert_dir", "get_loops", "preset"]
+__all__ = ["DSA_STRATEGY", "GRAY", "HP_SINCE", "default_expert_dir", "get_loops", "preset"]
