@@ -8,6 +8,7 @@ full needs only 3N, since a kernel that writes d/d g_syn while the rows are in c
 kernel does, at upstream gradient 1) never reads them again. The torch.compile and eager providers
 run the same full pass with the same upstream gradient. Pass ``--upstream randn`` to time an
 arbitrary per-class upstream gradient instead (the cpu kernel then scales its buffers: 5N).
+The bf16 rows run metric "ours" on bfloat16 gradient lists (half the bytes; float32 sums).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import ddkernels
 from ddkernels.ops.grad_distance import reference
 from ddkernels.testing import convnet_param_shapes
 
-from .harness import Case, Provider
+from .harness import Case, Provider, dtype_label, dtype_name
 
 FUSED = "cpu"  # the provider the table's ratio column is about, on CPU machines
 EAGER = ("reference", "eager-vectorized", "torch.compile")
@@ -32,15 +33,17 @@ def _reference_loop(syn, real, metric):
 
 def cases(quick: bool = False, device: str = "cpu") -> list[Case]:
     out = []
+    variants = [(k, m, torch.float32) for k in ((10,) if quick else (10, 100)) for m in ("ours", "mse")]
+    variants += [(k, "ours", torch.bfloat16) for k in ((10,) if quick else (10, 100))]
     for label, c in DATASETS.items():
-        for k in ((10,) if quick else (10, 100)):
+        for k, metric, dtype in variants:
             shapes = convnet_param_shapes(c, k)
-            real = [torch.randn(k, *s, device=device) for s in shapes]
-            syn = [torch.randn(k, *s, device=device) for s in shapes]
+            real = [torch.randn(k, *s, device=device).to(dtype) for s in shapes]
+            syn = [torch.randn(k, *s, device=device).to(dtype) for s in shapes]
             n = sum(t.numel() for t in syn)
             elem = syn[0].element_size()
             io = {"forward": 2 * n * elem, "backward": 3 * n * elem, "full": 3 * n * elem}
-            for metric in ("ours", "mse"):
+            if True:  # one case per variant
                 def leaves():
                     return [t.detach().clone().requires_grad_() for t in syn]
 
@@ -61,6 +64,7 @@ def cases(quick: bool = False, device: str = "cpu") -> list[Case]:
                     Provider(kernel, lambda m=metric, s=sk, r=real, b=kernel: ddkernels.grad_distance(
                         s, r, m, batched=True, backend=b), sk),
                 ]
-                out.append(Case("grad_distance", f"{label}, K={k}, {metric}", providers, io,
-                                params=dict(C=c, K=k, metric=metric, elements=n), upstream="ones"))
+                out.append(Case("grad_distance", f"{label}, K={k}, {metric}{dtype_label(dtype)}", providers, io,
+                                params=dict(C=c, K=k, metric=metric, elements=n, dtype=dtype_name(dtype)),
+                                upstream="ones"))
     return out

@@ -2,7 +2,8 @@
 features (3×32×32 bases), B = 100 and 500 bases, product mode (all Hn·B combinations).
 
 Two kinds of case:
-* "op": the scale-shift alone on ``(Hn, B, 3, 30, 30)`` features with per-pixel parameters;
+* "op": the scale-shift alone on ``(Hn, B, 3, 30, 30)`` features with per-pixel parameters (also
+  in bfloat16: half the bytes);
 * "bank": whole hallucinators (encoder conv → scale-shift → decoder transposed conv), forward and
   backward into bases and every parameter, against Hn separate hallucinators in a Python loop.
 """
@@ -16,7 +17,7 @@ import ddkernels
 from ddkernels.nn import HallucinatorBank
 from ddkernels.ops.scale_shift import reference
 
-from .harness import Case, Provider
+from .harness import Case, Provider, dtype_label, dtype_name
 
 FUSED = "cpu"  # the provider the table's ratio column is about, on CPU machines
 EAGER = ("reference", "broadcast-eager", "torch.compile")
@@ -28,10 +29,10 @@ def _leaves(*tensors):
     return [t.detach().clone().requires_grad_() for t in tensors]
 
 
-def _op_case(b: int, normalize: bool, device: str) -> Case:
-    x = torch.randn(HN, b, C, FEAT, FEAT, device=device)
-    scale = 1 + 0.1 * torch.randn(HN, C, FEAT, FEAT, device=device)
-    shift = 0.1 * torch.randn(HN, C, FEAT, FEAT, device=device)
+def _op_case(b: int, normalize: bool, device: str, dtype: torch.dtype = torch.float32) -> Case:
+    x = torch.randn(HN, b, C, FEAT, FEAT, device=device).to(dtype)
+    scale = (1 + 0.1 * torch.randn(HN, C, FEAT, FEAT, device=device)).to(dtype)
+    shift = (0.1 * torch.randn(HN, C, FEAT, FEAT, device=device)).to(dtype)
     kernel = "triton" if device == "cuda" else "cpu"
     compiled = torch.compile(reference.scale_shift_eager, dynamic=False)
     r, e, c, k = (_leaves(x, scale, shift) for _ in range(4))
@@ -46,9 +47,9 @@ def _op_case(b: int, normalize: bool, device: str) -> Case:
     # Normalization statistics are recomputed from cache-resident planes, so they add no traffic.
     fwd, bwd = (2 * n + 2 * p) * elem, (3 * n + 3 * p) * elem
     norm = ", instance-norm" if normalize else ""
-    return Case("scale_shift", f"op, Hn={HN}, B={b}, 3x30x30{norm}", providers,
+    return Case("scale_shift", f"op, Hn={HN}, B={b}, 3x30x30{norm}{dtype_label(dtype)}", providers,
                 {"forward": fwd, "backward": bwd, "full": fwd + bwd},
-                params=dict(kind="op", Hn=HN, B=b, C=C, h=FEAT, normalize=normalize))
+                params=dict(kind="op", Hn=HN, B=b, C=C, h=FEAT, normalize=normalize, dtype=dtype_name(dtype)))
 
 
 def _separate_hallucinators(bank: HallucinatorBank) -> list[nn.Module]:
@@ -122,5 +123,6 @@ def cases(quick: bool = False, device: str = "cpu") -> list[Case]:
     out = [_op_case(b, False, device) for b in batches]
     if not quick:
         out += [_op_case(b, True, device) for b in batches]
+    out += [_op_case(b, False, device, torch.bfloat16) for b in batches]
     out += [_bank_case(b, device) for b in (batches[:1] if quick else batches)]
     return out

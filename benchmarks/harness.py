@@ -104,6 +104,39 @@ def peak_from_events(events) -> float:
     return peak / 2**20
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.float64: "fp64"}[dtype]
+
+
+def dtype_label(dtype: torch.dtype) -> str:
+    """The suffix a case's name gets for a dtype other than float32 (", bf16")."""
+    return "" if dtype == torch.float32 else f", {dtype_name(dtype)}"
+
+
+def half_ratios(rows: list[dict], fused: str) -> list[str]:
+    """Table rows: for every reduced-precision case, the fused provider's float32 time over its half
+    time per mode (the float32 case is the one with the same name without the dtype suffix)."""
+    out = []
+    ms = {(r["case"], r["provider"], r["mode"]): r["median_ms"] for r in rows}
+    for r in rows:
+        dt = r.get("dtype", "fp32")
+        if r["provider"] != fused or dt == "fp32":
+            continue
+        base = r["case"].removesuffix(f", {dt}")
+        if (base, fused, r["mode"]) in ms:
+            out.append(f"| {r['op']} | {base} | {r['mode']} | {ms[(base, fused, r['mode'])]:.3f} | "
+                       f"{r['median_ms']:.3f} | {ms[(base, fused, r['mode'])] / r['median_ms']:.2f}× |")
+    return out
+
+
+def half_ratio_table(lines: list[str], fused: str) -> str:
+    """:func:`half_ratios`' rows of every op under one header ("" when there are none)."""
+    if not lines:
+        return ""
+    return "\n".join([f"**{fused}: float32 vs half precision** (same run)\n",
+                      "| op | case | mode | fp32 ms | half ms | fp32 / half |", "|---|---|---|---|---|---|", *lines, ""])
+
+
 def warm_up(p: Provider) -> None:
     """The provider's warm-up calls, forward and backward (torch.compile providers compile here)."""
     for _ in range(p.warmup):

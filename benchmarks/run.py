@@ -9,6 +9,7 @@ The same cases run as a pytest-benchmark suite: ``pytest benchmarks --benchmark-
 
     python -m benchmarks.run [--quick] [--ops multi_formation ...] [--min-run-time 0.5]
     python -m benchmarks.run --ops --e2e --threads 1     # only the end-to-end benchmark
+    python -m benchmarks.run --ops scale_shift --quick --default-allocator   # as the trainers meet the ops
 """
 from __future__ import annotations
 
@@ -40,8 +41,11 @@ def _reexec_with_allocator_env() -> None:
         os.execve(sys.executable, [sys.executable, "-m", "benchmarks.run", *sys.argv[1:]], {**os.environ, **ALLOCATOR_ENV})
 
 
+DEFAULT_ALLOCATOR_FLAG = "--default-allocator"
+
+
 def main(argv=None) -> None:
-    if argv is None:
+    if argv is None and DEFAULT_ALLOCATOR_FLAG not in sys.argv[1:]:
         _reexec_with_allocator_env()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer shapes (a smoke run)")
@@ -51,6 +55,9 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--upstream", choices=("randn", "ones"), default=None,
                     help="override every case's upstream gradient (default: each op's own; grad_distance uses ones)")
+    ap.add_argument(DEFAULT_ALLOCATOR_FLAG, action="store_true",
+                    help="keep glibc's default mmap threshold (no re-exec with ALLOCATOR_ENV): time the ops the "
+                         "way the trainers meet them; the table goes to the -partial file")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     args = ap.parse_args(argv)
 
@@ -72,7 +79,8 @@ def run_ops(args) -> None:
     print(f"measured copy bandwidth on {harness.hardware()}: {bw:.1f} GB/s (read + write bytes)")
     allocator = ", ".join(f"{k}={os.environ.get(k, 'unset')}" for k in ALLOCATOR_ENV)
     print(f"allocator: {allocator}\n")
-    sections = []
+    raised = all(os.environ.get(k) == v for k, v in ALLOCATOR_ENV.items())
+    sections, ratios = [], []
     for op in args.ops:
         mod = importlib.import_module(f"benchmarks.bench_{op}")
         rows = []
@@ -82,12 +90,15 @@ def run_ops(args) -> None:
         harness.append_csv(os.path.join(args.out, "results.csv"), rows, bw)
         fused = "triton" if device.type == "cuda" else mod.FUSED
         sections.append(harness.markdown(rows, fused, mod.EAGER))
+        ratios += harness.half_ratios(rows, fused)
+    alloc = ("glibc mmap threshold raised for every provider (see benchmarks/run.py)" if raised else
+             "glibc's default mmap threshold (as the trainers run)")
     header = (f"Measured on {harness.hardware()}, torch {torch.__version__}, git {harness.git_sha()}; "
-              f"copy bandwidth {bw:.1f} GB/s (read + write); glibc mmap threshold raised for every provider "
-              f"(see benchmarks/run.py). Median ms; ratios are the fused kernel's speed-up over the fastest "
-              f"of the eager providers; % roofline = bytes a perfect kernel moves / time / copy bandwidth.\n\n")
-    table = header + "\n".join(sections)
-    complete = not args.quick and not args.upstream and set(args.ops) == set(OPS)
+              f"copy bandwidth {bw:.1f} GB/s (read + write); {alloc}. Median ms; ratios are the fused kernel's "
+              f"speed-up over the fastest of the eager providers; % roofline = bytes a perfect kernel moves / "
+              f"time / copy bandwidth; rows marked bf16 run bfloat16 inputs.\n\n")
+    table = header + "\n".join(sections) + "\n" + harness.half_ratio_table(ratios, fused)
+    complete = not args.quick and not args.upstream and set(args.ops) == set(OPS) and raised
     path = harness.write_table(args.out, f"latest-{device.type}", table, complete)
     print("\n" + table + f"\nwritten to {path}")
 

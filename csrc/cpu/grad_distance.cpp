@@ -277,6 +277,12 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tens
         const int64_t k = idx / L.R, q = idx % L.R;
         const Seg& g = L.segs[L.row_seg[q]];
         const int64_t off = k * g.per_class + L.row_in_seg[q] * g.rowlen;
+        if (idx + 1 < end) {  // the next row
+          const int64_t q1 = (idx + 1) % L.R, k1 = (idx + 1) / L.R;
+          const Seg& g1 = L.segs[L.row_seg[q1]];
+          const int64_t off1 = k1 * g1.per_class + L.row_in_seg[q1] * g1.rowlen;
+          prefetch_half<scalar_t>(S[g1.tensor] + off1, g1.rowlen), prefetch_half<scalar_t>(Rp[g1.tensor] + off1, g1.rowlen);
+        }
         const scalar_t* s = load_plane(S[g.tensor] + off, g.rowlen, sb.data());
         const scalar_t* r = load_plane(Rp[g.tensor] + off, g.rowlen, rb.data());
         scalar_t* o = st + idx * 3;
@@ -382,6 +388,12 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> grad_distance_bwd_c
         const int64_t k = idx / L.R, q = idx % L.R, n = L.segs[L.row_seg[q]].rowlen;
         const Seg& sg = L.segs[L.row_seg[q]];
         const int64_t off = k * sg.per_class + L.row_in_seg[q] * n;
+        if (idx + 1 < end) {  // the next row
+          const int64_t q1 = (idx + 1) % L.R, k1 = (idx + 1) / L.R;
+          const Seg& g1 = L.segs[L.row_seg[q1]];
+          const int64_t off1 = k1 * g1.per_class + L.row_in_seg[q1] * g1.rowlen;
+          prefetch_half<T>(S[g1.tensor] + off1, g1.rowlen), prefetch_half<T>(Rp[g1.tensor] + off1, g1.rowlen);
+        }
         const T* __restrict__ s = load_plane(S[sg.tensor] + off, n, sb.data());
         const T* __restrict__ r = load_plane(Rp[sg.tensor] + off, n, rb.data());
         T* __restrict__ os = need_syn ? out_plane(GS[sg.tensor] + off, gsb.data()) : nullptr;

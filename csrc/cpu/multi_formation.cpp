@@ -121,6 +121,7 @@ at::Tensor multi_formation_fwd_cpu(const at::Tensor& x, int64_t factor, const at
       for (int64_t p = begin; p < end; ++p) {
         const int64_t b = p / C, c = p % C;
         const S* src = X + p * h * w;
+        if (p + 1 < end) prefetch_half<scalar_t>(src + h * w, h * w);
         // The 0.5 padding becomes data, so the blends below have no branches.
         for (int64_t r = 0; r < hp8; ++r) {
           scalar_t* row = plane.data() + r * wp8;

@@ -327,7 +327,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_relu_pool_fwd_cpu(const at::
     at::parallel_for(0, N * C, grain(L), [&](int64_t begin, int64_t end) {
       std::vector<T> t(W), xb(half_buf<T, S>(L)), ob(half_buf<T, S>(Ho * Wo));
       for (int64_t p = begin; p < end; ++p) {
-        if (p + 1 < end) prefetch(X + (p + 1) * L);
+        if (p + 1 < end) prefetch(X + (p + 1) * L), prefetch_half<T>(X + (p + 1) * L, L);
         const T* xp = load_plane(X + p * L, L, xb.data());
         plane_stats(xp, L, eps, M[p], R[p]);
         const int64_t c = p % C;
@@ -372,7 +372,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_relu_pool_bwd_cpu(
       std::vector<T> buf(L), xb(half_buf<T, S>(L)), gb(half_buf<T, S>(Ho * Wo)), db(half_buf<T, S>(L));
       for (int64_t p = begin; p < end; ++p) {
         const int64_t c = p % C;
-        if (p + 1 < end) prefetch(X + (p + 1) * L), prefetch(GO + (p + 1) * Ho * Wo);
+        if (p + 1 < end) {
+          prefetch(X + (p + 1) * L), prefetch(GO + (p + 1) * Ho * Wo);
+          prefetch_half<T>(X + (p + 1) * L, L), prefetch_half<T>(GO + (p + 1) * Ho * Wo, Ho * Wo);
+        }
         const T* xp = load_plane(X + p * L, L, xb.data());
         const T* gp = load_plane(GO + p * Ho * Wo, Ho * Wo, gb.data());
         const T* u = gp;  // without pooling the output gradient is already per pixel
@@ -449,6 +452,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_relu_pool_bwd2_cpu(
       std::vector<T> eo_b(half_buf<T, S>(L)), xo_b(half_buf<T, S>(L));
       for (int64_t p = begin; p < end; ++p) {
         const int64_t c = p % C;
+        if (p + 1 < end) {
+          prefetch_half<T>(X + (p + 1) * L, L), prefetch_half<T>(GO + (p + 1) * Ho * Wo, Ho * Wo);
+          if (GGX) prefetch_half<T>(GGX + (p + 1) * L, L);
+        }
         const T* xp = load_plane(X + p * L, L, xb.data());
         const T* gp = load_plane(GO + p * Ho * Wo, Ho * Wo, gb.data());
         const T* gg = GGX ? load_plane(GGX + p * L, L, ggb_.data()) : nullptr;

@@ -18,6 +18,10 @@
 // Per-pixel dscale/dshift sum over up to B samples: scalar_t partial sums over CHUNK samples are
 // folded into double, which keeps the inner loop at full vector width with the accuracy of a
 // CHUNK-long sum.
+// bfloat16 / float16 (storage S, compute T = float32): every plane or row block is converted into
+// a float32 L1 buffer before the same float32 code runs on it, outputs are computed into a buffer
+// and rounded once (simd.h's load_plane / out_plane / store_plane; no-ops for float32 / float64,
+// whose code path is unchanged). mean and rstd are float32.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -59,6 +63,20 @@ void affine_norm(int64_t L, const T* __restrict__ s, const T* __restrict__ t,
       [&](int64_t i) { return s[i] * ((x[i] - m) * r) + t[i]; });
 }
 
+// affine_norm on half x and y (float32 s, t): converted in registers, 8 lanes at a time.
+template <typename T, typename S, std::enable_if_t<is_half_v<S>, int> = 0>
+void affine_norm(int64_t L, const T* __restrict__ s, const T* __restrict__ t,
+                 const S* __restrict__ x, T m, T r, S* __restrict__ y, const S*, bool) {
+  int64_t i = 0;
+  for (; i + 8 <= L; i += 8) {
+    VF sv, tv;
+    DDK_VLOAD(sv, s + i);
+    DDK_VLOAD(tv, t + i);
+    store8(y + i, VF(sv * ((load8(x + i) - m) * r) + tv));
+  }
+  for (; i < L; ++i) y[i] = S(s[i] * ((float(x[i]) - m) * r) + t[i]);
+}
+
 // dx = s * dy and the per-pixel partial sums of dy * x and dy, from one read of dy and x.
 template <typename T>
 void bwd_sweep(int64_t L, const T* __restrict__ s, const T* __restrict__ g,
@@ -88,6 +106,32 @@ void bwd_sweep(int64_t L, const T* __restrict__ s, const T* __restrict__ g,
         pt[i] += g[i];
         return s[i] * g[i];
       });
+}
+
+// bwd_sweep on half dy, x and dx (float32 s and partial sums): converted in registers.
+template <typename T, typename S, std::enable_if_t<is_half_v<S>, int> = 0>
+void bwd_sweep(int64_t L, const T* __restrict__ s, const S* __restrict__ g,
+               const S* __restrict__ x, S* __restrict__ gx, T* __restrict__ ps,
+               T* __restrict__ pt, const S*, const S*, bool) {
+  int64_t i = 0;
+  for (; i + 8 <= L; i += 8) {
+    VF sv, pv, tv;
+    DDK_VLOAD(sv, s + i);
+    DDK_VLOAD(pv, ps + i);
+    DDK_VLOAD(tv, pt + i);
+    const VF gv = load8(g + i), xv = load8(x + i);
+    pv += gv * xv;
+    tv += gv;
+    DDK_VSTORE(ps + i, pv);
+    DDK_VSTORE(pt + i, tv);
+    store8(gx + i, VF(sv * gv));
+  }
+  for (; i < L; ++i) {
+    const float gf = float(g[i]), xf = float(x[i]);
+    ps[i] += gf * xf;
+    pt[i] += gf;
+    gx[i] = S(s[i] * gf);
+  }
 }
 
 // One pass over a normalized plane's inputs: xhat = (x - m)·r and d = s·dy into L1 buffers, the
@@ -141,6 +185,16 @@ void norm_bwd_pass(int64_t L, const T* __restrict__ s, const T* __restrict__ g,
   sum_d = combine_lanes(al), sum_dx = combine_lanes(bl);
 }
 
+// A prefetch target for the float code: the next storage row itself, or none for half storage
+// (the float code would prefetch a buffer; the conversion loops stream well on their own).
+template <typename T, typename S>
+inline const T* same_or_null(const S* p) {
+  if constexpr (std::is_same_v<S, T>)
+    return p;
+  else
+    return nullptr;
+}
+
 template <typename T, typename A>
 void flush(int64_t L, T* __restrict__ ps, T* __restrict__ pt, A* __restrict__ tot_s,
            A* __restrict__ tot_t) {
@@ -151,20 +205,21 @@ void flush(int64_t L, T* __restrict__ ps, T* __restrict__ pt, A* __restrict__ to
   }
 }
 
-// The backward's tensors as raw pointers, for the three algorithms below.
-template <typename T>
+// The backward's tensors as raw pointers, for the three algorithms below: storage type S,
+// compute type T.
+template <typename S, typename T>
 struct BwdArgs {
   int64_t C, L, Hn;
-  const T* G;         // grad_y (N, C, L)
-  const T* X;         // x (N, C, L)
-  const T* SC;        // scale (Hn, C, S)
+  const S* G;         // grad_y (N, C, L)
+  const S* X;         // x (N, C, L)
+  const S* SC;        // scale (Hn, C, S)
   const T* M;         // mean, rstd (N, C); null without normalize
   const T* R;
   const int64_t* ord;  // segment table: ord[off[k]:off[k + 1]] are the rows using hallucinator k
   const int64_t* off;
-  T* GX;              // grad_x (N, C, L)
-  T* GS;              // grad_scale, grad_shift (Hn, C, S)
-  T* GT;
+  S* GX;              // grad_x (N, C, L)
+  S* GS;              // grad_scale, grad_shift (Hn, C, S)
+  S* GT;
   bool stream;        // grad_x is large enough for non-temporal stores
 };
 
@@ -188,11 +243,13 @@ class PixelSums {
       in_chunk_ = 0;
     }
   }
-  void finish(int64_t n, T* __restrict__ gs, T* __restrict__ gt) {
+  // The totals rounded to T, then to the output's storage type O.
+  template <typename O>
+  void finish(int64_t n, O* __restrict__ gs, O* __restrict__ gt) {
     flush(n, ps(), pt(), tot_.data(), tot_.data() + w_);
     for (int64_t i = 0; i < n; ++i) {
-      gs[i] = T(tot_[i]);
-      gt[i] = T(tot_[w_ + i]);
+      gs[i] = O(T(tot_[i]));
+      gt[i] = O(T(tot_[w_ + i]));
     }
   }
 
@@ -250,18 +307,22 @@ void norm_pixel_plane_bwd(int64_t L, const T* s, const T* g, const T* x, T m, T 
 // (c, pixel) column is independent, so a task is (hallucinator, block of the flattened C·L row)
 // and each sample is one long contiguous run (~25% faster than per-channel planes: fewer
 // prefetch restarts). Columns are summed in the same sample order and chunks as bwd_norm_pixel.
-template <typename T>
-void bwd_plain_pixel(const BwdArgs<T>& a) {
+template <typename S, typename T>
+void bwd_plain_pixel(const BwdArgs<S, T>& a) {
   const int64_t CL = a.C * a.L, nblk = (CL + 4095) / 4096, width = (CL + nblk - 1) / nblk;
   at::parallel_for(0, a.Hn * nblk, 1, [&](int64_t begin, int64_t end) {
     PixelSums<T> sums(width);
+    std::vector<T> sb(half_buf<T, S>(width));
     for (int64_t task = begin; task < end; ++task) {
       const int64_t k = task / nblk, lo = (task % nblk) * width, w = std::min(width, CL - lo);
+      const T* sc = load_plane(a.SC + k * CL + lo, w, sb.data());
       sums.start();
       for (int64_t q = a.off[k]; q < a.off[k + 1]; ++q) {
         const int64_t row = a.ord[q] * CL + lo;
         const int64_t next = q + 1 < a.off[k + 1] ? a.ord[q + 1] * CL + lo : -1;
-        bwd_sweep(w, a.SC + k * CL + lo, a.G + row, a.X + row, a.GX + row, sums.ps(), sums.pt(),
+        if (next >= 0) prefetch_half<T>(a.G + next, w), prefetch_half<T>(a.X + next, w);
+        // Half rows convert in registers (the half overload); float rows as they always did.
+        bwd_sweep(w, sc, a.G + row, a.X + row, a.GX + row, sums.ps(), sums.pt(),
                   next < 0 ? nullptr : a.G + next, next < 0 ? nullptr : a.X + next, a.stream);
         sums.sample_done(w);
       }
@@ -273,45 +334,60 @@ void bwd_plain_pixel(const BwdArgs<T>& a) {
 
 // Per-channel parameters (S = 1), with or without normalize: one task per (k, c), whose dscale
 // and dshift are double sums of the planes' lane sums.
-template <typename T>
-void bwd_per_channel(const BwdArgs<T>& a, bool normalize) {
+template <typename S, typename T>
+void bwd_per_channel(const BwdArgs<S, T>& a, bool normalize) {
   at::parallel_for(0, a.Hn * a.C, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> xhat(normalize ? a.L : 0);
+    const int64_t hb = half_buf<T, S>(a.L);
+    std::vector<T> gb(hb), xb(hb), ob(hb);
     for (int64_t kc = begin; kc < end; ++kc) {
       const int64_t k = kc / a.C, c = kc % a.C;
       double gs = 0, gt = 0;
       for (int64_t q = a.off[k]; q < a.off[k + 1]; ++q) {
         const int64_t p = a.ord[q] * a.C + c;
         double sum_g, sum_gx;
-        channel_plane_bwd(a.L, a.SC[kc], a.G + p * a.L, a.X + p * a.L, normalize,
-                          normalize ? a.M[p] : T(0), normalize ? a.R[p] : T(1), xhat.data(),
-                          a.GX + p * a.L, sum_g, sum_gx);
+        if (q + 1 < a.off[k + 1]) {
+          const int64_t pn = a.ord[q + 1] * a.C + c;
+          prefetch_half<T>(a.G + pn * a.L, a.L), prefetch_half<T>(a.X + pn * a.L, a.L);
+        }
+        T* gx = out_plane(a.GX + p * a.L, ob.data());
+        channel_plane_bwd(a.L, T(a.SC[kc]), load_plane(a.G + p * a.L, a.L, gb.data()),
+                          load_plane(a.X + p * a.L, a.L, xb.data()), normalize,
+                          normalize ? a.M[p] : T(0), normalize ? a.R[p] : T(1), xhat.data(), gx,
+                          sum_g, sum_gx);
+        store_plane(gx, a.GX + p * a.L, a.L);
         gs += sum_gx;
         gt += sum_g;
       }
-      a.GS[kc] = T(gs);
-      a.GT[kc] = T(gt);
+      a.GS[kc] = S(T(gs));
+      a.GT[kc] = S(T(gt));
     }
   });
 }
 
 // Normalized planes with per-pixel parameters: one task per (k, c).
-template <typename T>
-void bwd_norm_pixel(const BwdArgs<T>& a) {
+template <typename S, typename T>
+void bwd_norm_pixel(const BwdArgs<S, T>& a) {
   const int64_t C = a.C, L = a.L;
   at::parallel_for(0, a.Hn * C, 1, [&](int64_t begin, int64_t end) {
     PixelSums<T> sums(L);
     std::vector<T> xhat(L), d(L);
+    const int64_t hb = half_buf<T, S>(L);
+    std::vector<T> sb(hb), gb(hb), xb(hb), ob(hb);
     for (int64_t kc = begin; kc < end; ++kc) {
       const int64_t k = kc / C, c = kc % C;
+      const T* sc = load_plane(a.SC + kc * L, L, sb.data());
       sums.start();
       for (int64_t q = a.off[k]; q < a.off[k + 1]; ++q) {
         const int64_t p = a.ord[q] * C + c;
         const int64_t pn = q + 1 < a.off[k + 1] ? a.ord[q + 1] * C + c : -1;
-        norm_pixel_plane_bwd(L, a.SC + kc * L, a.G + p * L, a.X + p * L, a.M[p], a.R[p],
-                             xhat.data(), d.data(), sums.ps(), sums.pt(), a.GX + p * L,
-                             pn < 0 ? nullptr : a.G + pn * L, pn < 0 ? nullptr : a.X + pn * L,
-                             a.stream);
+        if (pn >= 0) prefetch_half<T>(a.G + pn * L, L), prefetch_half<T>(a.X + pn * L, L);
+        T* gx = out_plane(a.GX + p * L, ob.data());
+        norm_pixel_plane_bwd(L, sc, load_plane(a.G + p * L, L, gb.data()), load_plane(a.X + p * L, L, xb.data()),
+                             a.M[p], a.R[p], xhat.data(), d.data(), sums.ps(), sums.pt(), gx,
+                             pn < 0 ? nullptr : same_or_null<T>(a.G + pn * L),
+                             pn < 0 ? nullptr : same_or_null<T>(a.X + pn * L), a.stream);
+        store_plane(gx, a.GX + p * L, L);
         sums.sample_done(L);
       }
       sums.finish(L, a.GS + kc * L, a.GT + kc * L);
@@ -320,8 +396,8 @@ void bwd_norm_pixel(const BwdArgs<T>& a) {
   });
 }
 
-template <typename T>
-void bwd_dispatch(const BwdArgs<T>& a, int64_t S, bool normalize) {
+template <typename St, typename T>
+void bwd_dispatch(const BwdArgs<St, T>& a, int64_t S, bool normalize) {
   if (S == 1)
     bwd_per_channel(a, normalize);
   else if (normalize)
@@ -350,7 +426,11 @@ void check_x(const at::Tensor& x, const char* layout) {
   DDK_CHECK_CPU(x);
   DDK_CHECK_CONTIG(x);
   TORCH_CHECK(x.dim() == 3, "x must be 3-D ", layout, ", got shape ", x.sizes());
-  DDK_CHECK_FLOAT(x);
+  DDK_CHECK_FLOATING(x);
+}
+
+at::ScalarType acc_type(const at::Tensor& x) {
+  return x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf ? at::kFloat : x.scalar_type();
 }
 
 }  // namespace
@@ -376,36 +456,44 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> scale_shift_fwd_cpu(const at::Ten
                 ", outside [0, Hn=", Hn, ")");
 
   at::Tensor y = x.new_empty(x.sizes());
-  at::Tensor mean = x.new_empty({normalize ? N : 0, C});
-  at::Tensor rstd = x.new_empty({normalize ? N : 0, C});
+  at::Tensor mean = x.new_empty({normalize ? N : 0, C}, x.options().dtype(acc_type(x)));
+  at::Tensor rstd = x.new_empty({normalize ? N : 0, C}, x.options().dtype(acc_type(x)));
   if (y.numel() == 0) return {y, mean, rstd};
 
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "scale_shift_fwd_cpu", [&] {
-    const scalar_t* __restrict__ X = x.data_ptr<scalar_t>();
-    const scalar_t* __restrict__ SC = scale.data_ptr<scalar_t>();
-    const scalar_t* __restrict__ SH = shift.data_ptr<scalar_t>();
-    scalar_t* __restrict__ Y = y.data_ptr<scalar_t>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "scale_shift_fwd_cpu", [&] {
+    using St = scalar_t;          // storage
+    using scalar_t = acc_t<St>;   // computation
+    const St* __restrict__ X = x.data_ptr<St>();
+    // The (small) parameters once in the accumulation type (the tensors themselves for float).
+    const at::Tensor sc_acc = scale.to(acc_type(x)), sh_acc = shift.to(acc_type(x));
+    const scalar_t* __restrict__ SC = sc_acc.data_ptr<scalar_t>();
+    const scalar_t* __restrict__ SH = sh_acc.data_ptr<scalar_t>();
+    St* __restrict__ Y = y.data_ptr<St>();
     scalar_t* M = normalize ? mean.data_ptr<scalar_t>() : nullptr;
     scalar_t* R = normalize ? rstd.data_ptr<scalar_t>() : nullptr;
 
-    const bool stream = y.numel() * int64_t(sizeof(scalar_t)) >= kStreamBytes;
+    const bool stream = !is_half_v<St> && y.numel() * int64_t(sizeof(St)) >= kStreamBytes;
     // A HaBa plane is 900 elements: batch several per task so scheduling stays negligible.
     at::parallel_for(0, N * C, std::max<int64_t>(1, 16384 / std::max<int64_t>(L, 1)),
                      [&](int64_t begin, int64_t end) {
+      const int64_t hb = half_buf<scalar_t, St>(L);
+      std::vector<scalar_t> xb(hb), yb(hb);
       for (int64_t p = begin; p < end; ++p) {
         const int64_t n = p / C, c = p % C;
-        const scalar_t* __restrict__ xp = X + p * L;
-        const scalar_t* next = p + 1 < end ? xp + L : nullptr;
-        scalar_t* __restrict__ yp = Y + p * L;
+        if (p + 1 < end) prefetch_half<scalar_t>(X + (p + 1) * L, L);
+        const St* next = p + 1 < end ? X + (p + 1) * L : nullptr;
         const scalar_t* __restrict__ s = SC + (idx[n] * C + c) * S;
         const scalar_t* __restrict__ t = SH + (idx[n] * C + c) * S;
+        if (!normalize && S != 1) {  // HaBa's default: one streaming pass, straight from storage
+          affine_norm(L, s, t, X + p * L, scalar_t(0), scalar_t(1), Y + p * L, next, stream);
+          continue;
+        }
+        const scalar_t* __restrict__ xp = load_plane(X + p * L, L, xb.data());
+        scalar_t* __restrict__ yp = out_plane(Y + p * L, yb.data());
         if (!normalize) {
-          if (S == 1) {
-            const scalar_t s0 = s[0], t0 = t[0];
-            for (int64_t i = 0; i < L; ++i) yp[i] = s0 * xp[i] + t0;
-          } else {
-            affine_norm(L, s, t, xp, scalar_t(0), scalar_t(1), yp, next, stream);
-          }
+          const scalar_t s0 = s[0], t0 = t[0];  // per-channel (S == 1)
+          for (int64_t i = 0; i < L; ++i) yp[i] = s0 * xp[i] + t0;
+          store_plane(yp, Y + p * L, L);
           continue;
         }
         plane_stats(xp, L, eps, M[p], R[p]);
@@ -414,8 +502,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> scale_shift_fwd_cpu(const at::Ten
           const scalar_t s0 = s[0], t0 = t[0];
           for (int64_t i = 0; i < L; ++i) yp[i] = s0 * ((xp[i] - m) * r) + t0;
         } else {
-          affine_norm(L, s, t, xp, m, r, yp, next, stream);
+          affine_norm(L, s, t, xp, m, r, yp, same_or_null<scalar_t>(next), stream);
         }
+        store_plane(yp, Y + p * L, L);
       }
       if (stream) stream_fence();
     });
@@ -458,7 +547,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> scale_shift_bwd_cpu(
     for (const at::Tensor* t : {&mean, &rstd}) {
       DDK_CHECK_CPU((*t));
       DDK_CHECK_CONTIG((*t));
-      DDK_CHECK_DTYPE((*t), x.scalar_type());
+      DDK_CHECK_DTYPE((*t), acc_type(x));
     }
     TORCH_CHECK(mean.dim() == 2 && mean.size(0) == N && mean.size(1) == C && mean.sizes() == rstd.sizes(),
                 "mean and rstd must have shape (N=", N, ", C=", C, "), got ", mean.sizes(), " and ",
@@ -470,13 +559,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> scale_shift_bwd_cpu(
   at::Tensor grad_shift = scale.new_zeros(scale.sizes());
   if (x.numel() == 0) return {grad_x, grad_scale, grad_shift};
 
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "scale_shift_bwd_cpu", [&] {
-    const BwdArgs<scalar_t> args{
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "scale_shift_bwd_cpu", [&] {
+    using T = acc_t<scalar_t>;
+    const BwdArgs<scalar_t, T> args{
         C, L, Hn, grad_y.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), scale.data_ptr<scalar_t>(),
-        normalize ? mean.data_ptr<scalar_t>() : nullptr,
-        normalize ? rstd.data_ptr<scalar_t>() : nullptr, ord, off, grad_x.data_ptr<scalar_t>(),
+        normalize ? mean.data_ptr<T>() : nullptr,
+        normalize ? rstd.data_ptr<T>() : nullptr, ord, off, grad_x.data_ptr<scalar_t>(),
         grad_scale.data_ptr<scalar_t>(), grad_shift.data_ptr<scalar_t>(),
-        grad_x.numel() * int64_t(sizeof(scalar_t)) >= kStreamBytes};
+        !is_half_v<scalar_t> && grad_x.numel() * int64_t(sizeof(scalar_t)) >= kStreamBytes};
     bwd_dispatch(args, S, normalize);
   });
   return {grad_x, grad_scale, grad_shift};

@@ -183,6 +183,69 @@ inline void store_plane(const T* buf, S* p, int64_t n) {
   if constexpr (!std::is_same_v<S, T>) from_float(buf, p, n);
 }
 
+// One float vector (Vec<float>, 8 lanes) loaded from 8 half values, and stored into 8 half values
+// (rounded to nearest even, NaN kept), for streaming loops that convert in registers instead of
+// through a buffer.
+using VF = Vec<float>::type;
+
+inline VF load8(const c10::BFloat16* p) {
+  VF v;
+#if defined(__AVX2__)
+  const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  const __m256 f = _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+  std::memcpy(&v, &f, sizeof v);
+#else
+  for (int l = 0; l < 8; ++l) v[l] = float(p[l]);
+#endif
+  return v;
+}
+
+inline VF load8(const c10::Half* p) {
+  VF v;
+#if defined(__F16C__)
+  const __m256 f = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  std::memcpy(&v, &f, sizeof v);
+#else
+  for (int l = 0; l < 8; ++l) v[l] = float(p[l]);
+#endif
+  return v;
+}
+
+inline void store8(c10::BFloat16* p, const VF& v) {
+#if defined(__AVX512VL__) && defined(__AVX512BW__)
+  __m256 f;
+  std::memcpy(&f, &v, sizeof v);
+  const __m256i b = _mm256_castps_si256(f);
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(b, 16), _mm256_set1_epi32(1));
+  __m256i r = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(b, _mm256_set1_epi32(0x7FFF)), lsb), 16);
+  r = _mm256_mask_mov_epi32(r, _mm256_cmp_ps_mask(f, f, _CMP_UNORD_Q), _mm256_set1_epi32(0x7FC0));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtepi32_epi16(r));
+#else
+  for (int l = 0; l < 8; ++l) p[l] = c10::BFloat16(v[l]);
+#endif
+}
+
+inline void store8(c10::Half* p, const VF& v) {
+#if defined(__F16C__)
+  __m256 f;
+  std::memcpy(&f, &v, sizeof v);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+#else
+  for (int l = 0; l < 8; ++l) p[l] = c10::Half(v[l]);
+#endif
+}
+
+// Prefetches the n storage values at p (the next plane or row) when they are half storage, whose
+// conversion loops would otherwise start every plane with a chain of cache misses: the float code
+// paths prefetch from inside their own loops, which read the float buffers in the half case.
+template <typename T, typename S>
+inline void prefetch_half(const S* p, int64_t n) {
+  if constexpr (!std::is_same_v<S, T>) {
+    const char* b = reinterpret_cast<const char*>(p);
+    for (int64_t off = 0; off < n * int64_t(sizeof(S)); off += 64) prefetch(b + off);
+  }
+}
+
 // A per-task scratch buffer that only half storage needs (empty otherwise).
 template <typename T, typename S>
 inline int64_t half_buf(int64_t n) {

@@ -40,3 +40,17 @@ def test_pytest_benchmark_suite_collects_every_op():
         expected = {bench_id(op, c, p) for c in cases for p in c.providers}
         got = {line.split("[", 1)[1].rstrip("]") for line in ids if f"[{op}-" in line}
         assert got == expected, op
+
+
+def test_half_ratios_pair_each_half_case_with_its_float32_case():
+    rows = [dict(op="o", case="B=1", provider="cpu", mode="full", median_ms=2.0, dtype="fp32"),
+            dict(op="o", case="B=1, bf16", provider="cpu", mode="full", median_ms=1.0, dtype="bf16"),
+            dict(op="o", case="B=1, bf16", provider="reference", mode="full", median_ms=3.0, dtype="bf16")]
+    lines = harness.half_ratios(rows, "cpu")
+    assert lines == ["| o | B=1 | full | 2.000 | 1.000 | 2.00× |"]
+    assert "fp32 / half" in harness.half_ratio_table(lines, "cpu") and harness.half_ratio_table([], "cpu") == ""
+
+
+def test_default_allocator_flag_is_accepted(tmp_path, capsys):
+    run.main(["--ops", run.DEFAULT_ALLOCATOR_FLAG, "--out", str(tmp_path)])  # no ops: parses, runs nothing
+    assert "ddkernels" in capsys.readouterr().out

@@ -6,10 +6,11 @@ import torch
 from ... import _ext, dispatch
 from ..._checks import check_same_device, check_tensor
 from .._autocast import autocast_inputs
+from .._dtypes import acc_dtype
 from .._autograd import empty_result, recomputed_vjp, select_backend
 from . import reference
 
-BACKENDS = dispatch.op_backends("scale_shift")
+BACKENDS = dispatch.op_backends("scale_shift", cpu_dtypes=dispatch.FLOATS)
 
 
 # --- cpu backend: C++ ops registered by ddkernels._C -------------------------------------------
@@ -28,7 +29,7 @@ def _register_fakes() -> None:
 
     @torch.library.register_fake("ddkernels::scale_shift_fwd")
     def _(x, scale, shift, index, normalize, eps):
-        stats = x.new_empty(x.shape[0] if normalize else 0, x.shape[1])
+        stats = x.new_empty(x.shape[0] if normalize else 0, x.shape[1], dtype=acc_dtype(x.dtype))
         return x.new_empty(x.shape), stats, stats.new_empty(stats.shape)
 
     @torch.library.register_fake("ddkernels::scale_shift_bwd")
