@@ -1,13 +1,15 @@
 """End-to-end: one outer iteration of every trainer, ``backend="reference"`` against the fused
-backends (``"auto"``), and a DC loop written like the original repository before and after
+backends (``"auto"``) in float32 and in mixed precision (``--half``: hp ``precision``, bf16 by
+default, :mod:`ddkernels.distill.precision`), and a DC loop written like the original repository before and after
 ``ddkernels.compat.patch``.
 
 For each trainer in :data:`ddkernels.distill.methods.METHODS` (new trainers join automatically; a trainer
 that needs more than ``make_distiller`` gives it gets an entry in :data:`SETUP`) on Fashion-MNIST
-with the ``quick`` preset, at the preset's network width and at the papers' width 128: both
-backends start from the same seed and, after a warm-up iteration each, run their outer iterations
-interleaved (so a busy machine slows both alike). Reported: median seconds per outer iteration,
-speedup, the largest relative difference between the two runs' losses, and, from one profiled
+with the ``quick`` preset, at the preset's network width and at the papers' width 128: the three
+providers (reference, fused fp32, fused half) start from the same seed and, after a warm-up iteration
+each, run their outer iterations interleaved (so a busy machine slows all alike). Reported: median
+seconds per outer iteration, speedups, the largest relative difference between the runs' losses
+(fused fp32 against reference; half against fused fp32), and, from one profiled
 iteration each (torch.profiler), peak memory and the share of the iteration spent in the public ops
 (forward inside a ``record_function("e2e_op::<op>")`` range the benchmark wraps around every call,
 backward as the autograd nodes those calls created, matched by sequence number), the share of all
@@ -604,9 +606,11 @@ class Result:
     def median(self, p: str) -> float:
         return statistics.median(self.seconds[p])
 
-    def loss_diff(self) -> float:
-        a, b = self.losses.values()
-        return max(abs(x - y) / max(abs(x), 1e-30) for x, y in zip(a, b))
+    def loss_diff(self, a: str | None = None, b: str | None = None) -> float:
+        """Largest relative difference of provider ``b``'s losses from ``a``'s (default: the first two)."""
+        names = list(self.losses)
+        xs, ys = self.losses[a or names[0]], self.losses[b or names[1]]
+        return max(abs(x - y) / max(abs(x), 1e-30) for x, y in zip(xs, ys))
 
 
 def compare(method: str, case: str, steps: dict[str, Callable[[], float]], iterations: int,
@@ -643,18 +647,28 @@ def trainer_cases(ds: Dataset, quick: bool, widths=tuple(WIDTHS)) -> list[tuple[
     return out
 
 
-def run_trainers(ds: Dataset, quick: bool, iterations: int, methods, progress, widths=tuple(WIDTHS),
-                 device: torch.device = torch.device("cpu")) -> list[Result]:
-    results = []
+def providers(device: torch.device, half: str) -> dict[str, tuple[str, str]]:
+    """Provider name -> (backend, precision): reference and fused in fp32, and fused in ``half``
+    (``"none"``: no half column)."""
     fused = "triton" if device.type == "cuda" else FUSED
+    out = {"reference": ("reference", "fp32"), fused: (fused, "fp32")}
+    if half != "none":
+        out[f"{fused} {half}"] = (fused, half)
+    return out
+
+
+def run_trainers(ds: Dataset, quick: bool, iterations: int, methods, progress, widths=tuple(WIDTHS),
+                 device: torch.device = torch.device("cpu"), half: str = "bf16") -> list[Result]:
+    results = []
     for method, ipc, width, hp in trainer_cases(ds, quick, widths):
         if methods is not None and method not in methods:
             continue
         steps, case = {}, ""
         try:
             extra = SETUP.get(method, lambda *a: {})(ds, quick, method, hp)
-            for p in ("reference", fused):
-                d = make_distiller(method, ds, ipc, "quick", backend=p, seed=0, device=device, **{**extra, **hp})
+            for p, (backend, precision) in providers(device, half).items():
+                d = make_distiller(method, ds, ipc, "quick", backend=backend, seed=0, device=device,
+                                   **{**extra, **hp, "precision": precision})
                 steps[p] = d.step
             tags = [f"width {d.hp['width']}" + (" (preset)" if width is None else " (paper)")]
             tags += [f"{k}={v}" for k, v in extra.items() if k != "expert_dir"]
@@ -730,21 +744,33 @@ def _shares(p: Profile) -> str:
     return f"{100 * p.share():.1f}%" + (f" ({', '.join(parts)})" if parts else "")
 
 
-def markdown(results: list[Result]) -> str:
-    head = ["trainer", "case", "reference s/it", "fused s/it", "speedup", "ops share reference → fused",
-            "backward share (fused)", "top self time (fused)", "peak MB ref / fused", "loss max rel diff"]
+def markdown(results: list[Result], half: str = "bf16") -> str:
+    """The table; rows with a third provider (the fused trainers in ``half``) fill the half columns,
+    the others (original-style loops, ``--half none``) leave them "—"."""
+    head = ["trainer", "case", "reference s/it", "fused s/it", f"{half} s/it", "speedup",
+            f"{half} vs fused", f"{half} vs reference", "ops share reference → fused",
+            "backward share (fused)", "top self time (fused)", f"peak MB ref / fused / {half}",
+            f"loss max rel diff (fused; {half})"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         if r.skipped:
             lines.append(f"| {r.method} | {r.case} | skipped: {r.skipped} |" + " |" * (len(head) - 3))
             continue
-        ref, fus = list(r.seconds)
+        ref, fus, *rest = list(r.seconds)
         pr, pf = r.profiles[ref], r.profiles[fus]
         top = ", ".join(f"{k} {100 * v:.0f}%" for k, v in pf.top)
+        half_cols = ["—", "—", "—"]
+        peaks, diffs = f"{pr.peak_mb:.0f} / {pf.peak_mb:.0f}", f"{r.loss_diff():.1e}"
+        if rest:
+            h = rest[0]
+            half_cols = [f"{r.median(h):.3f}", f"{r.median(fus) / r.median(h):.2f}×", f"{r.median(ref) / r.median(h):.2f}×"]
+            peaks += f" / {r.profiles[h].peak_mb:.0f}"
+            diffs += f"; {r.loss_diff(fus, h):.1e}"
         lines.append("| " + " | ".join([
-            r.method, r.case, f"{r.median(ref):.3f}", f"{r.median(fus):.3f}", f"{r.median(ref) / r.median(fus):.2f}×",
+            r.method, r.case, f"{r.median(ref):.3f}", f"{r.median(fus):.3f}", half_cols[0],
+            f"{r.median(ref) / r.median(fus):.2f}×", *half_cols[1:],
             f"{_shares(pr)} → {_shares(pf)}", f"{100 * pf.backward_s / pf.total_s:.0f}%", top,
-            f"{pr.peak_mb:.0f} / {pf.peak_mb:.0f}", f"{r.loss_diff():.1e}"]) + " |")
+            peaks, diffs]) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -792,17 +818,23 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--device", default="cpu", help="where the trainers run: cpu (default), cuda, cuda:N; on CUDA "
                                                     "the fused provider is triton and the original-style loop is skipped")
+    ap.add_argument("--half", default="bf16", choices=("bf16", "fp16", "none"),
+                    help="the mixed-precision column: the fused trainers with hp precision=HALF (default bf16; "
+                         "fp16 needs --device cuda; none: no such column)")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     args = ap.parse_args(argv)
     run(args.quick, args.iterations, args.methods, not args.no_original, args.threads, args.out, args.widths,
-        device=args.device)
+        device=args.device, half=args.half)
 
 
 def run(quick: bool, iterations: int | None, methods=None, original: bool = True, threads: int | None = None,
-        out: str = os.path.join(HERE, "results"), widths=tuple(WIDTHS), device="cpu") -> str:
+        out: str = os.path.join(HERE, "results"), widths=tuple(WIDTHS), device="cpu", half: str = "bf16") -> str:
     from ddkernels.distill.device import resolve
+    from ddkernels.distill.precision import check_precision
 
     device = resolve(device, what="--device")
+    if half != "none":
+        check_precision(half, device, what="--half")
     original = original and device.type == "cpu"  # the transcribed original loop is CPU code
     if threads:
         torch.set_num_threads(threads)
@@ -810,7 +842,7 @@ def run(quick: bool, iterations: int | None, methods=None, original: bool = True
     ds = load_dataset("fashion-mnist")
     t0 = time.perf_counter()
     progress = functools.partial(print, flush=True)
-    results = run_trainers(ds, quick, iterations, methods, progress, widths, device)
+    results = run_trainers(ds, quick, iterations, methods, progress, widths, device, half)
     if original:
         results += run_original_dc(ds, quick, iterations, progress)
         results += run_original_dsa_haba(ds, quick, iterations, progress)
@@ -818,10 +850,11 @@ def run(quick: bool, iterations: int | None, methods=None, original: bool = True
     header = (f"Measured on {where}, torch {torch.__version__}, git {harness.git_sha()}, "
               f"{'--quick' if quick else 'full'} run (per provider: a warm-up iteration, {iterations} timed "
               f"(median), one profiled; {time.perf_counter() - t0:.0f} s in all). "
-              f"Fused = backend \"{'triton' if device.type == 'cuda' else FUSED}\". "
-              f"Shares are of one profiled iteration ({', '.join(f'{SHORT[op]} {op}' for op in OPS)}; "
+              f"Fused = backend \"{'triton' if device.type == 'cuda' else FUSED}\""
+              + (f"; {half} = the fused trainers with hp precision={half} (autocast). " if half != "none" else ". ")
+              + f"Shares are of one profiled iteration ({', '.join(f'{SHORT[op]} {op}' for op in OPS)}; "
               f"forward + their backward nodes).\n\n")
-    table = header + markdown(results)
+    table = header + markdown(results, half)
     os.makedirs(out, exist_ok=True)
     write_csv(out, results)
     complete = not quick and methods is None and original and set(widths) == set(WIDTHS)

@@ -39,6 +39,7 @@ from . import data
 from ._args import check_int
 from .distributed import DEFAULT_TIMEOUT_S
 from .methods import METHODS, PRESET_NAMES
+from .precision import PRECISIONS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -61,6 +62,8 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--backend", default=None, help="ddkernels op backend: auto, reference, cpu, triton")
     d.add_argument("--device", default=None, help="where to compute: auto (CUDA when visible, else CPU), cpu, cuda, cuda:N (default auto)")
     d.add_argument("--seed", type=int, default=None)
+    d.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="distill in fp32 (default), bf16 or fp16 (CUDA) under autocast; = --set precision=...")
     d.add_argument("--data-dir", help="folder with the dataset's files (see ddkernels.distill.data)")
     d.add_argument("--out", help="run directory")
     d.add_argument("--resume", action="store_true",
@@ -99,6 +102,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--no-baseline", action="store_true")
     e.add_argument("--arch", help="comma-separated evaluation networks (default convnet), e.g. convnet,resnet18")
     e.add_argument("--device", default="auto", help="where to compute: auto (CUDA when visible, else CPU), cpu, cuda, cuda:N (default auto)")
+    e.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="train the evaluation networks in fp32 (default), bf16 or fp16 (CUDA) under autocast")
     e.add_argument("--threads", type=int)
     r = sub.add_parser("report", help="a Markdown table and a PNG plot of run directories' evaluations")
     r.add_argument("runs", nargs="+", metavar="RUN")
@@ -116,6 +121,8 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("--seed", type=int, default=0)
     x.add_argument("--data-dir", help="folder with the dataset's files (see ddkernels.distill.data)")
     x.add_argument("--device", default="auto", help="where to compute: auto (CUDA when visible, else CPU), cpu, cuda, cuda:N (default auto)")
+    x.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="train the experts in fp32 (default), bf16 or fp16 (CUDA) under autocast")
     x.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one setting (JSON value), e.g. --set width=64")
     x.add_argument("--threads", type=int)
@@ -191,6 +198,9 @@ def _distill_options(args) -> dict:
             raise ValueError(f"distill needs --{key} (on the command line or in --config)")
     check_int("--threads", opts.get("threads"), optional=True)
     opts["overrides"] = _parse_set(file_sets + list(args.set), overrides)
+    precision = opts.pop("precision", None)
+    if precision is not None:  # --precision is the hyperparameter precision
+        opts["overrides"]["precision"] = precision
     return opts
 
 
@@ -276,7 +286,8 @@ def _command(args) -> None:
         record = evaluate_dir(args.run_dir, preset=args.preset, eval_nets=args.eval_nets,
                               baseline=not args.no_baseline, archs=args.arch, device=args.device,
                               protocol=args.protocol, scores=args.scores, cache_dir=args.cache_dir,
-                              full_epochs=args.full_epochs, epochs=args.epochs)
+                              full_epochs=args.full_epochs, epochs=args.epochs,
+                              precision=args.precision)
         _summary(record)
         print(f"evaluation record: {os.path.join(args.run_dir, record['record'])}")
     elif args.command == "report":
@@ -293,9 +304,12 @@ def _command(args) -> None:
     elif args.command == "experts":
         from .experts import train_experts
 
+        settings = _parse_set(args.set, {})
+        if args.precision is not None:
+            settings["precision"] = args.precision
         files = train_experts(args.dataset, args.out, preset=args.preset, num_experts=args.num_experts,
                               epochs=args.epochs, seed=args.seed, data_dir=args.data_dir, device=args.device,
-                              **_parse_set(args.set, {}))
+                              **settings)
         print(f"{len(files)} experts in {args.out}")
     elif args.command == "info":
         from ..info import main as info_main

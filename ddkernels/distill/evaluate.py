@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .data.augment import DiffAugment, cutmix, cutmix_loss, dc_augment, strategy_for
+from . import precision as amp
 from .data import Dataset
 from .device import generator as device_generator, resolve as resolve_device
 from ..nn.networks import NETWORKS, get_network, network_name
@@ -57,6 +58,9 @@ class Protocol:
     # Rows come in consecutive groups of `choose` alternatives of one training example; each epoch
     # trains on one random row per group (HaBa's official evaluation: a random hallucinator per base).
     choose: int = 1
+    # "fp32", "bf16" or "fp16" (CUDA): the networks' forward/backward under autocast, their parameters
+    # and optimizer state in float32 (ddkernels.distill.precision); fp16 adds a gradient scaler.
+    precision: str = "fp32"
 
 
 PROTOCOLS = {
@@ -81,6 +85,7 @@ def get_protocol(name: str, preset: str, **overrides) -> Protocol:
     proto = dataclasses.replace(PROTOCOLS[(name, preset)], **{k: v for k, v in overrides.items() if v is not None})
     if proto.dc_aug and proto.aug:
         raise ValueError(f"dc_aug={proto.dc_aug!r} applies only without DSA (aug=''), got aug={proto.aug!r}")
+    amp.check_precision(proto.precision, what="precision")
     if proto.test_checkpoints < 1:
         raise ValueError(f"test_checkpoints must be >= 1, got {proto.test_checkpoints}")
     return proto
@@ -96,10 +101,12 @@ def checkpoint_epochs(epochs: int, k: int) -> list[int]:
 
 
 @torch.no_grad()
-def test_accuracy(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 1000) -> float:
-    """Top-1 accuracy (%) of ``net`` on normalized images ``x``."""
+def test_accuracy(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 1000,
+                  precision: str = "fp32") -> float:
+    """Top-1 accuracy (%) of ``net`` on normalized images ``x`` (forward under ``precision``'s autocast)."""
     net.eval()
-    correct = sum(int((net(xb).argmax(1) == yb).sum()) for xb, yb in zip(x.split(batch), y.split(batch)))
+    with amp.autocast(precision, x.device):
+        correct = sum(int((net(xb).argmax(1) == yb).sum()) for xb, yb in zip(x.split(batch), y.split(batch)))
     net.train()
     return 100.0 * correct / max(len(y), 1)
 
@@ -111,7 +118,7 @@ def train_network(images: torch.Tensor, labels: torch.Tensor, dataset: Dataset, 
 
     The network, its batches and its random draws live on ``images.device``. ``on_epoch(epoch,
     net)``, if given, runs after every epoch (1-based; the "half" schedule runs ``epochs + 1`` of
-    them). ``backend`` is the network's (its fused layers). ``arch``: a
+    them). ``protocol.precision``: see :class:`Protocol`. ``backend`` is the network's (its fused layers). ``arch``: a
     :func:`ddkernels.nn.get_network` name (any case), ``protocol.width`` wide where the name leaves
     the width open."""
     arch = network_name(arch)
@@ -128,6 +135,7 @@ def train_network(images: torch.Tensor, labels: torch.Tensor, dataset: Dataset, 
         return torch.optim.SGD(net.parameters(), lr=lr, momentum=protocol.momentum, weight_decay=protocol.weight_decay)
 
     opt = make_opt(protocol.lr)
+    scaler = amp.grad_scaler(protocol.precision, device)
     e = protocol.epochs
     sched = None
     if protocol.schedule == "multistep":
@@ -149,10 +157,11 @@ def train_network(images: torch.Tensor, labels: torch.Tensor, dataset: Dataset, 
             if protocol.dc_aug:
                 x = dc_augment(x, protocol.dc_aug, generator=gen)
             x, y, y_b, ratio = cutmix(x, y, prob=protocol.cutmix_p, generator=gen) if protocol.cutmix_p else (x, y, y, 1.0)
-            loss = cutmix_loss(net(x), y, y_b, ratio)
+            with amp.autocast(protocol.precision, device):
+                loss = cutmix_loss(net(x), y, y_b, ratio)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            amp.scaled(loss, scaler).backward()
+            amp.step(opt, scaler)
         if sched is not None:
             sched.step()
         if on_epoch is not None:
@@ -196,6 +205,7 @@ def evaluate(images: torch.Tensor, labels: torch.Tensor, dataset: Dataset, proto
     if len(images) % protocol.choose:
         raise ValueError(f"protocol.choose={protocol.choose} must divide the number of images, got {len(images)}")
     device = images.device if device is None else resolve_device(device)
+    amp.check_precision(protocol.precision, device, what="protocol.precision")
     test_x, test_y = dataset.test_x, dataset.test_y
     if protocol.test_limit is not None and protocol.test_limit < len(test_y):
         # a fixed subset, drawn on the CPU so every device tests on the same images
@@ -213,7 +223,7 @@ def evaluate(images: torch.Tensor, labels: torch.Tensor, dataset: Dataset, proto
 
         def test_at(epoch, net, curve=curve):
             if epoch in ticks:
-                curve.append(test_accuracy(net, test_x, test_y))
+                curve.append(test_accuracy(net, test_x, test_y, precision=protocol.precision))
 
         train_network(images, labels, dataset, protocol, seed + i, on_epoch=test_at, backend=backend, arch=arch)
         curves.append(curve)

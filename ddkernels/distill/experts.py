@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import data
+from . import precision as amp
 from ._args import check_settings
 from ._files import atomic_save as _atomic_save, write_json
 from .data.augment import DiffAugment, strategy_for
@@ -47,10 +48,12 @@ DSA_STRATEGY = "color_crop_cutout_flip_scale_rotate"
 #: (40 SGD steps); on Fashion-MNIST one such epoch is ~12 s on an idle core.
 EXPERT_PRESETS = {
     "paper": dict(num_experts=100, epochs=50, width=128, lr_teacher=0.01, momentum=0.0, weight_decay=0.0,
-                  batch=256, images_per_epoch=None, aug=DSA_STRATEGY, zca=False),
+                  batch=256, images_per_epoch=None, aug=DSA_STRATEGY, zca=False, precision="fp32"),
     "quick": dict(num_experts=2, epochs=8, width=32, lr_teacher=0.01, momentum=0.0, weight_decay=0.0,
-                  batch=256, images_per_epoch=10240, aug=DSA_STRATEGY, zca=False),
+                  batch=256, images_per_epoch=10240, aug=DSA_STRATEGY, zca=False, precision="fp32"),
 }
+#: settings added after expert directories were first written: what an older config.json meant
+_SETTINGS_SINCE = {"precision": "fp32"}
 
 
 def flatten(net: torch.nn.Module) -> torch.Tensor:
@@ -86,7 +89,9 @@ def train_experts(dataset: str, out: str, *, preset: str = "quick", num_experts:
         device: where the experts train (``"auto"``, ``"cpu"``, ``"cuda[:N]"``); the training set is
             put there once. Trajectories are saved on the CPU, so experts made on a GPU serve a CPU
             run and the reverse.
-        overrides: any other :data:`EXPERT_PRESETS` key (``width``, ``lr_teacher``, ``batch``, ...).
+        overrides: any other :data:`EXPERT_PRESETS` key (``width``, ``lr_teacher``, ``batch``, ...;
+            ``precision``: ``"fp32"``, ``"bf16"`` or, on CUDA, ``"fp16"``, see
+            :mod:`ddkernels.distill.precision`; the trajectories are float32 either way).
     """
     if preset not in EXPERT_PRESETS:
         raise ValueError(f"--preset must be one of {sorted(EXPERT_PRESETS)}, got {preset!r}")
@@ -100,6 +105,7 @@ def train_experts(dataset: str, out: str, *, preset: str = "quick", num_experts:
     for key in ("num_experts", "epochs", "width", "batch"):
         if isinstance(hp[key], bool) or not isinstance(hp[key], int) or hp[key] < 1:
             raise ValueError(f"--{key.replace('_', '-')} must be a positive int, got {hp[key]!r}")
+    amp.check_precision(hp["precision"], dev, what="--precision")
     ds = data.load_dataset(dataset, data_dir).to(dev)
     reg = zca_reg(hp["zca"])
     if reg is not None:  # MTT's --zca: experts and the distillation must see the same whitened images
@@ -110,7 +116,7 @@ def train_experts(dataset: str, out: str, *, preset: str = "quick", num_experts:
     cpath = os.path.join(out, CONFIG)
     if os.path.exists(cpath):
         with open(cpath) as f:
-            saved = json.load(f)
+            saved = {**_SETTINGS_SINCE, **json.load(f)}
         diff = {k: (saved.get(k), v) for k, v in config.items() if saved.get(k) != v}
         if diff:
             raise ValueError(f"--out {out!r} holds experts trained with other settings "
@@ -149,8 +155,11 @@ def _train_one(ds: data.Dataset, out: str, i: int, hp: dict, seed: int, test_x, 
         trajectory = [flatten(net)]
     opt = torch.optim.SGD(net.parameters(), lr=hp["lr_teacher"], momentum=hp["momentum"],
                           weight_decay=hp["weight_decay"])
+    scaler = amp.grad_scaler(hp["precision"], device)
     if len(trajectory) > 1:
         opt.load_state_dict(state["optimizer"])
+        if scaler is not None:
+            scaler.load_state_dict(state["scaler"])
     aug = DiffAugment(strategy_for(hp["aug"], ds.name)) if hp["aug"] else None
     n = len(ds.train_y)
     per_epoch = min(hp["images_per_epoch"] or n, n)
@@ -160,19 +169,23 @@ def _train_one(ds: data.Dataset, out: str, i: int, hp: dict, seed: int, test_x, 
             x = ds.normalize(ds.train_x[idx])
             if aug is not None:
                 x = aug(x, generator=gen)
-            loss = F.cross_entropy(net(x), ds.train_y[idx])
+            with amp.autocast(hp["precision"], device):
+                loss = F.cross_entropy(net(x), ds.train_y[idx])
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            amp.scaled(loss, scaler).backward()
+            amp.step(opt, scaler)
         trajectory.append(flatten(net))
-        _atomic_save({"index": i, "net": net.state_dict(), "optimizer": opt.state_dict(),
-                      "generator": generator_state(gen), "trajectory": trajectory}, ppath)
+        partial = {"index": i, "net": net.state_dict(), "optimizer": opt.state_dict(),
+                   "generator": generator_state(gen), "trajectory": trajectory}
+        if scaler is not None:
+            partial["scaler"] = scaler.state_dict()
+        _atomic_save(partial, ppath)
     names = [k for k, _ in net.named_parameters()]
     shapes = [tuple(p.shape) for p in net.parameters()]
-    acc = test_accuracy(net, test_x, test_y)
+    acc = test_accuracy(net, test_x, test_y, precision=hp["precision"])
     _atomic_save({"trajectory": trajectory, "names": names, "shapes": shapes, "width": hp["width"],
                   "dataset": ds.name, "epochs": hp["epochs"], "lr_teacher": hp["lr_teacher"],
-                  "zca": zca_reg(hp["zca"]),
+                  "zca": zca_reg(hp["zca"]), "precision": hp["precision"],
                   "test_accuracy": acc}, _expert_path(out, i))
     if os.path.exists(ppath):
         os.remove(ppath)

@@ -56,6 +56,7 @@ from ._files import atomic_save, write_json
 from .device import describe as describe_device, dist_backend, resolve as resolve_device
 from .distributed import DEFAULT_TIMEOUT_S, Shard, join, launched_world, leave
 from .evaluate import evaluate, get_protocol
+from .precision import check_precision
 from ..nn.networks import get_network, network_name
 from .data.imageio import labelled_grid, write_png
 from .methods import METHODS, PRESET_NAMES, make_distiller, preset as preset_hp
@@ -183,6 +184,7 @@ def distill(method: str, dataset: str, ipc: int, out: str, *, preset: str = "qui
     if eval_protocol is not None:
         check_choice("--eval-protocol", eval_protocol, PROTOCOL_NAMES)
     dev = resolve_device(device, what="--device")
+    check_precision(hp_overrides.get("precision", "fp32"), dev, what="--precision")
     archs = eval_archs(eval_arch)  # names now; whether they fit the images once the data is loaded
     world, rank = launched_world()
     if world > 1 and not METHODS[method].class_parallel:
@@ -326,7 +328,7 @@ def _distill(method, dataset, ipc, out, ckpt, *, preset, iterations, backend, se
             config["eval_protocol"] = eval_protocol
         ckpt.config, ckpt.shard = config, shard
         if resume:
-            if saved.get("hp") != config["hp"]:
+            if saved.get("hp") != config["hp"]:  # (hyperparameters added since the run: filled in above)
                 raise ValueError(f"--resume: the run in {out!r} has hp={saved.get('hp')!r}, this call has "
                                  f"{config['hp']!r}")
             trainer.load_state_dict(state)
@@ -485,7 +487,8 @@ def finish(out: str, trainer, preset: str, *, evaluate_after: bool = True, eval_
     metrics = {"method": trainer.method, "dataset": ds.name, "ipc": trainer.ipc, "preset": preset,
                "backend": trainer.backend, "iterations": trainer.iteration, "seconds": round(trainer.seconds, 2),
                "train_images": len(labels), "storage": storage, "eval_overrides": eval_overrides,
-               "versions": versions(), "device": describe_device(trainer.device), "classes": names}
+               "precision": trainer.precision, "versions": versions(), "device": describe_device(trainer.device),
+               "classes": names}
     if evaluate_after:
         hp, budget = protocol_hp(trainer.method, ds.name, trainer.ipc, trainer.hp, preset, protocol)
         metrics["protocol"] = budget
@@ -500,16 +503,18 @@ def finish(out: str, trainer, preset: str, *, evaluate_after: bool = True, eval_
 
 def evaluate_run(out, hp, preset, images, labels, ds, *, ipc, seed, eval_nets=None, baseline=True,
                  progress=True, overrides: dict | None = None, backend: str = "auto", device=None,
-                 archs: list[str] | None = None, scores: dict | None = None) -> dict:
+                 archs: list[str] | None = None, scores: dict | None = None,
+                 precision: str | None = None) -> dict:
     """Evaluate ``(images, labels)`` and, with ``baseline``, ``ipc`` random real images per class,
     on each network of ``archs`` (get_network names; default ConvNet). The first one's results are
     the top-level keys, as with ConvNet alone; with other networks, ``"arch"`` names it and
     ``"architectures"`` holds every network's results by name. ``scores`` (``{"cache_dir", "full_epochs"}``):
-    also DD-Ranking's LRS and ARS (:mod:`ddkernels.distill.scores`) under ``"scores"``."""
+    also DD-Ranking's LRS and ARS (:mod:`ddkernels.distill.scores`) under ``"scores"``. ``precision``: the
+    evaluation networks' (:class:`~ddkernels.distill.evaluate.Protocol`; default fp32, whatever the distillation's)."""
     archs = eval_archs(archs, ds)
     results = {a: _evaluate_arch(out, hp, preset, images, labels, ds, ipc=ipc, seed=seed, eval_nets=eval_nets,
                                  baseline=baseline, progress=progress, overrides=overrides, backend=backend,
-                                 device=device, arch=a, scores=scores)
+                                 device=device, arch=a, scores=scores, precision=precision)
                for a in archs}
     result = dict(results[archs[0]])
     if archs != ["ConvNet"]:
@@ -518,12 +523,12 @@ def evaluate_run(out, hp, preset, images, labels, ds, *, ipc, seed, eval_nets=No
 
 
 def _evaluate_arch(out, hp, preset, images, labels, ds, *, ipc, seed, eval_nets, baseline, progress, overrides,
-                   backend, device, arch, scores=None) -> dict:
+                   backend, device, arch, scores=None, precision=None) -> dict:
     """One network's evaluation. ``overrides`` (the trainer's ``eval_overrides()``) change the
     protocol for the synthetic set only; the baseline keeps the preset's protocol. ``backend``: the
     evaluation networks'."""
     log = _logger(out)
-    proto = eval_protocol(hp, preset, eval_nets, **(overrides or {}))
+    proto = eval_protocol(hp, preset, eval_nets, precision=precision, **(overrides or {}))
     t0 = time.perf_counter()
     res = evaluate(images, labels, ds, proto, seed=seed, desc=f"eval synthetic ({arch})", progress=progress,
                    backend=backend, arch=arch, device=device)
@@ -535,7 +540,7 @@ def _evaluate_arch(out, hp, preset, images, labels, ds, *, ipc, seed, eval_nets,
              + _best_text(res))
     if baseline:
         rx, ry = random_real(ds, ipc, seed)
-        base = evaluate(rx, ry, ds, eval_protocol(hp, preset, eval_nets), seed=seed,
+        base = evaluate(rx, ry, ds, eval_protocol(hp, preset, eval_nets, precision=precision), seed=seed,
                         desc=f"eval random real ({arch})", progress=progress, backend=backend, arch=arch,
                         device=device)
         result["random_real"] = dict(_final(base), ipc=ipc)
@@ -602,7 +607,7 @@ EVALUATIONS = "evaluations"
 def evaluate_dir(out: str, *, preset: str | None = None, eval_nets: int | None = None, baseline: bool = True,
                  progress: bool = True, device: str | torch.device | None = "auto", archs=None,
                  protocol: str | None = None, scores: bool = False, cache_dir: str | None = None,
-                 full_epochs: int | None = None, epochs: int | None = None) -> dict:
+                 full_epochs: int | None = None, epochs: int | None = None, precision: str = "fp32") -> dict:
     """Re-evaluate a finished run directory (its ``images_labels.pt``) on ``device``; returns the new
     evaluation record, written to ``out/evaluations/NNN.json`` (001, 002, …: the distillation's own
     ``metrics.json`` is never changed). The record holds only what this evaluation measured (no
@@ -614,7 +619,8 @@ def evaluate_dir(out: str, *, preset: str | None = None, eval_nets: int | None =
     LRS and ARS (needs the baseline), the full-data accuracy cached in ``cache_dir`` (default
     :func:`ddkernels.distill.scores.cache_dir`) and trained for ``full_epochs`` (default the protocol's).
     ``epochs``: train every network for this many epochs instead of the protocol's (a reduced budget for
-    large networks on a CPU; recorded in ``eval_protocol``)."""
+    large networks on a CPU; recorded in ``eval_protocol``). ``precision``: the evaluation networks'
+    (``fp32``, ``bf16``; ``fp16`` on CUDA), recorded in ``eval_protocol``."""
     if preset is not None:
         check_choice("--preset", preset, PRESET_NAMES)
     if protocol is not None:
@@ -628,6 +634,7 @@ def evaluate_dir(out: str, *, preset: str | None = None, eval_nets: int | None =
     check_int("--full-epochs", full_epochs, optional=True)
     check_int("--epochs", epochs, optional=True)
     dev = resolve_device(device, what="--device")
+    check_precision(precision, dev, what="--precision")
     archs = eval_archs(archs)
     paths = [os.path.join(out, f) for f in ("config.json", "images_labels.pt")]
     for p in paths:
@@ -660,7 +667,8 @@ def evaluate_dir(out: str, *, preset: str | None = None, eval_nets: int | None =
     record.update(evaluate_run(out, hp, budget, images, labels, ds, ipc=config["ipc"], seed=config["seed"],
                                eval_nets=eval_nets, baseline=baseline, progress=progress, overrides=overrides,
                                backend=config.get("backend", "auto"), device=dev, archs=archs,
-                               scores={"cache_dir": cache_dir, "full_epochs": full_epochs} if scores else None))
+                               scores={"cache_dir": cache_dir, "full_epochs": full_epochs} if scores else None,
+                               precision=precision))
     record["eval_device"] = describe_device(dev)  # the key metrics.json used for it
     record["versions"] = versions()
     record["record"] = _write_record(out, record)

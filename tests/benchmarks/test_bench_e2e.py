@@ -94,3 +94,22 @@ def test_original_haba_utils_patch_and_step():
     loss = before.step()
     assert abs(patched_loss - loss) <= 1e-4 * abs(loss)
     assert_close(after.image_syn, before.image_syn, atol=1e-4, rtol=1e-4, name="bases after one step")
+
+
+def test_markdown_half_column():
+    """Three providers fill the half-precision columns (speedups against fused fp32 and reference);
+    two (the original-style loops) leave them "—"."""
+    prof = bench_e2e.Profile(1.0, {op: 0.0 for op in bench_e2e.RANGES}, 0.5, 10.0, [("mm", 0.5)])
+    three = bench_e2e.Result("dm", "case", seconds={"reference": [4.0], "auto": [2.0], "auto bf16": [1.0]},
+                             losses={"reference": [1.0], "auto": [1.0], "auto bf16": [1.01]},
+                             profiles={"reference": prof, "auto": prof, "auto bf16": prof})
+    two = bench_e2e.Result("loop", "case", seconds={"reference": [3.0], "compat.patch": [1.5]},
+                           losses={"reference": [1.0], "compat.patch": [1.0]},
+                           profiles={"reference": prof, "compat.patch": prof})
+    rows = bench_e2e.markdown([three, two]).splitlines()
+    assert rows[0].startswith("| trainer | case | reference s/it | fused s/it | bf16 s/it | speedup | bf16 vs fused |")
+    assert "| 4.000 | 2.000 | 1.000 | 2.00× | 2.00× | 4.00× |" in rows[2] and rows[2].endswith("| 10 / 10 / 10 | 0.0e+00; 1.0e-02 |")
+    assert "| 3.000 | 1.500 | — | 2.00× | — | — |" in rows[3]
+    assert bench_e2e.providers(torch.device("cpu"), "bf16") == {
+        "reference": ("reference", "fp32"), "auto": ("auto", "fp32"), "auto bf16": ("auto", "bf16")}
+    assert "auto none" not in bench_e2e.providers(torch.device("cpu"), "none")

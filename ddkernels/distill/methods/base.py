@@ -14,6 +14,7 @@ from ..data import ClassSampler, Dataset
 from ..device import (generator as device_generator, generator_state, load_generator_state,
                       resolve as resolve_device)
 from ..distributed import Shard
+from .. import precision as amp
 from ...nn.convnet import ConvNet
 from ..data.zca import zca_reg
 from .parts import Objective, Parameterization
@@ -48,6 +49,11 @@ class Distiller:
     per-class are summed over ranks in :meth:`image_step` (every rank must then take the same number
     of image steps); networks trained on data of all classes use :meth:`sum_grads`.
 
+    Hyperparameter ``precision`` (``"fp32"``, ``"bf16"``, ``"fp16"`` on CUDA; :mod:`ddkernels.distill.precision`):
+    every outer iteration (:meth:`step`, the objective's networks forward and backward) runs under
+    autocast; the stored tensors, their gradients and the optimizer state stay float32. Under ``fp16``
+    the steps on the stored tensors and the networks' training steps go through gradient scalers.
+
     Args:
         dataset: the real data (used as given if it is already whitened).
         ipc: stored synthetic images per class.
@@ -72,7 +78,7 @@ class Distiller:
     EXTRA_STATE_DEFAULTS: dict = {}
     #: hyperparameters added after runs were written, with the value a run written before had (so
     #: resuming it keeps its behaviour; :func:`ddkernels.distill.runs.distill`)
-    HP_SINCE: dict = {}
+    HP_SINCE: dict = {"precision": "fp32"}  # every method gained precision later (issue 21)
     #: whether the classes can be split over ranks (derived from the parts; for a method with a
     #: choice of objectives: whether some choice can), and why not
     class_parallel = False
@@ -104,6 +110,10 @@ class Distiller:
         if isinstance(ipc, bool) or not isinstance(ipc, int) or ipc < 1:
             raise ValueError(f"ipc must be a positive int, got {ipc!r}")
         self.device = resolve_device(device)
+        self.precision = amp.check_precision(hp.get("precision", "fp32"), self.device)
+        # fp16 only: one scaler for the steps on the stored tensors, one for the networks' training
+        self.scaler = amp.grad_scaler(self.precision, self.device)
+        self.net_scaler = amp.grad_scaler(self.precision, self.device)
         param_cls, objective_cls = self._parts(hp, parameterization, objective)
         reg = zca_reg(hp.get("zca", False))
         if reg is not None and dataset.zca is None:
@@ -210,9 +220,10 @@ class Distiller:
     # -- one outer iteration and what it leaves -------------------------------------------------
     def step(self) -> float:
         """One outer iteration; returns its loss."""
-        self.param.before_step()
-        loss = self.objective.step()
-        self.param.after_step()
+        with amp.autocast(self.precision, self.device):  # every network of the iteration (HaBa's extractor too)
+            self.param.before_step()
+            loss = self.objective.step()
+            self.param.after_step()
         return loss
 
     def training_set(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -381,13 +392,13 @@ class Distiller:
             loss = loss + extra
         named = self.synthetic_params()
         params = params if params is not None else [p for p in named.values() if p.requires_grad]
-        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        grads = torch.autograd.grad(amp.scaled(loss, self.scaler), params, allow_unused=True)
         for p, g in zip(params, grads):
             p.grad = g
         if self.shard is not None and self.shard.communicates:
             shared = {id(t) for k, t in named.items() if k not in self.per_class_params}
             self.sum_grads([p for p in params if id(p) in shared])
-        self.opt.step()
+        amp.step(self.opt, self.scaler)
         for p in params:
             p.grad = None
 
@@ -402,8 +413,8 @@ class Distiller:
                 xb = aug(x[idx], generator=self.gen) if aug is not None else x[idx]
                 loss = F.cross_entropy(net(xb), y[idx])
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                amp.scaled(loss, self.net_scaler).backward()
+                amp.step(opt, self.net_scaler)
 
     def _train_net_sharded(self, net, opt, x, y, epochs, batch, aug) -> None:
         """:meth:`train_net` on a set whose rows are spread over ranks (``x`` is this rank's): each
@@ -421,9 +432,9 @@ class Distiller:
                 opt.zero_grad(set_to_none=True)
                 if len(idx):
                     xb = aug(x[idx], generator=self.rank_gen) if aug is not None else x[idx]
-                    (F.cross_entropy(net(xb), y[idx], reduction="sum") / total).backward()
+                    amp.scaled(F.cross_entropy(net(xb), y[idx], reduction="sum") / total, self.net_scaler).backward()
                 self.sum_grads(net.parameters())
-                opt.step()
+                amp.step(opt, self.net_scaler)
 
     def _global_loss(self, loss: float) -> float:
         """The step's loss over all ranks' classes (each rank's ``loss`` covers its own)."""
@@ -455,6 +466,8 @@ class Distiller:
                  "params": {k: v.detach().clone() for k, v in self.synthetic_params().items()},
                  "optimizer": self.opt.state_dict(), "extra": self.extra_state(),
                  "generator": generator_state(self.gen), "history": list(self.history)}
+        if self.scaler is not None:
+            state["scalers"] = {"image": self.scaler.state_dict(), "net": self.net_scaler.state_dict()}
         if self.shard is not None:
             state.update(shard=self._shard_id(), rank_generator=generator_state(self.rank_gen),
                          class_generators={c: generator_state(g) for c, g in self._class_gens.items()})
@@ -481,6 +494,9 @@ class Distiller:
             for k, t in mine.items():
                 t.copy_(saved[k])
         self.opt.load_state_dict(state["optimizer"])
+        if self.scaler is not None and "scalers" in state:
+            self.scaler.load_state_dict(state["scalers"]["image"])
+            self.net_scaler.load_state_dict(state["scalers"]["net"])
         self.load_extra_state(state.get("extra", {}))
         it = state["iteration"]
         load_generator_state(self.gen, state["generator"], seed=self.seed, iteration=it)

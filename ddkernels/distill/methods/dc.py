@@ -17,7 +17,7 @@ def _paper(dsa: bool):
         hp = dict(iterations=1000, lr_img=0.1, momentum_img=0.5, lr_net=0.01, batch_real=256, batch_train=256,
                   init="real" if dsa else "noise", metric="ours", layers="weights", aug=DSA_STRATEGY if dsa else "",
                   outer_loop=outer, inner_loop=inner, width=128, eval="dsa", eval_epochs=1000 if dsa else 300,
-                  eval_aug=None if dsa else "", eval_dc_aug="", eval_width=None, zca=False)
+                  eval_aug=None if dsa else "", eval_dc_aug="", eval_width=None, zca=False, precision="fp32")
         if not dsa and dataset == "mnist":
             # VICO get_daparam: DC evaluates MNIST with its crop/scale/rotate aug, then for 1000 epochs.
             hp.update(eval_dc_aug="crop_scale_rotate", eval_epochs=1000)

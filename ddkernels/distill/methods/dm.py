@@ -34,10 +34,12 @@ def distribution_match(trainer: Distiller, net, syn: torch.Tensor | list[torch.T
     elif len(syn) != k:
         raise ValueError(f"syn must hold one batch per owned class ({k}), got {len(syn)}")
     pairs = [trainer.siamese(aug, trainer.real_batch(c), s, c=c) for c, s in zip(classes, syn)]
+    # Features in float32 before the means: the loss is a small difference of two close means, which
+    # half-precision features (under autocast) would round away (a no-op in fp32).
     with torch.no_grad():
-        real_mean = net.embed(torch.cat([p[0] for p in pairs])).view(k, n, -1).mean(1)
+        real_mean = net.embed(torch.cat([p[0] for p in pairs])).float().view(k, n, -1).mean(1)
     counts = [len(s) for s in syn]
-    feats = net.embed(torch.cat([p[1] for p in pairs]))
+    feats = net.embed(torch.cat([p[1] for p in pairs])).float()
     if len(set(counts)) == 1:
         syn_feat = feats.view(k, counts[0], -1)
         syn_mean = syn_feat.mean(1)
@@ -85,7 +87,7 @@ class DistributionMatching(Objective):
 
 def _paper(dataset: str, ipc: int) -> dict:
     return dict(iterations=20000, lr_img=1.0, momentum_img=0.5, batch_real=256, init="real", aug=DSA_STRATEGY,
-                width=128, eval="dsa", eval_epochs=1000, eval_aug=None, eval_width=None, zca=False)
+                width=128, eval="dsa", eval_epochs=1000, eval_aug=None, eval_width=None, zca=False, precision="fp32")
 
 
 def _quick(dataset: str, ipc: int) -> dict:

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from ...nn.hallucinator import HallucinatorBank
 from . import mtt
+from .. import precision as amp
 from .base import Distiller
 from .dm import DistributionMatching
 from .matching import GradientMatching
@@ -257,9 +258,9 @@ class BasesHallucinators(Parameterization):
                 + hp["lambda_likeli"] * ((1 - F.cosine_similarity(e0, e1)) / 2).mean()
                 + hp["lambda_con"] * supcon_loss(feats, y, hp["temperature"], hp["temperature"]))
         self.extractor_opt.zero_grad(set_to_none=True)
-        (loss / self._world()).backward()
+        amp.scaled(loss / self._world(), self.t.net_scaler).backward()
         self.t.sum_grads(self.extractor.parameters())  # the shared extractor: the mean over ranks' chunks
-        self.extractor_opt.step()
+        amp.step(self.extractor_opt, self.t.net_scaler)
         return float(loss.detach())
 
     def after_step(self) -> None:
@@ -322,7 +323,7 @@ class HaBa(Distiller):
     OBJECTIVE = OBJECTIVES
     OBJECTIVE_KEY = "base"
     PRESETS = {"paper": paper, "quick": quick}
-    HP_SINCE = {"unroll": "autograd", "unroll_pinned": False}  # the reverse pass came later (issue 16)
+    HP_SINCE = {**Distiller.HP_SINCE, "unroll": "autograd", "unroll_pinned": False}  # reverse came later (issue 16)
     EXTRA_STATE_DEFAULTS = {"chunks": []}  # HaBa checkpoints have always carried MTT's chunk list
 
 

@@ -177,7 +177,7 @@ def paper(dataset: str, ipc: int) -> dict:
                 aug_match="color_crop" if dataset == "mnist" else "color_crop_cutout",
                 aug_net="color_crop", cutmix_p=0.0 if dataset == "mnist" else 0.5,
                 class_steps="sequential", decode_type="single", width=128, eval="idc", eval_epochs=1000,
-                eval_aug=None, eval_width=None, zca=False)
+                eval_aug=None, eval_width=None, zca=False, precision="fp32")
 
 
 def quick(dataset: str, ipc: int) -> dict:

@@ -155,7 +155,7 @@ def paper(dataset: str, ipc: int) -> dict:
     return dict(iterations=20000, batch_real=256, width=128, aug=DSA_STRATEGY, init="real", num_decoders=4,
                 codes_per_class=None, code_channels=None, scale=2, hidden_channels=8, kernel_size=3, residual=True,
                 residual_init=0.1, lr_code=0.01, lr_dec=0.001, div_weight=0.0, div_temp=0.1, eval="dsa",
-                eval_epochs=1000, eval_aug=None, eval_width=None, zca=False)
+                eval_epochs=1000, eval_aug=None, eval_width=None, zca=False, precision="fp32")
 
 
 def quick(dataset: str, ipc: int) -> dict:

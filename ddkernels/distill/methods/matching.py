@@ -14,6 +14,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from .. import precision as amp
 from ..data.augment import cutmix, cutmix_loss
 from ...ops.grad_distance import grad_distance, stack_classes
 from .parts import Objective
@@ -160,9 +161,9 @@ class RealNetGradientMatching(GradientMatching):
                 if self.net_aug is not None:
                     x = self.net_aug(x, generator=t.rank_gen)
                 x, y, y_b, ratio = cutmix(x, y, prob=hp["cutmix_p"], generator=t.rank_gen)
-                (cutmix_loss(net(x), y, y_b, ratio) * (n_local / hp["batch_net"])).backward()
+                amp.scaled(cutmix_loss(net(x), y, y_b, ratio) * (n_local / hp["batch_net"]), t.net_scaler).backward()
             t.sum_grads(net.parameters())
-            opt.step()
+            amp.step(opt, t.net_scaler)
 
 
 __all__ = ["GradientMatching", "LAYERS", "RealNetGradientMatching", "class_gradients", "gradient_match",

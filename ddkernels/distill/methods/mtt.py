@@ -161,7 +161,7 @@ def paper(dataset: str, ipc: int, name: str = "paper") -> dict:
                 syn_steps=20, expert_epochs=3, max_start_epoch=20, batch_syn=None, init="real", aug=DSA_STRATEGY,
                 unroll="reverse", unroll_pinned=False,
                 zca=False, expert_dir=default_expert_dir(dataset, name), width=128, batch_real=256,
-                eval="dsa", eval_epochs=1000, eval_aug=None, eval_width=None)
+                eval="dsa", eval_epochs=1000, eval_aug=None, eval_width=None, precision="fp32")
 
 
 def quick(dataset: str, ipc: int) -> dict:
@@ -179,7 +179,7 @@ class MTT(Distiller):
     PARAMETERIZATION = PlainImages
     OBJECTIVE = TrajectoryMatching
     PRESETS = {"paper": paper, "quick": quick}
-    HP_SINCE = {"unroll": "autograd", "unroll_pinned": False}  # the reverse pass came later (issue 16)
+    HP_SINCE = {**Distiller.HP_SINCE, "unroll": "autograd", "unroll_pinned": False}  # reverse came later (issue 16)
 
 
 __all__ = ["MTT", "TrajectoryMatching", "trajectory_matching_loss"]

@@ -3,7 +3,8 @@
 2-core CPU, why in one line per entry and the tuning behind it in docs/methods.md).
 
 ``preset(method, dataset, ipc, name)`` returns a dict; every key can be overridden. Keys every
-method has: ``zca`` (whiten the data, :mod:`ddkernels.distill.data.zca`; off in DC/DSA/DM/IDC's code) and the
+method has: ``zca`` (whiten the data, :mod:`ddkernels.distill.data.zca`; off in DC/DSA/DM/IDC's code),
+``precision`` (``"fp32"``; ``"bf16"``/``"fp16"``: :mod:`ddkernels.distill.precision`) and the
 ``eval*`` keys of the evaluation protocol (:func:`ddkernels.distill.runs.eval_protocol`).
 """
 from __future__ import annotations

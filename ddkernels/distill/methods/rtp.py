@@ -208,7 +208,8 @@ def paper(dataset: str, ipc: int) -> dict:
     momentum 0.5) after clipping the gradient norm to 2, 500k outer iterations (the config's n_iters)."""
     return dict(iterations=500000, num_bases=16, downsample=2, rows_per_class=None, init="xavier", inner_steps=150,
                 inner_lr=0.01, inner_momentum=0.9, batch_syn=32, batch_real=64, lr_syn=0.1, momentum_syn=0.5,
-                clip=2.0, width=128, eval="rtp", eval_epochs=300, eval_aug=None, eval_width=None)
+                clip=2.0, width=128, eval="rtp", eval_epochs=300, eval_aug=None, eval_width=None,
+                precision="fp32")
 
 
 def quick(dataset: str, ipc: int) -> dict:
