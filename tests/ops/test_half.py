@@ -63,12 +63,31 @@ CASES = {
 }
 
 
-def _params():
+def _declares_half(op: str, backend: str) -> bool:
+    return not ddkernels.dispatch.OpBackends.registry[op].reasons(backend, torch.device("cpu"), torch.bfloat16)
+
+
+def _params(half: bool = True):
+    """(case, backend) for every fused backend that declares half kernels (``half=False``: those that don't)."""
     out = []
     for case in CASES:
-        for b in fused_backends(case.split("-")[0]):
-            out.append(pytest.param(case, b.values[0], marks=b.marks, id=f"{case}-{b.id}"))
+        op = case.split("-")[0]
+        for b in fused_backends(op):
+            if _declares_half(op, b.values[0]) == half:
+                out.append(pytest.param(case, b.values[0], marks=b.marks, id=f"{case}-{b.id}"))
     return out
+
+
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("case, backend", _params(half=False))
+def test_backends_without_half_kernels_say_so(case, backend, dtype):
+    # e.g. small_conv's cpu kernel: an explicit backend refuses by name, auto falls back to the reference
+    op = case.split("-")[0]
+    inputs, fn = CASES[case](big=False)
+    xs = [t.to(dtype) for t in inputs]
+    with pytest.raises(ddkernels.BackendUnavailable, match=str(dtype).replace("torch.", "")):
+        fn(xs, backend)
+    assert fn(xs, "auto").dtype == dtype
 
 
 def _run(fn, inputs, backend, dtype, up):
@@ -80,10 +99,6 @@ def _run(fn, inputs, backend, dtype, up):
 @pytest.mark.parametrize("dtype", HALF)
 @pytest.mark.parametrize("case, backend", _params())
 def test_half_within_twice_pytorch_half_error(case, backend, dtype):
-    op = case.split("-")[0]
-    declared = ddkernels.dispatch.OpBackends.registry[op].reasons(backend, torch.device("cpu"), dtype)
-    if declared:
-        pytest.skip(f"{backend} has no {dtype} kernel for {op}: {'; '.join(declared)}")
     inputs, fn = CASES[case](big=not (backend == "triton" and INTERPRETED))
     up = torch.rand(fn([t.float() for t in inputs], "reference").shape, dtype=torch.float64) - 0.5
     fused = _run(fn, inputs, backend, dtype, up)
