@@ -101,7 +101,7 @@ def describe(device: torch.device) -> dict:
         info.update(name=props.name, memory_gib=round(props.total_memory / 2 ** 30, 1),
                     capability=f"{props.major}.{props.minor}", cuda=torch.version.cuda)
     else:
-        info["name"] = platform.processor() or platform.machine()
+        info["name"] = _cpu_model()
     try:
         import triton
 
@@ -109,6 +109,18 @@ def describe(device: torch.device) -> dict:
     except ImportError:
         info["triton"] = None
     return info
+
+
+def _cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux), else what the platform module knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def dist_backend(device: torch.device) -> str:
