@@ -19,11 +19,6 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 HAS_CUDA = torch.cuda.is_available()
 
 
-@pytest.fixture(scope="module")
-def digits():
-    return data.load_dataset("digits")
-
-
 def test_resolve_cpu_and_auto():
     assert resolve("cpu") == torch.device("cpu") and resolve(torch.device("cpu")) == torch.device("cpu")
     assert resolve("auto") == torch.device("cuda" if HAS_CUDA else "cpu", 0 if HAS_CUDA else None)

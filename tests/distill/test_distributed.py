@@ -96,11 +96,6 @@ def two_ranks(tmp_path_factory):
     return tmp, [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
 
 
-@pytest.fixture(scope="module")
-def digits():
-    return data.load_dataset("digits")
-
-
 @pytest.mark.parametrize("name", list(EXACT))
 def test_per_class_results_equal_one_process(two_ranks, digits, name):
     _, ranks = two_ranks

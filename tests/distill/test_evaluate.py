@@ -14,11 +14,6 @@ from ddkernels.nn import ConvNet, ResNet18
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-@pytest.fixture(scope="module")
-def digits():
-    return data.load_dataset("digits")
-
-
 @pytest.mark.parametrize("name", ["dsa", "idc", "rtp"])
 def test_evaluate_learns_digits(digits, name):
     idx = data.ClassSampler(digits.train_y, 10).indices_all(10, torch.Generator().manual_seed(0)).flatten()

@@ -21,11 +21,6 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 HAS_CUDA = torch.cuda.is_available()
 
 
-@pytest.fixture(scope="module")
-def digits():
-    return data.load_dataset("digits")
-
-
 def test_check_precision():
     assert [amp.check_precision(p) for p in amp.PRECISIONS] == list(amp.PRECISIONS)
     with pytest.raises(ValueError, match=r"--precision must be one of fp32, bf16, fp16, got 'fp8'"):

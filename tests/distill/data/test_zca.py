@@ -9,11 +9,6 @@ from ddkernels.distill.data.zca import DEFAULT_REG, ZCA, zca_reg
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-@pytest.fixture(scope="module")
-def digits():
-    return data.load_dataset("digits")
-
-
 def _cov(flat: torch.Tensor) -> torch.Tensor:
     c = flat.double() - flat.double().mean(0)
     return c.T @ c / (len(flat) - 1)

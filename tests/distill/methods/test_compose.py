@@ -6,18 +6,12 @@ import copy
 import pytest
 import torch
 
-from ddkernels.distill import data
 from ddkernels.distill.methods import (BPTT, METHODS, PRESET_NAMES, AddressableMemories, DistributionMatching,
                                        Distiller, MultiFormation, Parameterization, PlainImages,
                                        RealNetGradientMatching, TrajectoryMatching, method_table, method_table_markdown, preset)
 from ddkernels.distill.methods.presets import DSA_STRATEGY
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return data.load_dataset("digits")
 
 
 def test_method_table():

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ddkernels.distill import data, runs
+from ddkernels.distill import runs
 from ddkernels.distill.evaluate import get_protocol, train_network
 from ddkernels.distill.experts import train_experts
 from ddkernels.distill.methods import make_distiller, supcon_loss
@@ -13,11 +13,6 @@ from ddkernels.nn.convnet import ConvNet
 from tests.conftest import fused_backends
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return data.load_dataset("digits")
 
 
 def haba(digits, expert_dir, ipc=2, backend="auto", **kw):

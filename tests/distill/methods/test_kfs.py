@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ddkernels.distill import data, runs
+from ddkernels.distill import runs
 from ddkernels.nn.latent import codes_for_budget, decoder_floats
 from ddkernels.distill.methods import make_distiller
 from ddkernels.nn import LatentDecoderBank
@@ -17,11 +17,6 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 # 4×4 per class (960 floats); codes_per_class=None fills the budget (quick caps it at 2·IPC above IPC 1).
 TINY = dict(width=8, batch_real=8, num_decoders=2, hidden_channels=4, codes_per_class=None)
 BACKENDS = ["reference", *fused_backends("small_conv")]
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return data.load_dataset("digits")
 
 
 def _bank(backend="auto", dtype=torch.float64, **kw):

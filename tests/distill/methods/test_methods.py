@@ -17,11 +17,6 @@ TINY = dict(width=16, batch_real=16)
 TINY_IDC = dict(TINY, inner_loop=2, n_data=32)
 
 
-@pytest.fixture(scope="module")
-def digits():
-    return data.load_dataset("digits")
-
-
 def test_matched_params():
     net = ConvNet(1, 10, width=8, im_size=(8, 8))
     assert [p.dim() for p in matched_params(net, "conv")] == [4, 4, 4]

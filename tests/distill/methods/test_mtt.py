@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ddkernels.distill import data, experts, runs
+from ddkernels.distill import experts, runs
 from ddkernels.distill.experts import ExpertBuffer, train_experts, unflatten
 from ddkernels.distill.methods import make_distiller, trajectory_matching_loss
 from ddkernels.nn.convnet import ConvNet
@@ -14,11 +14,6 @@ from ddkernels.nn.convnet import ConvNet
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 EXPERT_KW = dict(width=8, images_per_epoch=128, batch=128)  # as conftest.expert_dir
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return data.load_dataset("digits")
 
 
 def mtt(digits, expert_dir, **kw):

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ddkernels.distill import data, runs
+from ddkernels.distill import runs
 from ddkernels.nn.memory import addressable_decode, rows_for_budget
 from ddkernels.distill.methods import make_distiller, preset
 from ddkernels.distill.methods.rtp import FlatParams, bptt_meta_gradient, unroll_momentum_sgd
@@ -14,11 +14,6 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 # digits are 8×8: bases are 4×4 at downsample 2; 4 bases leave r = (2·10·64 − 4·16) / 40 = 30 rows per class.
 TINY = dict(num_bases=4, width=4, inner_steps=3, batch_syn=2, batch_real=4)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return data.load_dataset("digits")
 
 
 def _naive_decode(mem: AddressableMemory, rows) -> torch.Tensor:

@@ -6,7 +6,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ddkernels.distill import data
 from ddkernels.distill.methods import make_distiller
 from ddkernels.distill.methods import unroll as unroll_mod
 from ddkernels.distill.methods.unroll import (FlatParams, autograd_unroll, unroll_forward, unroll_reverse,
@@ -16,11 +15,6 @@ from ddkernels.nn.convnet import ConvNet
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 TOL = 1e-10  # the bar: max |reverse − autograd| / max |autograd|, per tensor
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return data.load_dataset("digits")
 
 
 def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
