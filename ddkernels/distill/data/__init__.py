@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import itertools
 import os
 import pickle
 from dataclasses import dataclass
@@ -329,12 +330,10 @@ class ClassSampler:
 
     def __init__(self, labels: torch.Tensor, num_classes: int):
         self.order = torch.argsort(labels, stable=True)
-        counts = torch.bincount(labels, minlength=num_classes)
-        # class sizes and offsets are read by Python on every draw: keep them as host ints, so a
-        # draw on a GPU costs no device-to-host copy
-        self.sizes = [int(v) for v in counts.tolist()]
-        self.starts = [int(v) for v in (torch.cumsum(counts, 0) - counts).tolist()]
-        self.counts, self.offsets = counts, torch.cumsum(counts, 0) - counts
+        # class sizes and offsets are read by Python on every draw: host ints, so a draw on a GPU
+        # costs no device-to-host copy
+        self.sizes = torch.bincount(labels, minlength=num_classes).tolist()
+        self.starts = [0, *itertools.accumulate(self.sizes)][:-1]
         self.num_classes = num_classes
 
     def check(self, n: int, what: str = "n") -> None:

@@ -123,7 +123,7 @@ class Distiller:
         self.num_classes = dataset.num_classes
         self.sampler = ClassSampler(dataset.train_y, dataset.num_classes)
         self.sampler.check(ipc, "ipc")
-        self.batch_real = min(int(hp["batch_real"]), int(self.sampler.counts.min()))
+        self.batch_real = min(int(hp["batch_real"]), min(self.sampler.sizes))
         self.shard = shard
         if shard is None:
             self.gen = device_generator(self.device, seed)
@@ -299,7 +299,7 @@ class Distiller:
         ranks in proportion to their real images (largest remainders, so the parts sum to ``total``)."""
         if self.shard is None:
             return total
-        counts = self.sampler.counts.double()
+        counts = torch.tensor(self.sampler.sizes, dtype=torch.float64, device="cpu")
         weights = torch.stack([counts[list(b)].sum() for b in self.shard.blocks()])
         quota = total * weights / weights.sum()
         part = quota.floor().long()
