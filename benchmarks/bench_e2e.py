@@ -165,7 +165,7 @@ def profile_step(step: Callable[[], float], top: int = 3, device: torch.device |
                 op_s[seqs[e.sequence_nr]] += e.cpu_time_total
     ranked = sorted(((k.key, k.self_cpu_time_total) for k in prof.key_averages()
                      if k.key.startswith("aten::")), key=lambda kv: -kv[1])[:top]
-    prof_peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else harness.peak_from_events(events)
+    prof_peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else harness.peak_from_profile(prof)
     return loss, Profile(total / 1e6, {k: v / 1e6 for k, v in op_s.items()}, backward / 1e6, prof_peak,
                          [(k.replace("aten::", ""), v / total) for k, v in ranked])
 

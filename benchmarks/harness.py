@@ -88,18 +88,21 @@ def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float:
         fn()
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
-    # CPU has no allocator statistics: replay the profiler's allocation events (each allocation
-    # counted once, as self memory of the op that made it) in time order and take the maximum.
+    # CPU has no allocator statistics: replay the profiler's allocation records in time order.
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    return peak_from_events(prof.events())
+    return peak_from_profile(prof)
 
 
-def peak_from_events(events) -> float:
-    """Peak MB above the start from a ``profile_memory=True`` profile's events, replayed in time order."""
+def peak_from_profile(prof) -> float:
+    """Peak MB above the start from a ``profile_memory=True`` profile: its raw allocation and free
+    records (one per allocator call, signed bytes) replayed in time order. Not the ops' self memory:
+    an op's frees are all counted at its start, so a backward that frees what its children allocate
+    (a nested ``autograd.grad``) would hide their allocations."""
+    records = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
     level = peak = 0
-    for e in sorted(events, key=lambda e: e.time_range.start):
-        level += e.self_cpu_memory_usage
+    for e in sorted(records, key=lambda e: e.start_ns()):
+        level += e.nbytes()
         peak = max(peak, level)
     return peak / 2**20
 

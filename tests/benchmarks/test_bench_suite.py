@@ -29,6 +29,34 @@ def test_write_table_keeps_partial_runs_apart(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["latest-cpu-partial.md", "latest-cpu.md"]
 
 
+def test_cpu_peak_memory_sees_allocations_inside_a_backward():
+    """A backward's nested ``autograd.grad`` and temporaries count (the ops' self memory hid them)."""
+    import torch
+
+    mb = 2**20 // 4  # float32 elements per MiB
+
+    class Held(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.held = torch.ones(40 * mb)  # held from the forward to the backward
+            return x * 2
+
+        @staticmethod
+        def backward(ctx, g):
+            tmp = torch.ones(20 * mb) * 3
+            with torch.enable_grad():
+                y = torch.ones(10 * mb, requires_grad=True)
+                (gy,) = torch.autograd.grad((y * 2).sum(), y)
+            assert float(tmp[0] + gy[0]) == 5
+            ctx.held = None
+            return g * 2
+
+    x = torch.ones(4, requires_grad=True)
+    peak = harness.peak_memory_mb(lambda: Held.apply(x).sum().backward(), torch.device("cpu"))
+    # 40 held + 20 (ones) + 20 (× 3) + 10 (y) + 10 (y·2) + 10 (gy), at least the 40 + 20 + 10 alive at once
+    assert 70 <= peak <= 110, peak
+
+
 def test_pytest_benchmark_suite_collects_every_op():
     pytest.importorskip("pytest_benchmark")
     out = subprocess.run([sys.executable, "-m", "pytest", "benchmarks", "--collect-only", "-q", "-p", "no:cacheprovider"],
