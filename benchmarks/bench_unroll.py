@@ -2,14 +2,16 @@
 ``create_graph=True`` graph): peak memory and time per iteration over ``syn_steps``, widths and IPCs.
 
     nice python -m benchmarks.bench_unroll [--steps 10 20 50 80] [--widths 32 128] [--ipc 1 10]
-                                           [--iterations 2] [--max-gb 9]
+                                           [--iterations 3] [--max-gb 9]
 
 Fashion-MNIST, the ``quick`` MTT preset (every image in each student step, per-sample DSA) at the
 given width, from one small throwaway expert per width (2 epochs of 512 images, in a temp dir;
 start epoch 0 or 1, match 1 epoch). Peak memory: the most memory allocated during one outer iteration
 above what was live before it (:func:`harness.peak_memory_mb`: the CUDA allocator, or the CPU
-profiler's allocation events). Time: the median of ``--iterations`` outer iterations after one
-warm-up (one at ``syn_steps`` ≥ 50 on the CPU, to fit the grid in a shared 2-core machine's budget).
+profiler's allocation records). Time: the median of ``--iterations`` outer iterations per mode after
+one warm-up, the modes alternating (one where ``syn_steps`` × IPC > 100 on the CPU, to fit the grid in
+a shared 2-core machine's budget), wall time and this thread's CPU time (rows of mode
+``iteration-cpu``).
 ``reverse`` also runs at ``syn_steps`` 1, the floor the target is stated against (the weight
 buffer above a 1-step unroll). An ``autograd`` configuration whose peak, extrapolated linearly in
 ``syn_steps`` from the ones measured, would pass ``--max-gb`` is not run (the table says so): it
@@ -44,31 +46,41 @@ def make_experts(root: str, width: int, device: torch.device) -> str:
     return out
 
 
-def measure(ds, expert_dir: str, width: int, ipc: int, steps: int, mode: str, iterations: int,
-            device: torch.device) -> dict:
+def make(ds, expert_dir: str, width: int, ipc: int, steps: int, mode: str, device: torch.device):
     from ddkernels.distill.methods import make_distiller
 
-    d = make_distiller("mtt", ds, ipc, "quick", seed=0, device=device, width=width, eval_width=width,
-                       expert_dir=expert_dir, max_start_epoch=1, expert_epochs=1, syn_steps=steps, unroll=mode)
-    params = sum(p.numel() for p in d.objective.student.parameters())
-    peak = harness.peak_memory_mb(d.step, device)  # also the warm-up
-    times = []
+    return make_distiller("mtt", ds, ipc, "quick", seed=0, device=device, width=width, eval_width=width,
+                          expert_dir=expert_dir, max_start_epoch=1, expert_epochs=1, syn_steps=steps, unroll=mode)
+
+
+def measure(dists: dict, iterations: int, device: torch.device) -> dict:
+    """Peak memory of one outer iteration per mode (also the warm-up), then ``iterations`` timed outer
+    iterations per mode, the modes alternating (so that a shared machine's load falls on both)."""
+    out = {}
+    for mode, d in dists.items():
+        params = sum(p.numel() for p in d.objective.student.parameters())
+        out[mode] = dict(peak_mem_mb=harness.peak_memory_mb(d.step, device), params=params, wall=[], cpu=[])
     for _ in range(iterations):
-        harness.sync(device)
-        t0 = time.perf_counter()
-        d.step()
-        harness.sync(device)
-        times.append(time.perf_counter() - t0)
-    q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
-    return dict(peak_mem_mb=peak, median_ms=1e3 * statistics.median(times), iqr_ms=1e3 * (q[2] - q[0]),
-                buffer_mb=steps * params * 4 / 2**20, params=params, timed=len(times))
+        for mode, d in dists.items():
+            harness.sync(device)
+            t0, c0 = time.perf_counter(), time.thread_time()
+            d.step()
+            harness.sync(device)
+            out[mode]["wall"].append(time.perf_counter() - t0)
+            out[mode]["cpu"].append(time.thread_time() - c0)
+    for r in out.values():
+        times = r.pop("wall")
+        q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
+        r.update(median_ms=1e3 * statistics.median(times), iqr_ms=1e3 * (q[2] - q[0]),
+                 cpu_ms=1e3 * statistics.median(r.pop("cpu")), timed=len(times))
+    return out
 
 
 def markdown(rows: list[dict], skipped: list[tuple]) -> str:
     head = ["width", "IPC", "syn_steps", "autograd MB", "reverse MB", "memory ÷", "reverse − 1-step MB",
-            "weight buffer MB", "autograd ms/it", "reverse ms/it", "time ×"]
+            "weight buffer MB", "autograd ms/it", "reverse ms/it", "time ×", "CPU time ×"]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    by = {(r["width"], r["ipc"], r["steps"], r["provider"]): r for r in rows}
+    by = {(r["width"], r["ipc"], r["steps"], r["provider"]): r for r in rows if r["mode"] == "iteration"}
     for (w, ipc, s, mode), r in sorted(by.items()):
         if mode != "reverse" or s == 1:
             continue
@@ -77,12 +89,12 @@ def markdown(rows: list[dict], skipped: list[tuple]) -> str:
         if a:
             cells = [f"{a['peak_mem_mb']:.1f}", f"{r['peak_mem_mb']:.1f}", f"{a['peak_mem_mb'] / r['peak_mem_mb']:.1f}×",
                      above, f"{r['buffer_mb']:.1f}", f"{a['median_ms']:.0f}", f"{r['median_ms']:.0f}",
-                     f"{r['median_ms'] / a['median_ms']:.2f}"]
+                     f"{r['median_ms'] / a['median_ms']:.2f}", f"{r['cpu_ms'] / a['cpu_ms']:.2f}"]
         else:
             why = next((f"not run (≈{gb:.1f} GB predicted)" for sw, si, ss, gb in skipped if (sw, si, ss) == (w, ipc, s)),
                        "–")
             cells = [why, f"{r['peak_mem_mb']:.1f}", "–", above, f"{r['buffer_mb']:.1f}", "–", f"{r['median_ms']:.0f}",
-                     "–"]
+                     "–", "–"]
         out.append(f"| {w} | {ipc} | {s} | " + " | ".join(cells) + " |")
     return "\n".join(out)
 
@@ -90,7 +102,7 @@ def markdown(rows: list[dict], skipped: list[tuple]) -> str:
 def _predict_mb(rows: list[dict], width: int, ipc: int, steps: int) -> float | None:
     """Linear in ``syn_steps`` through the two largest measured autograd runs of this width and IPC."""
     pts = sorted((r["steps"], r["peak_mem_mb"]) for r in rows
-                 if (r["width"], r["ipc"], r["provider"]) == (width, ipc, "autograd"))
+                 if (r["width"], r["ipc"], r["provider"], r["mode"]) == (width, ipc, "autograd", "iteration"))
     if len(pts) < 2:
         return None
     (s0, m0), (s1, m1) = pts[-2:]
@@ -102,7 +114,8 @@ def main(argv=None) -> None:
     ap.add_argument("--steps", nargs="*", type=int, default=[10, 20, 50, 80])
     ap.add_argument("--widths", nargs="*", type=int, default=[32, 128])
     ap.add_argument("--ipc", nargs="*", type=int, default=[1, 10])
-    ap.add_argument("--iterations", type=int, default=2, help="timed outer iterations (1 at syn_steps >= 50 on CPU)")
+    ap.add_argument("--iterations", type=int, default=3,
+                    help="timed outer iterations per mode (on CPU 1 where syn_steps x IPC > 100)")
     ap.add_argument("--max-gb", type=float, default=9.0, help="skip autograd runs predicted to need more")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
@@ -125,31 +138,37 @@ def main(argv=None) -> None:
             experts = make_experts(root, width, device)
             for ipc in args.ipc:
                 for steps in [1, *sorted(args.steps)]:
-                    for mode in ("autograd", "reverse") if steps > 1 else ("reverse",):
-                        if mode == "autograd":
-                            gb = (_predict_mb(rows, width, ipc, steps) or 0) / 1024
-                            if gb > args.max_gb:
-                                skipped.append((width, ipc, steps, gb))
-                                print(f"w{width} IPC {ipc} steps {steps} autograd: skipped (≈{gb:.1f} GB predicted)",
-                                      flush=True)
-                                continue
-                        n = 1 if device.type == "cpu" and steps >= 50 else args.iterations
-                        r = measure(ds, experts, width, ipc, steps, mode, n, device)
+                    modes = ["autograd", "reverse"] if steps > 1 else ["reverse"]
+                    gb = (_predict_mb(rows, width, ipc, steps) or 0) / 1024
+                    if "autograd" in modes and gb > args.max_gb:
+                        skipped.append((width, ipc, steps, gb))
+                        modes.remove("autograd")
+                        print(f"w{width} IPC {ipc} steps {steps} autograd: skipped (≈{gb:.1f} GB predicted)", flush=True)
+                    n = args.iterations if device.type != "cpu" or steps * ipc <= 100 else 1
+                    dists = {m: make(ds, experts, width, ipc, steps, m, device) for m in modes}
+                    for mode, r in measure(dists, n, device).items():
+                        buffer_mb = steps * r["params"] * 4 / 2**20
                         r.update(op="unroll", case=f"MTT FMNIST w{width} IPC {ipc} syn_steps {steps}", provider=mode,
-                                 mode="iteration", bytes=int(r["buffer_mb"] * 2**20), width=width, ipc=ipc,
-                                 steps=steps)
+                                 mode="iteration", bytes=int(steps * r["params"] * 4), buffer_mb=buffer_mb,
+                                 width=width, ipc=ipc, steps=steps)
                         rows.append(r)
+                        # The same iterations' CPU time (this thread's), a row of its own: on a shared
+                        # machine it is the steadier measure of the work.
+                        rows.append(dict(r, mode="iteration-cpu", median_ms=r["cpu_ms"], iqr_ms=float("nan")))
                         print(f"w{width} IPC {ipc} steps {steps} {mode}: {r['peak_mem_mb']:.1f} MB peak, "
-                              f"{r['median_ms']:.0f} ms/it ({n} timed; {time.perf_counter() - t_start:.0f} s so far)",
-                              flush=True)
+                              f"{r['median_ms']:.0f} ms/it wall, {r['cpu_ms']:.0f} ms/it CPU ({n} timed; "
+                              f"{time.perf_counter() - t_start:.0f} s so far)", flush=True)
+                    del dists
     os.makedirs(args.out, exist_ok=True)
     harness.append_csv(os.path.join(args.out, "results.csv"), rows, bandwidth_gbs=float("nan"))
     table = (f"Measured on {harness.hardware()}, torch {torch.__version__}, git {harness.git_sha()}; MTT `quick` "
              f"preset on Fashion-MNIST (all IPC·10 images per student step, per-sample DSA), one throwaway expert "
-             f"per width. Peak = memory allocated during one outer iteration above what was live before; time = "
-             f"median of {args.iterations} outer iterations ({'1 at syn_steps ≥ 50' if device.type == 'cpu' else 'all'}"
-             f") after one warm-up. memory ÷ = autograd ÷ reverse; reverse − 1-step = reverse's peak above "
-             f"its own 1-step unroll's; weight buffer = syn_steps × P × 4 bytes; time × = reverse ÷ autograd. "
+             f"per width. Peak = memory allocated during one outer iteration above what was live before (CPU: "
+             f"the profiler's allocation records); time = median wall time of {args.iterations} outer iterations "
+             f"({'1 where syn_steps × IPC > 100' if device.type == 'cpu' else 'all'}) after one warm-up, the two "
+             f"modes alternating. memory ÷ = autograd ÷ reverse; reverse − 1-step = reverse's peak above "
+             f"its own 1-step unroll's; weight buffer = syn_steps × P × 4 bytes; time × = reverse ÷ autograd "
+             f"(wall); CPU time × = the same iterations' CPU time ratio (steadier on a shared machine). "
              f"Whole grid: {time.perf_counter() - t_start:.0f} s.\n\n" + markdown(rows, skipped))
     complete = all(getattr(args, k) == ap.get_default(k) for k in ("steps", "widths", "ipc", "device"))
     path = harness.write_table(args.out, f"latest-unroll-{device.type}", table, complete)

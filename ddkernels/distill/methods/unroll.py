@@ -23,6 +23,12 @@ mixed second-derivative (vector-Jacobian) product ``∂⟨g_t, c⟩/∂(θ_t, in
 whatever ``T`` (autograd through the unroll keeps all ``T``). The gradient is the exact one, the
 same as autograd's through the same unroll (tests/distill/methods/test_unroll.py, float64).
 
+Cost: autograd's (one forward and create-graph backward per step, then the double backward) plus
+the forward's graph-free gradient per step. The last step is built with its graph in the forward and
+that graph kept for the reverse (``keep=1``, :func:`unrolled_sgd`'s default: the reverse's first step
+holds it anyway, so the peak is the same); each further kept step would hold one more step's graph.
+With ``θ_0`` not requiring grad, the reverse's last step (``t = 0``) differentiates the inputs only.
+
 :class:`UnrolledSGD` wraps the pair as an ``autograd.Function`` (``θ_T`` differentiable in ``θ_0``,
 ``η``, ``μ`` and the inputs), so an objective's loss on ``θ_T`` backpropagates as usual;
 :func:`autograd_unroll` is the same unroll with ``create_graph=True``, the reference.
@@ -83,6 +89,9 @@ class Tape:
     records: list = field(default_factory=list)
     weights: torch.Tensor | None = None
     velocities: torch.Tensor | None = None
+    #: ``{t: (θ_t, g_t)}`` for the last ``keep`` steps: ``g_t`` with its graph (built by the forward, used
+    #: once by the reverse instead of a recompute)
+    kept: dict = field(default_factory=dict)
 
     def buffer_bytes(self) -> int:
         return sum(b.numel() * b.element_size() for b in (self.weights, self.velocities) if b is not None)
@@ -104,7 +113,8 @@ def _check(steps: int, momentum: Number) -> None:
 
 def unroll_forward(f: Callable, theta0: torch.Tensor, steps: int, draw: Callable[[int], Any],
                    build: Callable[[Any], tuple[torch.Tensor, torch.Tensor]], lr: Number, momentum: Number = 0.0,
-                   *, pinned: bool = False, keep_velocities: bool = False) -> tuple[torch.Tensor, Tape]:
+                   *, pinned: bool = False, keep_velocities: bool = False,
+                   keep: int = 0) -> tuple[torch.Tensor, Tape]:
     """``steps`` of (momentum) SGD from ``θ_0`` without a graph (see the module doc).
 
     Args:
@@ -115,11 +125,17 @@ def unroll_forward(f: Callable, theta0: torch.Tensor, steps: int, draw: Callable
         lr, momentum: floats or 0-d tensors (their values are read; see :class:`UnrolledSGD`).
         pinned: the buffers in pinned host memory instead of ``θ_0``'s device.
         keep_velocities: keep ``v_{t+1}`` per step (needed for ``η``'s or ``μ``'s gradient when ``μ ≠ 0``).
+        keep: build the last ``keep`` steps with their double-backward graph and keep it for
+            :func:`unroll_reverse`, which then skips their recompute. ``keep=1`` costs no peak memory
+            when the reverse follows (its first step holds that graph anyway); each further step holds
+            one more step's graph. ``0`` for a forward that no reverse follows.
 
     Returns:
         ``(θ_T, tape)``.
     """
     _check(steps, momentum)
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 0:
+        raise ValueError(f"keep must be a non-negative int, got {keep!r}")
     lr, momentum = _value(lr), _value(momentum)
     plain = not isinstance(momentum, torch.Tensor) and momentum == 0
     tape = Tape(f, build, lr, momentum, theta0.device, weights=_buffer(steps, theta0, pinned))
@@ -130,10 +146,18 @@ def unroll_forward(f: Callable, theta0: torch.Tensor, steps: int, draw: Callable
         tape.weights[t].copy_(theta, non_blocking=True)
         rec = draw(t)
         tape.records.append(rec)
-        with torch.no_grad():
-            x, y = build(rec)
-        with torch.enable_grad():
-            g = _step_grad(f, theta.detach().requires_grad_(True), x, y, False)
+        if t >= steps - keep:
+            with torch.enable_grad():
+                th = theta.clone().requires_grad_(True)  # theta itself is updated in place below
+                x, y = build(rec)
+                g_graph = _step_grad(f, th, x, y, True)
+            tape.kept[t] = (th, g_graph)
+            g = g_graph.detach()
+        else:
+            with torch.no_grad():
+                x, y = build(rec)
+            with torch.enable_grad():
+                g = _step_grad(f, theta.detach().requires_grad_(True), x, y, False)
         if plain:
             buf = g
         elif buf is None:
@@ -154,20 +178,21 @@ class Grads:
     """The reverse pass's result: ``∂L/∂θ_0``, ``∂L/∂η`` and ``∂L/∂μ`` (``None`` where not asked)
     and one gradient per input (``None`` where the unroll does not depend on it)."""
 
-    theta0: torch.Tensor
+    theta0: torch.Tensor | None
     lr: torch.Tensor | None
     momentum: torch.Tensor | None
     inputs: list[torch.Tensor | None]
 
 
 def unroll_reverse(tape: Tape, theta_bar: torch.Tensor, inputs: Sequence[torch.Tensor], *, lr_grad: bool = False,
-                   momentum_grad: bool = False) -> Grads:
+                   momentum_grad: bool = False, theta_grad: bool = True) -> Grads:
     """The gradient of ``L`` through the unrolled steps, given ``θ̄_T = ∂L/∂θ_T`` (see the module doc).
 
     Args:
-        tape: from :func:`unroll_forward`.
+        tape: from :func:`unroll_forward` (its kept graphs are used up).
         inputs: tensors requiring grad that ``tape.build`` reads (the stored tensors).
         lr_grad, momentum_grad: also return ``∂L/∂η`` / ``∂L/∂μ`` (as 0-d tensors).
+        theta_grad: also return ``∂L/∂θ_0`` (``False`` spares the last step's weight terms).
     """
     lr, mu = tape.lr, tape.momentum
     plain = not isinstance(mu, torch.Tensor) and mu == 0
@@ -190,50 +215,61 @@ def unroll_reverse(tape: Tape, theta_bar: torch.Tensor, inputs: Sequence[torch.T
             c = c * mu - a * lr
         else:
             c.mul_(mu).add_(a, alpha=-lr)
-        th = tape.weights[t].to(dev, non_blocking=True).clone().requires_grad_(True)
-        with torch.enable_grad():
-            x, y = tape.build(tape.records[t])
-            g = _step_grad(tape.f, th, x, y, True)
+        if t in tape.kept:
+            th, g = tape.kept.pop(t)
+        else:
+            # A view of the buffer row where it lives on the device (nothing writes to it any more).
+            th = tape.weights[t].to(dev, non_blocking=True).detach().requires_grad_(True)
+            with torch.enable_grad():
+                x, y = tape.build(tape.records[t])
+                g = _step_grad(tape.f, th, x, y, True)
         if lr_bar is not None:
             lr_bar -= torch.dot(a, g.detach() if plain else tape.velocities[t].to(dev))
         if mu_bar is not None and t > 0:  # v_0 = 0
             mu_bar += torch.dot(c, tape.velocities[t - 1].to(dev))
-        h = torch.autograd.grad(g, [th, *inputs], grad_outputs=c, allow_unused=True)
-        a += h[0]
-        for i, hi in enumerate(h[1:]):
+        wrt = [th, *inputs] if t > 0 or theta_grad else inputs
+        if not wrt:
+            break  # θ_0's own terms are not wanted and nothing else is left
+        h = torch.autograd.grad(g, wrt, grad_outputs=c, allow_unused=True)
+        if len(wrt) > len(inputs):
+            a += h[0]
+        for i, hi in enumerate(h[len(wrt) - len(inputs):]):
             if hi is not None:
                 bars[i] = hi if bars[i] is None else bars[i] + hi
-    return Grads(a, lr_bar, mu_bar, bars)
+    tape.kept.clear()
+    return Grads(a if theta_grad else None, lr_bar, mu_bar, bars)
 
 
 class UnrolledSGD(torch.autograd.Function):
     """``θ_T = UnrolledSGD.apply(spec, θ_0, η, μ, *inputs)``: the forward of :func:`unroll_forward`,
-    the backward of :func:`unroll_reverse`. ``spec = (f, steps, draw, build, pinned)``; ``η``/``μ`` are
-    floats or 0-d tensors (a gradient for those that require one); ``inputs`` are the tensors
+    the backward of :func:`unroll_reverse`. ``spec = (f, steps, draw, build, pinned, keep)``; ``η``/``μ``
+    are floats or 0-d tensors (a gradient for those that require one); ``inputs`` are the tensors
     ``build`` reads, each requiring grad (a gradient for each)."""
 
     @staticmethod
     def forward(ctx, spec, theta0, lr, momentum, *inputs):
-        f, steps, draw, build, pinned = spec
+        f, steps, draw, build, pinned, keep = spec
         grads_of = [isinstance(v, torch.Tensor) and v.requires_grad for v in (lr, momentum)]
         theta, tape = unroll_forward(f, theta0, steps, draw, build, lr, momentum, pinned=pinned,
-                                     keep_velocities=any(grads_of))
+                                     keep_velocities=any(grads_of), keep=keep)
         ctx.tape, ctx.grads_of, ctx.inputs = tape, grads_of, inputs
         return theta
 
     @staticmethod
     def backward(ctx, theta_bar):
         lr_grad, mu_grad = ctx.grads_of
-        r = unroll_reverse(ctx.tape, theta_bar, ctx.inputs, lr_grad=lr_grad, momentum_grad=mu_grad)
+        r = unroll_reverse(ctx.tape, theta_bar, ctx.inputs, lr_grad=lr_grad, momentum_grad=mu_grad,
+                           theta_grad=ctx.needs_input_grad[1])
         ctx.tape = None  # frees the buffers once the gradient is out
         return (None, r.theta0, r.lr, r.momentum, *r.inputs)
 
 
 def unrolled_sgd(f: Callable, theta0: torch.Tensor, steps: int, draw: Callable[[int], Any],
                  build: Callable[[Any], tuple[torch.Tensor, torch.Tensor]], lr: Number, momentum: Number = 0.0,
-                 inputs: Sequence[torch.Tensor] = (), *, pinned: bool = False) -> torch.Tensor:
-    """``θ_T`` of the unroll, differentiable by the reverse pass (see :class:`UnrolledSGD`)."""
-    return UnrolledSGD.apply((f, steps, draw, build, pinned), theta0, lr, momentum,
+                 inputs: Sequence[torch.Tensor] = (), *, pinned: bool = False, keep: int = 1) -> torch.Tensor:
+    """``θ_T`` of the unroll, differentiable by the reverse pass (see :class:`UnrolledSGD`); ``keep``: the
+    last steps whose graph the forward keeps (:func:`unroll_forward`; 1, the last, costs no peak memory)."""
+    return UnrolledSGD.apply((f, steps, draw, build, pinned, keep), theta0, lr, momentum,
                              *[p for p in inputs if p.requires_grad])
 
 

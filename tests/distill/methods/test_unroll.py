@@ -172,3 +172,33 @@ def test_rtp_is_an_instance_of_the_reverse_pass():
                                                                    mem.labels(rows[t])), 0.1, 0.9, [bases, table])
     want = torch.autograd.grad(F.cross_entropy(f(theta, real_x), real_y), [bases, table])
     assert_same([g_bases, g_table], want, ["bases", "addressing"])
+
+
+@pytest.mark.parametrize("keep", [0, 2, 4, 9])
+def test_kept_graphs_and_theta0_without_grad_give_the_same_gradient(keep):
+    """Steps whose graph the forward keeps (none, some, all, more than there are) and a θ_0 that needs no
+    gradient (the reverse then skips θ_0's terms) change nothing in the inputs', η's and μ's gradients."""
+    gen = torch.Generator().manual_seed(1)
+    f = FlatParams(ConvNet(1, 3, width=4, im_size=(8, 8)).double())
+    pool = torch.randn(12, 1, 8, 8, dtype=torch.float64, generator=gen).requires_grad_(True)
+    labels = torch.arange(12) % 3
+    idx = [torch.randperm(12, generator=gen)[:5] for _ in range(4)]
+    lr = torch.tensor(0.2, dtype=torch.float64, requires_grad=True)
+    mu = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
+    target = torch.randn(f.flat().shape, dtype=torch.float64, generator=gen)
+
+    def build(t):
+        return pool[idx[t]].tanh(), labels[idx[t]]
+
+    def grads(theta_T):
+        return torch.autograd.grad(((theta_T - target) ** 2).sum(), [pool, lr, mu])
+
+    want = grads(autograd_unroll(f, f.flat(), 4, lambda t: t, build, lr, mu))
+    got = grads(unrolled_sgd(f, f.flat(), 4, lambda t: t, build, lr, mu, [pool], keep=keep))
+    assert_same(got, want, ["pool", "lr", "momentum"])
+    theta, tape = unroll_forward(f, f.flat(), 4, lambda t: t, build, 0.2, keep=keep)
+    assert sorted(tape.kept) == list(range(max(0, 4 - keep), 4))
+    r = unroll_reverse(tape, theta - target, [pool], theta_grad=False)
+    assert r.theta0 is None and not tape.kept
+    with pytest.raises(ValueError, match="keep must be a non-negative int"):
+        unroll_forward(f, f.flat(), 4, lambda t: t, build, 0.2, keep=-1)
