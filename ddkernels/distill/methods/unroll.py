@@ -148,7 +148,9 @@ def unroll_forward(f: Callable, theta0: torch.Tensor, steps: int, draw: Callable
         tape.records.append(rec)
         if t >= steps - keep:
             with torch.enable_grad():
-                th = theta.clone().requires_grad_(True)  # theta itself is updated in place below
+                # A copy: theta is updated in place below, and later rows of the buffer are written (a view
+                # of it would share their version counter).
+                th = theta.clone().requires_grad_(True)
                 x, y = build(rec)
                 g_graph = _step_grad(f, th, x, y, True)
             tape.kept[t] = (th, g_graph)
