@@ -76,25 +76,65 @@ def measure(dists: dict, iterations: int, device: torch.device) -> dict:
     return out
 
 
+def step_floor(d, device: torch.device, repeats: int = 7) -> tuple[float, float]:
+    """This thread's CPU ms (medians) of one student step's graph-free gradient (what the reverse mode's
+    forward adds per step) and of one step with its graph and its mixed second-derivative product (what
+    both modes pay per step): the recompute's floor is ``1 + the first ÷ the second``."""
+    from ddkernels.distill.methods.unroll import _step_grad
+
+    o = d.objective
+    theta = o.experts.trajectories[0][0].to(device)
+    inputs = [p for p in d.param.params().values() if p.requires_grad]
+    record = o.student_draw(0)
+
+    def free():
+        with torch.no_grad():
+            x, y = o.student_build(record)
+        with torch.enable_grad():
+            return _step_grad(o.student_logits, theta.clone().requires_grad_(True), x, y, False)
+
+    def full():
+        th = theta.clone().requires_grad_(True)
+        x, y = o.student_build(record)
+        g = _step_grad(o.student_logits, th, x, y, True)
+        return torch.autograd.grad(g, [th, *inputs], grad_outputs=torch.ones_like(g), allow_unused=True)
+
+    out = []
+    for fn in (free, full):
+        fn()
+        times = []
+        for _ in range(repeats):
+            harness.sync(device)
+            c0 = time.thread_time()
+            fn()
+            harness.sync(device)
+            times.append(time.thread_time() - c0)
+        out.append(1e3 * statistics.median(times))
+    return out[0], out[1]
+
+
 def markdown(rows: list[dict], skipped: list[tuple]) -> str:
     head = ["width", "IPC", "syn_steps", "autograd MB", "reverse MB", "memory ÷", "reverse − 1-step MB",
-            "weight buffer MB", "autograd ms/it", "reverse ms/it", "time ×", "CPU time ×"]
+            "weight buffer MB", "autograd ms/it", "reverse ms/it", "time ×", "CPU time ×", "floor ×"]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     by = {(r["width"], r["ipc"], r["steps"], r["provider"]): r for r in rows if r["mode"] == "iteration"}
+    steps_ = {(r["width"], r["ipc"], r["provider"]): r["median_ms"] for r in rows if r["mode"] == "step-cpu"}
     for (w, ipc, s, mode), r in sorted(by.items()):
         if mode != "reverse" or s == 1:
             continue
         a, one = by.get((w, ipc, s, "autograd")), by.get((w, ipc, 1, "reverse"))
         above = f"{r['peak_mem_mb'] - one['peak_mem_mb']:.1f}" if one else "–"
+        free, full = steps_.get((w, ipc, "graph-free step")), steps_.get((w, ipc, "step with graph and HVP"))
+        floor = f"{1 + free / full:.2f}" if free and full else "–"
         if a:
             cells = [f"{a['peak_mem_mb']:.1f}", f"{r['peak_mem_mb']:.1f}", f"{a['peak_mem_mb'] / r['peak_mem_mb']:.1f}×",
                      above, f"{r['buffer_mb']:.1f}", f"{a['median_ms']:.0f}", f"{r['median_ms']:.0f}",
-                     f"{r['median_ms'] / a['median_ms']:.2f}", f"{r['cpu_ms'] / a['cpu_ms']:.2f}"]
+                     f"{r['median_ms'] / a['median_ms']:.2f}", f"{r['cpu_ms'] / a['cpu_ms']:.2f}", floor]
         else:
             why = next((f"not run (≈{gb:.1f} GB predicted)" for sw, si, ss, gb in skipped if (sw, si, ss) == (w, ipc, s)),
                        "–")
             cells = [why, f"{r['peak_mem_mb']:.1f}", "–", above, f"{r['buffer_mb']:.1f}", "–", f"{r['median_ms']:.0f}",
-                     "–", "–"]
+                     "–", "–", floor]
         out.append(f"| {w} | {ipc} | {s} | " + " | ".join(cells) + " |")
     return "\n".join(out)
 
@@ -137,6 +177,12 @@ def main(argv=None) -> None:
         for width in args.widths:
             experts = make_experts(root, width, device)
             for ipc in args.ipc:
+                d1 = make(ds, experts, width, ipc, 1, "reverse", device)
+                for provider, ms in zip(("graph-free step", "step with graph and HVP"), step_floor(d1, device)):
+                    rows.append(dict(op="unroll", case=f"MTT FMNIST w{width} IPC {ipc} one student step", provider=provider,
+                                     mode="step-cpu", median_ms=ms, width=width, ipc=ipc, steps=1))
+                    print(f"w{width} IPC {ipc} {provider}: {ms:.1f} ms CPU", flush=True)
+                del d1
                 for steps in [1, *sorted(args.steps)]:
                     modes = ["autograd", "reverse"] if steps > 1 else ["reverse"]
                     gb = (_predict_mb(rows, width, ipc, steps) or 0) / 1024
@@ -168,7 +214,9 @@ def main(argv=None) -> None:
              f"({'1 where syn_steps × IPC > 100' if device.type == 'cpu' else 'all'}) after one warm-up, the two "
              f"modes alternating. memory ÷ = autograd ÷ reverse; reverse − 1-step = reverse's peak above "
              f"its own 1-step unroll's; weight buffer = syn_steps × P × 4 bytes; time × = reverse ÷ autograd "
-             f"(wall); CPU time × = the same iterations' CPU time ratio (steadier on a shared machine). "
+             f"(wall); CPU time × = the same iterations' CPU time ratio (steadier on a shared machine); floor × = "
+             f"1 + (CPU time of one step's graph-free gradient) ÷ (of one step with its graph and its "
+             f"second-derivative product), the recompute's bound for CPU time ×. "
              f"Whole grid: {time.perf_counter() - t_start:.0f} s.\n\n" + markdown(rows, skipped))
     complete = all(getattr(args, k) == ap.get_default(k) for k in ("steps", "widths", "ipc", "device"))
     path = harness.write_table(args.out, f"latest-unroll-{device.type}", table, complete)
