@@ -216,7 +216,9 @@ def main(argv=None) -> None:
              f"its own 1-step unroll's; weight buffer = syn_steps × P × 4 bytes; time × = reverse ÷ autograd "
              f"(wall); CPU time × = the same iterations' CPU time ratio (steadier on a shared machine); floor × = "
              f"1 + (CPU time of one step's graph-free gradient) ÷ (of one step with its graph and its "
-             f"second-derivative product), the recompute's bound for CPU time ×. "
+             f"second-derivative product): what the recompute costs when a step costs autograd as much inside "
+             f"the unroll as alone (with many steps autograd's large graph makes its steps dearer and CPU time × "
+             f"falls below it). "
              f"Whole grid: {time.perf_counter() - t_start:.0f} s.\n\n" + markdown(rows, skipped))
     complete = all(getattr(args, k) == ap.get_default(k) for k in ("steps", "widths", "ipc", "device"))
     path = harness.write_table(args.out, f"latest-unroll-{device.type}", table, complete)
