@@ -236,6 +236,7 @@ def check_arguments(method: str, dataset: str, ipc: int, *, preset: str = "quick
     others = [preset_hp(method, dataset, ipc, p) for p in PRESET_NAMES if p != preset]
     checked = check_settings(hp, overrides or {}, f"{method} hyperparameter", others)
     check_int("--set iterations", checked.get("iterations", hp["iterations"]), 0)
+    METHODS[method].check_hp({**hp, **checked})
     return checked
 
 

@@ -265,5 +265,9 @@ class RTP(Distiller):
     PRESETS = {"paper": paper, "quick": quick}
     HP_SINCE = {**Distiller.HP_SINCE, "label_mode": "onehot", "label_dim": None}  # learned labels came later (issue 20)
 
+    @classmethod
+    def check_hp(cls, hp: dict) -> None:
+        check_label_mode(hp["label_mode"], hp["label_dim"])
+
 
 __all__ = ["AddressableMemories", "BPTT", "FlatParams", "RTP", "bptt_meta_gradient", "unroll_momentum_sgd"]
