@@ -364,3 +364,23 @@ def test_label_mode_runs_resume_and_save_their_labels(digits, tmp_path, mode):
     else:
         assert full["label_kind"] == "hard" and torch.equal(labels, mem.labels())
     assert full["storage"]["stored_floats"] == mem.num_stored()
+
+
+def test_soft_label_run_is_evaluated_and_recorded_as_soft(tmp_path):
+    """A soft-label run trains its evaluation networks on the stored distributions and records
+    ``labels: soft`` beside the accuracy (the random-real baseline: ``hard``); so does ``ddkernels
+    evaluate``; the DD-Ranking export carries the distributions."""
+    from ddkernels.distill.evaluate import SOFT_LOSS
+    from ddkernels.distill.export import export_run
+
+    out = str(tmp_path / "soft")
+    m = runs.distill("rtp", "digits", 2, out, iterations=1, overrides=dict(TINY, label_mode="soft", eval_epochs=2),
+                     eval_nets=1, progress=False)
+    assert m["labels"] == "soft" and m["eval_loss"] == SOFT_LOSS and m["train_labels"] == "soft"
+    assert m["random_real"]["labels"] == "hard"
+    record = runs.evaluate_dir(out, eval_nets=1, baseline=False, progress=False, device="cpu")
+    assert record["labels"] == "soft" and record["accuracy"]["n"] == 1
+    ex = export_run(out, "ddranking")
+    soft = torch.load(tmp_path / "soft" / "export" / "ddranking" / "soft_labels.pt", weights_only=True)
+    hard = torch.load(tmp_path / "soft" / "export" / "ddranking" / "labels.pt", weights_only=True)
+    assert soft.shape == (80, 10) and torch.equal(soft.argmax(1), hard) and ex["per_class"] == [8] * 10
