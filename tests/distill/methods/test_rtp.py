@@ -154,14 +154,19 @@ def test_reference_vs_fused_decode_run(digits):
         assert (fused.synthetic_params()[name] - p).abs().max() <= 1e-3 * moved
 
 
-def test_resume_reaches_the_uninterrupted_result(tmp_path):
+def _full_and_split(tmp_path, overrides):
+    """``synthetic.pt`` of 3 iterations straight and of 2, then resumed to 3."""
     def go(out, iterations, resume=False):
         return runs.distill("rtp", "digits", 2, str(tmp_path / out), iterations=iterations, resume=resume,
-                            overrides=TINY, evaluate_after=False, progress=False)
+                            overrides=overrides, evaluate_after=False, progress=False)
     go("full", 3)
     go("split", 2)
     go("split", 3, resume=True)
-    full, split = (torch.load(tmp_path / n / "synthetic.pt", weights_only=False) for n in ("full", "split"))
+    return [torch.load(tmp_path / n / "synthetic.pt", weights_only=False) for n in ("full", "split")]
+
+
+def test_resume_reaches_the_uninterrupted_result(tmp_path):
+    full, split = _full_and_split(tmp_path, TINY)
     assert set(full["params"]) == {"bases", "addressing"}
     for k in full["params"]:
         assert torch.equal(full["params"][k], split["params"][k])
@@ -337,14 +342,7 @@ def test_label_tables_gradcheck():
 @pytest.mark.parametrize("mode", ["soft", "embedding"])
 def test_label_mode_runs_resume_and_save_their_labels(digits, tmp_path, mode):
     over = dict(TINY, label_mode=mode, label_dim=3 if mode == "embedding" else None)
-
-    def go(out, iterations, resume=False):
-        return runs.distill("rtp", "digits", 2, str(tmp_path / out), iterations=iterations, resume=resume,
-                            overrides=over, evaluate_after=False, progress=False)
-    go("full", 3)
-    go("split", 2)
-    go("split", 3, resume=True)
-    full, split = (torch.load(tmp_path / n / "synthetic.pt", weights_only=False) for n in ("full", "split"))
+    full, split = _full_and_split(tmp_path, over)
     extra = "label_logits" if mode == "soft" else "label_codes"
     assert set(full["params"]) == {"bases", "addressing", extra}
     start = make_distiller("rtp", digits, 2, "quick", seed=0, **over).synthetic_params()
