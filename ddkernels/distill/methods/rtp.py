@@ -112,6 +112,18 @@ def bptt_meta_gradient(f: Callable, theta0: torch.Tensor, memory: AddressableMem
     return (loss.detach(), g_bases, *g_rest)
 
 
+def check_label_hp(hp: dict) -> None:
+    """``label_mode``, ``label_dim`` and ``lr_label`` (a positive number, only for a mode that learns labels)."""
+    mode = hp.get("label_mode", "onehot")
+    check_label_mode(mode, hp.get("label_dim"))
+    lr = hp.get("lr_label")
+    if lr is not None:
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+            raise ValueError(f"lr_label must be a positive number or None (lr_syn), got {lr!r}")
+        if mode == "onehot":
+            raise ValueError("lr_label is the learned labels' step size: it needs label_mode 'soft' or 'embedding'")
+
+
 class AddressableMemories(Parameterization):
     """:class:`ddkernels.nn.AddressableMemory` as the stored set: ``bases`` (shared) and ``addressing``
     (class-major rows, one decoded image each); hp ``num_bases``, ``downsample``, ``rows_per_class``
@@ -119,8 +131,9 @@ class AddressableMemories(Parameterization):
     one real image per row), ``lr_syn``, ``momentum_syn``, ``label_mode`` (``"onehot"``: hard labels,
     the official code; ``"soft"``: a learned label distribution per row, BPTT only; ``"embedding"``: a
     learned ``label_dim``-dimensional code per class addresses the memory; see
-    :mod:`ddkernels.nn.memory`) and ``label_dim`` (``None``: the number of classes). The label tensors
-    are stored, counted against the budget and trained with the others (one optimizer group)."""
+    :mod:`ddkernels.nn.memory`), ``label_dim`` (``None``: the number of classes) and ``lr_label`` (the
+    label tensors' step size; ``None``: ``lr_syn``). The label tensors are stored, counted against the
+    budget and trained by the same meta-gradient and optimizer."""
 
     stored_space = "normalized (bases × addressing; decode with ddkernels.nn.AddressableMemory)"
     #: ``synthetic.png`` already shows every addressing row decoded (one image per stored row)
@@ -137,7 +150,7 @@ class AddressableMemories(Parameterization):
     def init(self) -> None:
         t, hp = self.t, self.t.hp
         mode, label_dim = hp.get("label_mode", "onehot"), hp.get("label_dim")
-        check_label_mode(mode, label_dim)  # before any work
+        check_label_hp(hp)  # before any work
         if mode == "soft" and not isinstance(t.objective, BPTT):
             raise ValueError(f"label_mode='soft' learns the labels through BPTT's inner loop; objective "
                              f"{type(t.objective).__name__} does not train on the stored labels (use 'onehot' or "
@@ -164,7 +177,14 @@ class AddressableMemories(Parameterization):
 
     def param_groups(self):
         hp = self.t.hp
-        return [{"params": list(self.memory.tables().values()), "lr": hp["lr_syn"], "momentum": hp["momentum_syn"]}]
+        tables = self.memory.tables()
+        if hp.get("lr_label") is None:  # one group, the label tensors (if any) at lr_syn
+            return [{"params": list(tables.values()), "lr": hp["lr_syn"], "momentum": hp["momentum_syn"]}]
+        # The labels' meta-gradient is orders of magnitude smaller than the bases' (docs/results.md,
+        # RTP label modes): their own step size lets them move within a short run.
+        labels = [v for k, v in tables.items() if k.startswith("label_")]
+        return [{"params": [tables["bases"], tables["addressing"]], "lr": hp["lr_syn"], "momentum": hp["momentum_syn"]},
+                {"params": labels, "lr": hp["lr_label"], "momentum": hp["momentum_syn"]}]
 
     def stored_labels(self):
         return self.memory.labels()  # the class of each addressing row
@@ -237,7 +257,7 @@ def paper(dataset: str, ipc: int) -> dict:
     return dict(iterations=500000, num_bases=16, downsample=2, rows_per_class=None, init="xavier", inner_steps=150,
                 inner_lr=0.01, inner_momentum=0.9, batch_syn=32, batch_real=64, lr_syn=0.1, momentum_syn=0.5,
                 clip=2.0, width=128, eval="rtp", eval_epochs=300, eval_aug=None, eval_width=None,
-                precision="fp32", label_mode="onehot", label_dim=None)
+                precision="fp32", label_mode="onehot", label_dim=None, lr_label=None)
 
 
 def quick(dataset: str, ipc: int) -> dict:
@@ -263,11 +283,11 @@ class RTP(Distiller):
     PARAMETERIZATION = AddressableMemories
     OBJECTIVE = BPTT
     PRESETS = {"paper": paper, "quick": quick}
-    HP_SINCE = {**Distiller.HP_SINCE, "label_mode": "onehot", "label_dim": None}  # learned labels came later (issue 20)
+    HP_SINCE = {**Distiller.HP_SINCE, "label_mode": "onehot", "label_dim": None, "lr_label": None}  # learned labels came later (issue 20)
 
     @classmethod
     def check_hp(cls, hp: dict) -> None:
-        check_label_mode(hp["label_mode"], hp["label_dim"])
+        check_label_hp(hp)
 
 
 __all__ = ["AddressableMemories", "BPTT", "FlatParams", "RTP", "bptt_meta_gradient", "unroll_momentum_sgd"]

@@ -277,6 +277,10 @@ def test_bad_label_mode_or_dim_is_named_before_any_work(digits, tmp_path, monkey
             runs.distill("rtp", "fashion-mnist", 1, str(tmp_path / "x"), overrides=bad, progress=False)
         with pytest.raises(ValueError, match=match):
             make_distiller("rtp", digits, 2, "quick", **bad, **TINY)
+    for bad, match in ((dict(label_mode="soft", lr_label=0), "lr_label must be a positive number"),
+                       (dict(lr_label=1.0), "lr_label is the learned labels' step size")):
+        with pytest.raises(ValueError, match=match):
+            runs.distill("rtp", "fashion-mnist", 1, str(tmp_path / "x"), overrides=bad, progress=False)
     assert not (tmp_path / "x").exists()
     with pytest.raises(ValueError, match="label_mode must be one of"):
         AddressableMemory(3, 2, 2, (1, 4, 4), label_mode="one-hot")
@@ -382,3 +386,22 @@ def test_soft_label_run_is_evaluated_and_recorded_as_soft(tmp_path):
     soft = torch.load(tmp_path / "soft" / "export" / "ddranking" / "soft_labels.pt", weights_only=True)
     hard = torch.load(tmp_path / "soft" / "export" / "ddranking" / "labels.pt", weights_only=True)
     assert soft.shape == (80, 10) and torch.equal(soft.argmax(1), hard) and ex["per_class"] == [8] * 10
+
+
+def test_lr_label_gives_the_labels_their_own_step(digits):
+    """``lr_label``: the label tensors in a group of their own; ``None`` keeps one group at ``lr_syn``."""
+    for mode, name in (("soft", "label_logits"), ("embedding", "label_codes")):
+        one = make_distiller("rtp", digits, 2, "quick", seed=0, label_mode=mode, **TINY)
+        assert len(one.opt.param_groups) == 1 and len(one.opt.param_groups[0]["params"]) == 3
+        two = make_distiller("rtp", digits, 2, "quick", seed=0, label_mode=mode, lr_label=50.0, **TINY)
+        groups = two.opt.param_groups
+        assert [g["lr"] for g in groups] == [two.hp["lr_syn"], 50.0]
+        assert groups[1]["params"] == [getattr(two.memory, name)] and len(groups[0]["params"]) == 2
+        start = {k: v.detach().clone() for k, v in two.synthetic_params().items()}
+        two.run(1, progress=False)
+        one.run(1, progress=False)
+        for k in ("bases", "addressing"):  # the same first step for the other tensors
+            assert torch.equal(two.synthetic_params()[k], one.synthetic_params()[k]), k
+        moved = [(p.detach() - start[name]).abs().max() for p in (two.synthetic_params()[name],
+                                                                  one.synthetic_params()[name])]
+        assert moved[0] > 0 and torch.allclose(moved[0], moved[1] * 50.0 / two.hp["lr_syn"], rtol=1e-3), mode
