@@ -150,8 +150,9 @@ class AddressableMemory(nn.Module):
     softmax; ``"embedding"`` stores ``label_codes`` ``(C, d_y)`` and ``addressing`` as the ``r``
     matrices ``(r, d_y, K)``, row ``c·r + i`` decoding with the coefficients ``label_codes[c] @ addressing[i]``
     (see the module doc). Bases and addressing are Xavier-uniform initialised (``nn.Embedding`` +
-    ``xavier_uniform_`` in the original), so are the label codes; the soft labels start at
-    :data:`SOFT_INIT_CONFIDENCE` for the row's class.
+    ``xavier_uniform_`` in the original), so are the label codes when ``d_y < C`` (with ``d_y ≥ C``
+    they start as the one-hot queries ``e_c``); the soft labels start at :data:`SOFT_INIT_CONFIDENCE`
+    for the row's class.
 
     Args:
         num_classes: ``C``.
@@ -188,7 +189,9 @@ class AddressableMemory(nn.Module):
         table = torch.empty(rows, num_bases, **kw)  # Xavier over (rows, K), as the original's nn.Embedding
         nn.init.xavier_uniform_(self.bases, generator=generator)
         nn.init.xavier_uniform_(table, generator=generator)
-        self.addressing = nn.Parameter(table if d_y is None else table.view(rows_per_class, d_y, num_bases))
+        # embedding: A_i[j] = table[j·r + i], so with d_y = C and y_c = e_c row c·r + i is the one-hot table's
+        self.addressing = nn.Parameter(table if d_y is None else
+                                       table.view(d_y, rows_per_class, num_bases).transpose(0, 1).contiguous())
         if label_mode == "soft":
             logits = torch.zeros(rows, num_classes, **kw)
             if num_classes > 1:  # p on the own class: exp(a) / (exp(a) + C − 1) = p
@@ -196,8 +199,13 @@ class AddressableMemory(nn.Module):
                 logits[torch.arange(rows), torch.arange(rows) // rows_per_class] = math.log(p * (num_classes - 1) / (1 - p))
             self.label_logits = nn.Parameter(logits)
         elif label_mode == "embedding":
-            self.label_codes = nn.Parameter(torch.empty(num_classes, d_y, **kw))
-            nn.init.xavier_uniform_(self.label_codes, generator=generator)
+            self.label_codes = nn.Parameter(torch.zeros(num_classes, d_y, **kw))
+            if d_y >= num_classes:
+                # the paper's one-hot query (zero-padded): no draw, so with d_y = C the memory and the
+                # random stream after it are the one-hot memory's (same init, same real-image draw)
+                self.label_codes.data[:, :num_classes] = torch.eye(num_classes, **kw)
+            else:
+                nn.init.xavier_uniform_(self.label_codes, generator=generator)
 
     @classmethod
     def from_budget(cls, ipc: int, num_classes: int, num_bases: int, image_shape: Sequence[int],

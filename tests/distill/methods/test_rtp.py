@@ -405,3 +405,18 @@ def test_lr_label_gives_the_labels_their_own_step(digits):
         moved = [(p.detach() - start[name]).abs().max() for p in (two.synthetic_params()[name],
                                                                   one.synthetic_params()[name])]
         assert moved[0] > 0 and torch.allclose(moved[0], moved[1] * 50.0 / two.hp["lr_syn"], rtol=1e-3), mode
+
+
+def test_embedding_with_dy_c_starts_as_the_onehot_memory(digits):
+    """d_y = C: the codes start as the one-hot queries without a random draw and the matrices hold the
+    one-hot table's rows, so the memory decodes to the one-hot memory's images, and a trainer with as
+    many rows draws the same real images (init='real') and leaves its random stream where one-hot does."""
+    emb = AddressableMemory(3, 2, 4, (1, 8, 8), 2, label_mode="embedding", generator=torch.Generator().manual_seed(5))
+    one = AddressableMemory(3, 2, 4, (1, 8, 8), 2, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(emb.label_codes, torch.eye(3)) and torch.equal(emb.decode(), one.decode())
+    for init in ("xavier", "real"):
+        e = make_distiller("rtp", digits, 2, "quick", seed=0, init=init, label_mode="embedding", **TINY)
+        o = make_distiller("rtp", digits, 2, "quick", seed=0, init=init, rows_per_class=27, **TINY)
+        assert e.memory.rows_per_class == 27  # the codes' 100 floats cost 3 rows of the 30
+        assert torch.allclose(e.training_set()[0], o.training_set()[0], atol=1e-5), init
+        assert torch.equal(e.gen.get_state(), o.gen.get_state()), init
