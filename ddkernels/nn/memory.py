@@ -308,9 +308,11 @@ class AddressableMemory(nn.Module):
         The bases are the top ``K`` right singular vectors of the ``ds×ds``-average-pooled images, uncentered (the decode has no bias term); the rows are the projections. Both are
         rescaled by ``β`` and ``1/β`` so that basis and row norms match on average (the decode is
         unchanged; balanced factors get comparable gradients). With fewer images than bases the
-        extra bases keep their values and get zero rows. ``"embedding"``: the ``(C, r·K)`` matrix of
-        these rows (class by class) is factored by its best rank-``d_y`` approximation, codes and
-        matrices balanced alike (exact when ``d_y ≥ C``). The soft labels are left as they are.
+        extra bases keep their values and get zero rows. ``"embedding"``: with ``d_y ≥ C`` the codes
+        are the one-hot queries and the matrices hold these rows (the one-hot memory exactly); with
+        ``d_y < C`` the ``(C, r·K)`` matrix of the rows (class by class) is factored by its best
+        rank-``d_y`` approximation, codes and matrices balanced to equal norms. The soft labels are
+        left as they are.
 
         Args:
             images: ``(C·r, ch, H, W)``, one per addressing row (class-major).
@@ -335,6 +337,12 @@ class AddressableMemory(nn.Module):
             self.addressing.copy_(table)
             return self
         c, r, kb, d_y = self.num_classes, self.rows_per_class, self.num_bases, self.label_dim
+        if d_y >= c:  # the one-hot queries and the one-hot table: exactly the one-hot memory
+            self.label_codes.zero_()
+            self.label_codes[:, :c] = torch.eye(c, dtype=table.dtype, device=table.device)
+            self.addressing.zero_()
+            self.addressing[:, :c] = table.view(c, r, kb).transpose(0, 1)
+            return self
         u, s, vh = torch.linalg.svd(table.view(c, r * kb), full_matrices=False)
         q = min(d_y, s.numel())
         gamma = (s[:q].norm() / q ** 0.5).clamp_min(1e-12).sqrt()  # ‖codes‖_F = ‖matrices‖_F

@@ -231,7 +231,8 @@ def test_embedding_init_from_images_is_the_best_rank_dy_fit():
     x = torch.randn(3 * 4, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     one = AddressableMemory(3, 5, 4, (1, 8, 8), 2, dtype=torch.float64).init_from_images(x)
     full = AddressableMemory(3, 5, 4, (1, 8, 8), 2, label_mode="embedding", dtype=torch.float64).init_from_images(x)
-    assert torch.allclose(full.decode(), one.decode(), atol=1e-10)  # d_y = C: exact
+    assert torch.allclose(full.decode(), one.decode(), atol=1e-10)  # d_y = C: the one-hot memory
+    assert torch.equal(full.label_codes, torch.eye(3, dtype=torch.float64))
     low = AddressableMemory(3, 5, 4, (1, 8, 8), 2, label_mode="embedding", label_dim=2,
                             dtype=torch.float64).init_from_images(x)
     table = one.addressing.detach().view(3, 4 * 5)
