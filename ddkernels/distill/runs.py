@@ -60,7 +60,7 @@ from ._args import check_choice, check_int, check_positive_number, check_setting
 from ._files import atomic_save, write_json
 from .device import describe as describe_device, dist_backend, resolve as resolve_device
 from .distributed import DEFAULT_TIMEOUT_S, Shard, join, launched_world, leave
-from .evaluate import evaluate, get_protocol
+from .evaluate import SOFT_LOSS, evaluate, get_protocol
 from .precision import check_precision
 from ..nn.networks import get_network, network_name
 from .data.imageio import labelled_grid, write_png
@@ -547,20 +547,20 @@ def _evaluate_arch(out, hp, preset, images, labels, ds, *, ipc, seed, eval_nets,
                    backend=backend, arch=arch, device=device)
     # hard- and soft-label results kept apart (DD-Ranking): the set's kind beside its accuracy, the
     # random-real baseline always hard
-    result = {"accuracy": _final(res), "labels": res["labels"], "eval_protocol": res["protocol"],
+    result = {"accuracy": _final(res), "labels": label_kind(labels), "eval_protocol": res["protocol"],
               "eval_seconds": round(time.perf_counter() - t0, 2)}
-    if "loss" in res:
-        result["eval_loss"] = res["loss"]
+    if result["labels"] == "soft":
+        result["eval_loss"] = SOFT_LOSS
     if "best" in res:
         result["accuracy_best"] = _best(res)
-    log.info(f"{arch}: synthetic set ({res['labels']} labels): {res['mean']:.2f} ± {res['std']:.2f} % over "
+    log.info(f"{arch}: synthetic set ({result['labels']} labels): {res['mean']:.2f} ± {res['std']:.2f} % over "
              f"{res['n']} networks" + _best_text(res))
     if baseline:
         rx, ry = random_real(ds, ipc, seed)
         base = evaluate(rx, ry, ds, eval_protocol(hp, preset, eval_nets, precision=precision), seed=seed,
                         desc=f"eval random real ({arch})", progress=progress, backend=backend, arch=arch,
                         device=device)
-        result["random_real"] = dict(_final(base), ipc=ipc, labels=base["labels"])
+        result["random_real"] = dict(_final(base), ipc=ipc, labels=label_kind(ry))
         if "best" in base:
             result["random_real"]["best"] = _best(base)
         log.info(f"{arch}: random real ({ipc}/class, same storage): {base['mean']:.2f} ± {base['std']:.2f} %"
