@@ -345,7 +345,8 @@ def _summary(m: dict) -> None:
     a = m["accuracy"]
     arch = f" {m['arch']}" if "arch" in m else ""
     print(f"\n{m.get('method', '?')} {m.get('dataset', '?')} IPC {m.get('ipc', '?')}{arch}: "
-          f"synthetic {a['mean']:.2f} ± {a['std']:.2f} % (n={a['n']}){_best(m.get('accuracy_best'))}", end="")
+          f"synthetic{' (soft labels)' if m.get('labels') == 'soft' else ''} {a['mean']:.2f} ± {a['std']:.2f} % "
+          f"(n={a['n']}){_best(m.get('accuracy_best'))}", end="")
     if "random_real" in m:
         r = m["random_real"]
         print(f"  |  random real, same storage: {r['mean']:.2f} ± {r['std']:.2f} % (n={r['n']}){_best(r.get('best'))}",

@@ -14,6 +14,13 @@ budget for a CPU:
 * ``"rtp"`` (RTP ``tools/evaluator.py``, docs/spec.md §5b): SGD(0.01, 0.9, no weight decay), batch 640, E
   epochs at a constant lr, no augmentation; tested once, at the end.
 
+Labels are hard (int64 class indices, loss cross-entropy) or soft (float ``(N, C)`` label
+distributions ``q``, e.g. RTP's ``label_mode="soft"``): a soft set trains with the soft-target
+cross-entropy ``−Σ_c q_c log softmax(z)_c`` (``F.cross_entropy`` with probability targets; it is
+``KL(q‖p) + H(q)``, so the same gradient as the KL divergence), CutMix mixing the two targets alike.
+:func:`evaluate` records which in ``"labels"`` (``"hard"``/``"soft"``), as DD-Ranking asks, so the two
+kinds of result are never mixed up; the test set's labels are always hard.
+
 Accuracies are reported as mean ± std (population std, as numpy's default in the originals) over
 ``n_nets`` networks, each initialised from its own seed: ``mean``/``std``/``accuracies`` are the
 final accuracies; with ``test_checkpoints > 1`` also ``best`` (per network, the best test accuracy
@@ -169,6 +176,27 @@ def train_network(images: torch.Tensor, labels: torch.Tensor, dataset: Dataset, 
     return net
 
 
+#: how a soft-label set is trained (recorded with its result)
+SOFT_LOSS = "soft-target cross-entropy -sum_c q_c log softmax(z)_c (= KL(q||p) + H(q), the KL's gradient)"
+
+
+def check_labels(labels: torch.Tensor, n: int, num_classes: int) -> str:
+    """``"hard"`` for int64 ``(n,)`` class indices, ``"soft"`` for float ``(n, num_classes)`` label
+    distributions (non-negative rows summing to 1); anything else raises ``ValueError`` naming ``labels``."""
+    if labels.dim() == 1:
+        if labels.shape != (n,) or labels.dtype != torch.int64:
+            raise ValueError(f"labels must be int64 ({n},) class indices or float ({n}, {num_classes}) label "
+                             f"distributions, got {labels.dtype} {tuple(labels.shape)}")
+        return "hard"
+    if labels.shape != (n, num_classes) or not labels.is_floating_point():
+        raise ValueError(f"labels must be int64 ({n},) class indices or float ({n}, {num_classes}) label distributions, "
+                         f"got {labels.dtype} {tuple(labels.shape)}")
+    sums = labels.detach().double().sum(1)
+    if bool((labels < 0).any()) or not torch.allclose(sums, torch.ones_like(sums), atol=1e-4):
+        raise ValueError("labels: soft labels must be distributions (non-negative rows summing to 1)")
+    return "soft"
+
+
 def _mean_std(accs: list[float]) -> tuple[float, float]:
     mean = sum(accs) / len(accs)
     return mean, math.sqrt(sum((a - mean) ** 2 for a in accs) / len(accs))
@@ -181,7 +209,7 @@ def evaluate(images: torch.Tensor, labels: torch.Tensor, dataset: Dataset, proto
 
     Args:
         images: normalized training images ``(N, C, H, W)``.
-        labels: int64 ``(N,)``.
+        labels: int64 ``(N,)``, or float ``(N, C)`` label distributions (soft labels; see the module doc).
         dataset: gives the test split (normalized here) and the network's shape.
         protocol: see :data:`PROTOCOLS`.
         seed: network ``i`` uses seed ``seed + i``.
@@ -191,7 +219,8 @@ def evaluate(images: torch.Tensor, labels: torch.Tensor, dataset: Dataset, proto
             device ``images`` are on). The images and the test split are moved there once.
 
     Returns:
-        ``{"mean", "std", "n", "accuracies", "protocol"}`` with the final accuracies in %; with
+        ``{"mean", "std", "n", "accuracies", "protocol", "labels"}`` with the final accuracies in %
+        (``labels``: ``"hard"`` or ``"soft"``; a soft set also names its ``"loss"``); with
         ``protocol.test_checkpoints > 1`` also ``"best": {"mean", "std", "accuracies", "epochs"}``
         (per network the best accuracy over the test ``epochs``) and ``"curves"`` (each network's
         accuracy at those epochs).
@@ -199,8 +228,7 @@ def evaluate(images: torch.Tensor, labels: torch.Tensor, dataset: Dataset, proto
     if images.dim() != 4 or images.shape[1:] != dataset.train_x.shape[1:]:
         raise ValueError(f"images must be (N, {', '.join(map(str, dataset.train_x.shape[1:]))}) for {dataset.name}, "
                          f"got {tuple(images.shape)}")
-    if labels.shape != (len(images),):
-        raise ValueError(f"labels must be ({len(images)},), got {tuple(labels.shape)}")
+    kind = check_labels(labels, len(images), dataset.num_classes)
     network_name(arch)  # an unknown name fails before any work
     if len(images) % protocol.choose:
         raise ValueError(f"protocol.choose={protocol.choose} must divide the number of images, got {len(images)}")
@@ -230,7 +258,10 @@ def evaluate(images: torch.Tensor, labels: torch.Tensor, dataset: Dataset, proto
         bar.set_postfix(acc=f"{sum(c[-1] for c in curves) / len(curves):.2f}")
     accs = [c[-1] for c in curves]
     mean, std = _mean_std(accs)
-    out = {"mean": mean, "std": std, "n": len(accs), "accuracies": accs, "protocol": dataclasses.asdict(protocol)}
+    out = {"mean": mean, "std": std, "n": len(accs), "accuracies": accs, "protocol": dataclasses.asdict(protocol),
+           "labels": kind}
+    if kind == "soft":
+        out["loss"] = SOFT_LOSS
     if len(ticks) > 1:
         best = [max(c) for c in curves]
         b_mean, b_std = _mean_std(best)
@@ -238,4 +269,4 @@ def evaluate(images: torch.Tensor, labels: torch.Tensor, dataset: Dataset, proto
     return out
 
 
-__all__ = ["PROTOCOLS", "Protocol", "checkpoint_epochs", "evaluate", "get_protocol", "test_accuracy", "train_network"]
+__all__ = ["PROTOCOLS", "Protocol", "SOFT_LOSS", "check_labels", "checkpoint_epochs", "evaluate", "get_protocol", "test_accuracy", "train_network"]

@@ -6,7 +6,8 @@ benchmarks load.
   it in a ``TensorDataset`` without transforms): ``images.pt``, the float32 ``(N, C, H, W)`` set
   normalized with the dataset's mean/std, sorted by class; ``labels.pt``, its int64 hard labels (pass
   them as ``hard_labels``: DD-Ranking's default, ``ipc`` labels per class in order, fits only
-  sets of exactly IPC images per class); ``lr.pt``, the learned evaluation lr (``syn_lr``) when
+  sets of exactly IPC images per class); ``soft_labels.pt``, a soft-label set's ``(N, C)`` label
+  distributions (``labels.pt`` then holds the rows' classes); ``lr.pt``, the learned evaluation lr (``syn_lr``) when
   the method learns one (MTT, HaBa).
 * ``dcbench`` (justincui03/dc_benchmark, ``data_loader/dc_data_loader.py``): the VICO result file
   ``<METHOD>/<Dataset>/IPC<ipc>/res_<METHOD>_<Dataset>_ConvNet_<ipc>ipc.pt`` holding
@@ -38,9 +39,14 @@ def export_run(run: str, fmt: str, out: str | None = None) -> dict:
     if not os.path.isfile(spath):
         raise FileNotFoundError(f"RUN_DIR {run!r} has no synthetic.pt; run `ddkernels distill` into it first")
     syn = torch.load(spath, map_location="cpu", weights_only=False)
-    images, labels = syn["images"].float(), syn["image_labels"].long()
+    images, labels = syn["images"].float(), syn["image_labels"]
+    soft = None
+    if labels.dim() == 2:  # a soft-label set (RTP label_mode="soft"): hard labels are the rows' classes
+        soft, labels = labels.float(), syn["labels"]
+    labels = labels.long()
     order = torch.sort(labels, stable=True).indices  # class-sorted, as both tools' loaders expect
     images, labels = images[order].contiguous(), labels[order].contiguous()
+    soft = None if soft is None else soft[order].contiguous()
     method, dataset, ipc = syn["method"], syn["dataset"], syn["ipc"]
     out = os.path.join(run, "export", fmt) if out is None else out
     os.makedirs(out, exist_ok=True)
@@ -56,6 +62,10 @@ def export_run(run: str, fmt: str, out: str | None = None) -> dict:
         atomic_save(labels, os.path.join(out, "labels.pt"))
         manifest["files"] = {"images.pt": "image_tensor (N, C, H, W), class-sorted",
                              "labels.pt": "hard_labels (N,) int64"}
+        if soft is not None:
+            atomic_save(soft, os.path.join(out, "soft_labels.pt"))
+            manifest["files"]["soft_labels.pt"] = ("soft_labels (N, C) float32: the learned label distributions "
+                                                   "the set was evaluated with (DD-Ranking's soft-label metrics)")
         if lr is not None:
             atomic_save(torch.tensor(float(lr)), os.path.join(out, "lr.pt"))
             manifest["files"]["lr.pt"] = "syn_lr: the learned evaluation learning rate"
@@ -67,7 +77,9 @@ def export_run(run: str, fmt: str, out: str | None = None) -> dict:
         rel = os.path.join(method.upper(), name, f"IPC{ipc}", f"res_{method.upper()}_{name}_ConvNet_{ipc}ipc.pt")
         os.makedirs(os.path.dirname(os.path.join(out, rel)), exist_ok=True)
         atomic_save({"data": [(images, labels)]}, os.path.join(out, rel))
-        manifest["files"] = {rel: "{'data': [(images, labels)]}: DC-BENCH's DCDataLoader reads data[-1]"}
+        manifest["files"] = {rel: "{'data': [(images, labels)]}: DC-BENCH's DCDataLoader reads data[-1]"
+                                  + (" (hard labels: the rows' classes; DC-BENCH has no soft labels)" if soft is not None
+                                     else "")}
         manifest["usage"] = (f"copy {method.upper()}/ into dc_benchmark/distilled_results/ and run "
                              f"scripts/eval.sh --dataset {name} --ipc {ipc} --method {method}")
     write_json(manifest, os.path.join(out, "export.json"))

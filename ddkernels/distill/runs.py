@@ -17,19 +17,24 @@ A run directory holds:
   ``params`` maps each stored tensor's name to it (factorized methods store several; ``stored`` is
   ``params["syn"]`` for plain-image methods), ``space`` says how to read them (IDC: [0, 1] pixels;
   DC/DSA/DM: normalized), ``storage`` counts stored floats against the IPC budget, and
-  ``images``/``image_labels`` are the decoded training set, ``eval_overrides`` the evaluation-protocol
+  ``images``/``image_labels`` are the decoded training set (``label_kind``: ``"hard"``, int64 class
+  indices, or ``"soft"``, float ``(N, C)`` label distributions; ``labels`` stays the class of each
+  stored row), ``eval_overrides`` the evaluation-protocol
   fields the set needs (MTT/HaBa: the learned lr; HaBa: ``choose``, one random hallucination per base
   and epoch), ``classes`` the class names by label;
 * ``images_labels.pt``   - the training set they stand for, as the tuple ``(images, labels)``:
   float32 ``(N, C, H, W)`` normalized with the dataset's mean/std, int64 ``(N,)`` (the layout
-  DC-BENCH-style loaders read: ``images, labels = torch.load(path)``);
+  DC-BENCH-style loaders read: ``images, labels = torch.load(path)``), or for a soft-label set
+  (RTP ``label_mode="soft"``) float32 ``(N, num_classes)`` label distributions, on which
+  ``ddkernels evaluate`` trains (soft-target cross-entropy, :mod:`~ddkernels.distill.evaluate`);
 * ``zca.pt``             - with hyperparameter ``zca``: the train-fitted :class:`~ddkernels.distill.data.zca.ZCA`
   (``ZCA.from_state_dict(torch.load(path))``); "normalized" above then means ZCA-whitened, and
   ``synthetic.pt`` holds the same state under ``"zca"``;
 * ``synthetic.png``      - the stored images, one row per class labelled with its name, each enlarged to
   at least 64 px (``decoded.png`` too for IDC), shown un-normalized (un-whitened);
 * ``metrics.json``       - method, dataset, ipc, backend, seconds, classes, accuracy and random_real
-  ``{mean, std, n, accuracies}`` (final epoch); with a protocol that tests several times (IDC)
+  ``{mean, std, n, accuracies}`` (final epoch), ``labels`` (``"hard"``/``"soft"``: what the
+  synthetic set's networks trained on; the random-real baseline's ``labels`` is always ``"hard"``); with a protocol that tests several times (IDC)
   also ``accuracy_best`` and ``random_real.best`` (per network the best test accuracy); the protocol
   (``protocol``: quick/paper, ``eval_protocol``: every field); versions; the device and CPU threads;
 * ``evaluations/NNN.json`` - one record per :func:`evaluate_dir` (``ddkernels evaluate``), numbered
@@ -55,7 +60,7 @@ from ._args import check_choice, check_int, check_positive_number, check_setting
 from ._files import atomic_save, write_json
 from .device import describe as describe_device, dist_backend, resolve as resolve_device
 from .distributed import DEFAULT_TIMEOUT_S, Shard, join, launched_world, leave
-from .evaluate import evaluate, get_protocol
+from .evaluate import SOFT_LOSS, evaluate, get_protocol
 from .precision import check_precision
 from ..nn.networks import get_network, network_name
 from .data.imageio import labelled_grid, write_png
@@ -231,6 +236,7 @@ def check_arguments(method: str, dataset: str, ipc: int, *, preset: str = "quick
     others = [preset_hp(method, dataset, ipc, p) for p in PRESET_NAMES if p != preset]
     checked = check_settings(hp, overrides or {}, f"{method} hyperparameter", others)
     check_int("--set iterations", checked.get("iterations", hp["iterations"]), 0)
+    METHODS[method].check_hp({**hp, **checked})
     return checked
 
 
@@ -456,6 +462,11 @@ def class_names(ds: data.Dataset) -> list[str]:
     return list(ds.classes) if ds.classes else [str(k) for k in range(ds.num_classes)]
 
 
+def label_kind(labels: torch.Tensor) -> str:
+    """``"soft"`` for ``(N, C)`` label distributions, ``"hard"`` for class indices."""
+    return "soft" if labels.dim() == 2 else "hard"
+
+
 def finish(out: str, trainer, preset: str, *, evaluate_after: bool = True, eval_nets: int | None = None,
            baseline: bool = True, progress: bool = True, archs: list[str] | None = None,
            protocol: str | None = None) -> dict:
@@ -472,7 +483,8 @@ def finish(out: str, trainer, preset: str, *, evaluate_after: bool = True, eval_
     atomic_save({"method": trainer.method, "dataset": ds.name, "ipc": trainer.ipc, "params": params,
                  "stored": params.get("syn"), "labels": trainer.labels.cpu().clone(), "factor": factor,
                  "space": trainer.stored_space, "mean": ds.mean, "std": ds.std, "storage": storage,
-                 "images": images.float(), "image_labels": labels, "eval_overrides": eval_overrides,
+                 "images": images.float(), "image_labels": labels, "label_kind": label_kind(labels),
+                 "eval_overrides": eval_overrides,
                  "zca": _host_zca(ds), "classes": names}, os.path.join(out, "synthetic.pt"))
     if ds.zca is not None:
         atomic_save(_host_zca(ds), os.path.join(out, ZCA_FILE))
@@ -487,6 +499,7 @@ def finish(out: str, trainer, preset: str, *, evaluate_after: bool = True, eval_
     metrics = {"method": trainer.method, "dataset": ds.name, "ipc": trainer.ipc, "preset": preset,
                "backend": trainer.backend, "iterations": trainer.iteration, "seconds": round(trainer.seconds, 2),
                "train_images": len(labels), "storage": storage, "eval_overrides": eval_overrides,
+               "train_labels": label_kind(labels),
                "precision": trainer.precision, "versions": versions(), "device": describe_device(trainer.device),
                "classes": names}
     if evaluate_after:
@@ -532,18 +545,22 @@ def _evaluate_arch(out, hp, preset, images, labels, ds, *, ipc, seed, eval_nets,
     t0 = time.perf_counter()
     res = evaluate(images, labels, ds, proto, seed=seed, desc=f"eval synthetic ({arch})", progress=progress,
                    backend=backend, arch=arch, device=device)
-    result = {"accuracy": _final(res), "eval_protocol": res["protocol"],
+    # hard- and soft-label results kept apart (DD-Ranking): the set's kind beside its accuracy, the
+    # random-real baseline always hard
+    result = {"accuracy": _final(res), "labels": label_kind(labels), "eval_protocol": res["protocol"],
               "eval_seconds": round(time.perf_counter() - t0, 2)}
+    if result["labels"] == "soft":
+        result["eval_loss"] = SOFT_LOSS
     if "best" in res:
         result["accuracy_best"] = _best(res)
-    log.info(f"{arch}: synthetic set: {res['mean']:.2f} ± {res['std']:.2f} % over {res['n']} networks"
-             + _best_text(res))
+    log.info(f"{arch}: synthetic set ({result['labels']} labels): {res['mean']:.2f} ± {res['std']:.2f} % over "
+             f"{res['n']} networks" + _best_text(res))
     if baseline:
         rx, ry = random_real(ds, ipc, seed)
         base = evaluate(rx, ry, ds, eval_protocol(hp, preset, eval_nets, precision=precision), seed=seed,
                         desc=f"eval random real ({arch})", progress=progress, backend=backend, arch=arch,
                         device=device)
-        result["random_real"] = dict(_final(base), ipc=ipc)
+        result["random_real"] = dict(_final(base), ipc=ipc, labels=label_kind(ry))
         if "best" in base:
             result["random_real"]["best"] = _best(base)
         log.info(f"{arch}: random real ({ipc}/class, same storage): {base['mean']:.2f} ± {base['std']:.2f} %"

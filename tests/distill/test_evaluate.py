@@ -108,3 +108,23 @@ def test_evaluation_architectures(digits):
     assert res["mean"] > 50.0
     with pytest.raises(ValueError, match="unknown network 'resnet50'"):
         evaluate(x, y, digits, proto, arch="resnet50", progress=False)
+
+
+def test_soft_labels_train_with_the_soft_target_cross_entropy(digits):
+    """One-hot distributions as soft labels train the same network as the hard labels (soft-target CE
+    of a one-hot q is CE), through DSA and CutMix (IDC's protocol); other distributions are recorded as
+    soft, hard and soft results never share a record; malformed labels are refused by name."""
+    idx = data.ClassSampler(digits.train_y, 10).indices_all(3, torch.Generator().manual_seed(0)).flatten()
+    x, y = digits.normalize(digits.train_x[idx]), digits.train_y[idx]
+    proto = get_protocol("idc", "quick", epochs=3, width=8, n_nets=1, batch=10, cutmix_p=1.0)
+    nets = [train_network(x, lab, digits, proto, seed=0) for lab in (y, torch.eye(10)[y])]
+    for (name, a), b in zip(nets[0].named_parameters(), nets[1].parameters()):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), name
+    hard = evaluate(x, y, digits, proto, progress=False)
+    soft_y = 0.8 * torch.eye(10)[y] + 0.02  # a smoothed distribution per row
+    soft = evaluate(x, soft_y, digits, proto, progress=False)
+    assert hard["labels"] == "hard" and "loss" not in hard
+    assert soft["labels"] == "soft" and soft["loss"].startswith("soft-target cross-entropy")
+    for bad in (torch.eye(11)[y], 2 * torch.eye(10)[y], -soft_y, torch.eye(10, dtype=torch.long)[y], y.float()):
+        with pytest.raises(ValueError, match="labels"):
+            evaluate(x, bad, digits, proto, progress=False)

@@ -93,6 +93,11 @@ class Distiller:
         cls.not_class_parallel_because = next((r for r in refusals if r), "")
 
     @classmethod
+    def check_hp(cls, hp: dict) -> None:
+        """Method-specific checks of resolved hyperparameters that need no data, run before anything is
+        loaded (:func:`ddkernels.distill.runs.check_arguments`); raises ``ValueError`` naming the bad one."""
+
+    @classmethod
     def _objective_choices(cls) -> list[type[Objective]]:
         return list(cls.OBJECTIVE.values()) if isinstance(cls.OBJECTIVE, dict) else [cls.OBJECTIVE]
 

@@ -9,7 +9,8 @@ The student takes ``T`` steps on a flat weight vector ``θ`` (``f(θ, x) -> logi
 (``inputs``: plain images, HaBa's bases and hallucinators, RTP's memory) by ``build(record_t)``,
 where ``record_t = draw(t)`` holds every random choice of step ``t`` (minibatch indices, a
 parameterization's draws, the augmentation's parameters), drawn once in the forward and replayed
-exactly in the reverse.
+exactly in the reverse. ``y_t`` are class indices or float ``(N, C)`` target distributions (the soft-target
+cross-entropy; RTP's learned labels, a stored tensor the targets are built from being an input like the images).
 
 **Forward** (:func:`unroll_forward`): no graph; the weights before every step go into one ``(T, P)``
 buffer (on ``θ_0``'s device, or in pinned host memory with ``pinned=True``), plus one ``(T, P)``

@@ -1,7 +1,8 @@
 """The shared reverse pass (ddkernels/distill/methods/unroll.py) against plain autograd through the same
 unroll, in float64: the generic momentum-SGD student (inputs, θ_0, lr, momentum), MTT (images, lr),
 HaBa on MTT (bases, every hallucinator parameter, lr, with the contrastive term on), both with chunked
-minibatches and per-sample DSA; RTP's instance is tested in test_rtp.py."""
+minibatches and per-sample DSA; soft targets built from stored logits (learned labels) and RTP with
+learned labels; RTP's one-hot instance is also tested in test_rtp.py."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -202,3 +203,53 @@ def test_kept_graphs_and_theta0_without_grad_give_the_same_gradient(keep):
     assert r.theta0 is None and not tape.kept
     with pytest.raises(ValueError, match="keep must be a non-negative int"):
         unroll_forward(f, f.flat(), 4, lambda t: t, build, 0.2, keep=-1)
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.7])
+def test_soft_targets_are_an_input_like_the_images(momentum):
+    """Learned soft labels (issue 20): steps on the soft-target cross-entropy with targets
+    ``softmax(logits)`` built from a stored tensor; the reverse pass gives the logits' gradient too."""
+    gen = torch.Generator().manual_seed(1)
+    f = FlatParams(ConvNet(1, 3, width=4, im_size=(8, 8)).double())
+    pool = torch.randn(12, 1, 8, 8, dtype=torch.float64, generator=gen).requires_grad_(True)
+    logits = torch.randn(12, 3, dtype=torch.float64, generator=gen).requires_grad_(True)
+    idx = [torch.randperm(12, generator=gen)[:5] for _ in range(4)]
+
+    def build(t):
+        return pool[idx[t]], torch.softmax(logits[idx[t]], dim=1)
+
+    theta0 = f.flat().requires_grad_(True)
+    target = torch.randn(theta0.shape, dtype=torch.float64, generator=gen)
+
+    def grads(theta_T):
+        return torch.autograd.grad(((theta_T - target) ** 2).sum(), [pool, logits, theta0])
+
+    want = grads(autograd_unroll(f, theta0, 4, lambda t: t, build, 0.2, momentum))
+    got = grads(unrolled_sgd(f, theta0, 4, lambda t: t, build, 0.2, momentum, [pool, logits]))
+    assert_same(got, want, ["pool", "label_logits", "theta0"])
+
+
+@pytest.mark.parametrize("mode", ["soft", "embedding"])
+def test_rtp_label_modes_are_instances_of_the_reverse_pass(mode):
+    """bptt_meta_gradient with learned labels equals the generic reverse pass driven by hand, every
+    stored tensor (label logits / codes included) an input."""
+    from ddkernels.distill.methods.rtp import bptt_meta_gradient
+    from ddkernels.nn import AddressableMemory
+
+    f = FlatParams(ConvNet(1, 3, width=4, im_size=(8, 8)).double())
+    mem = AddressableMemory(3, 3, 4, (1, 8, 8), 1, label_mode=mode, label_dim=2,
+                            generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    with torch.no_grad():
+        mem.bases.mul_(20)
+    rows = torch.stack([mem.sample_rows(2, torch.Generator().manual_seed(t)) for t in range(3)])
+    real_x, real_y = torch.randn(6, 1, 8, 8, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1, 2])
+    _, *got = bptt_meta_gradient(f, f.flat(), mem, rows, real_x, real_y, lr=0.1, momentum=0.9)
+    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in mem.tables().items()}
+
+    def build(t):
+        x = (mem.coefficients(rows[t], leaves) @ leaves["bases"]).view(-1, 1, 8, 8)
+        return x, mem.targets(rows[t], leaves)
+
+    theta = unrolled_sgd(f, f.flat(), 3, lambda t: t, build, 0.1, 0.9, list(leaves.values()))
+    want = torch.autograd.grad(F.cross_entropy(f(theta, real_x), real_y), list(leaves.values()))
+    assert_same(got, want, list(leaves))
