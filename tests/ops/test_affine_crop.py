@@ -309,3 +309,16 @@ def test_torch_compile_traces_the_cpu_op():
     ddkernels.affine_crop(*b, backend="reference").square().sum().backward()
     for u, v in zip(a, b):
         assert_close(u.grad, v.grad)
+
+
+def test_eager_formulation_matches_the_reference():
+    """The benchmarks' eager provider (gathers) is the same function, forward and both gradients."""
+    x = torch.rand(2, 3, 9, 7, dtype=torch.float64)
+    th = _windows(2, 9, 7, 3, torch.float64)
+    a = [v.clone().requires_grad_() for v in (x, th)]
+    b = [v.clone().requires_grad_() for v in (x, th)]
+    ya, yb = reference.affine_crop_eager(*a, (6, 8), 0.5), reference.affine_crop(*b, (6, 8), 0.5)
+    assert_close(ya, yb)
+    g = torch.randn_like(ya)
+    for u, v in zip(torch.autograd.grad(ya, a, g), torch.autograd.grad(yb, b, g)):
+        assert_close(u, v)

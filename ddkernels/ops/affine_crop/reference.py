@@ -59,3 +59,20 @@ def grid_theta(h: int, w: int, factor: int, n: int = 1, dtype=torch.float32, dev
     th = torch.stack([i.flatten() * sh, j.flatten() * sw, torch.full((factor * factor,), sh),
                       torch.full((factor * factor,), sw)], -1)
     return th.to(dtype=dtype, device=device).expand(n, -1, -1).contiguous()
+
+
+def affine_crop_eager(x: torch.Tensor, theta: torch.Tensor, size: tuple[int, int], pad: float) -> torch.Tensor:
+    """The same crop as four gathers of the padded images and one blend (the best eager formulation;
+    autograd scatters the image's gradient and differentiates the blend weights for the windows')."""
+    n, c, h, w = x.shape
+    t = theta.shape[1]
+    xp = F.pad(x, (1, 1, 1, 1), value=pad).permute(0, 2, 3, 1)  # (N, h+2, w+2, C)
+    r0, r1, ly = axis_taps(theta[..., 0], theta[..., 2], size[0], h)  # (N, T, H)
+    c0, c1, lx = axis_taps(theta[..., 1], theta[..., 3], size[1], w)  # (N, T, W)
+    b = torch.arange(n, device=x.device).view(n, 1, 1, 1)
+    r0, r1, ly = r0.unsqueeze(-1), r1.unsqueeze(-1), ly.unsqueeze(-1).unsqueeze(-1)
+    c0, c1, lx = c0.unsqueeze(-2), c1.unsqueeze(-2), lx.unsqueeze(-2).unsqueeze(-1)
+    top = xp[b, r0, c0] * (1 - lx) + xp[b, r0, c1] * lx  # (N, T, H, W, C)
+    bottom = xp[b, r1, c0] * (1 - lx) + xp[b, r1, c1] * lx
+    y = top * (1 - ly) + bottom * ly
+    return y.permute(1, 0, 4, 2, 3).reshape(t * n, c, *size)
