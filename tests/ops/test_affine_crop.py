@@ -322,3 +322,11 @@ def test_eager_formulation_matches_the_reference():
     g = torch.randn_like(ya)
     for u, v in zip(torch.autograd.grad(ya, a, g), torch.autograd.grad(yb, b, g)):
         assert_close(u, v)
+
+
+def test_autocast_runs_in_float32():
+    """Sampling coordinates need float32: CPU and CUDA autocast both run the op in float32."""
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = ddkernels.affine_crop(X.bfloat16(), TH.bfloat16())
+    assert y.dtype == torch.float32
+    assert_close(y, ddkernels.affine_crop(X.bfloat16().float(), TH.bfloat16().float()))
