@@ -45,6 +45,23 @@ def _tap(base, r, c, h, w, pad, mask, ACC: tl.constexpr):
 
 
 @triton.jit
+def _samples(x_ptr, th_ptr, plane, offs, mask, N, C, T, h, w, H, W, pad, ACC: tl.constexpr):
+    """Output plane ``plane`` (= k·N·C + b·C + c) at pixels ``offs``: the four taps, both upper
+    weights and both ds/dlength, from window ``theta[b, k]``."""
+    k = plane // (N * C)
+    p = plane % (N * C)
+    tb = th_ptr + ((p // C) * T + k) * 4
+    ry0, ry1, ly, dly = _taps(tl.load(tb).to(ACC), tl.load(tb + 2).to(ACC), offs // W, H, h)
+    cx0, cx1, lx, dlx = _taps(tl.load(tb + 1).to(ACC), tl.load(tb + 3).to(ACC), offs % W, W, w)
+    base = x_ptr + p.to(tl.int64) * h * w
+    v00 = _tap(base, ry0, cx0, h, w, pad, mask, ACC)
+    v01 = _tap(base, ry0, cx1, h, w, pad, mask, ACC)
+    v10 = _tap(base, ry1, cx0, h, w, pad, mask, ACC)
+    v11 = _tap(base, ry1, cx1, h, w, pad, mask, ACC)
+    return v00, v01, v10, v11, ly, lx, dly, dlx
+
+
+@triton.jit
 def _affine_crop_fwd_kernel(
     x_ptr,      # (N, C, h, w) contiguous
     th_ptr,     # (N, T, 4) contiguous
@@ -56,21 +73,7 @@ def _affine_crop_fwd_kernel(
     plane = tl.program_id(0)  # = k * N*C + (b*C + c), tile-major
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < H * W
-    k = plane // (N * C)
-    p = plane % (N * C)
-    b = p // C
-    tb = th_ptr + (b * T + k) * 4
-    top = tl.load(tb).to(ACC)
-    left = tl.load(tb + 1).to(ACC)
-    hgt = tl.load(tb + 2).to(ACC)
-    wid = tl.load(tb + 3).to(ACC)
-    ry0, ry1, ly, _dy = _taps(top, hgt, offs // W, H, h)
-    cx0, cx1, lx, _dx = _taps(left, wid, offs % W, W, w)
-    base = x_ptr + p.to(tl.int64) * h * w
-    v00 = _tap(base, ry0, cx0, h, w, pad, mask, ACC)
-    v01 = _tap(base, ry0, cx1, h, w, pad, mask, ACC)
-    v10 = _tap(base, ry1, cx0, h, w, pad, mask, ACC)
-    v11 = _tap(base, ry1, cx1, h, w, pad, mask, ACC)
+    v00, v01, v10, v11, ly, lx, _dly, _dlx = _samples(x_ptr, th_ptr, plane, offs, mask, N, C, T, h, w, H, W, pad, ACC)
     out = (1.0 - ly) * ((1.0 - lx) * v00 + lx * v01) + ly * ((1.0 - lx) * v10 + lx * v11)
     tl.store(y_ptr + plane.to(tl.int64) * H * W + offs, out.to(y_ptr.dtype.element_ty), mask=mask)
 
@@ -129,13 +132,6 @@ def _affine_crop_bwd_theta_kernel(
     plane = tl.program_id(0)  # = k * N*C + (b*C + c)
     k = plane // (N * C)
     p = plane % (N * C)
-    b = p // C
-    tb = th_ptr + (b * T + k) * 4
-    top = tl.load(tb).to(ACC)
-    left = tl.load(tb + 1).to(ACC)
-    hgt = tl.load(tb + 2).to(ACC)
-    wid = tl.load(tb + 3).to(ACC)
-    base = x_ptr + p.to(tl.int64) * h * w
     gbase = gy_ptr + plane.to(tl.int64) * H * W
     a_top = tl.zeros([BLOCK], dtype=ACC)
     a_left = tl.zeros([BLOCK], dtype=ACC)
@@ -144,12 +140,7 @@ def _affine_crop_bwd_theta_kernel(
     for start in range(0, H * W, BLOCK):
         offs = start + tl.arange(0, BLOCK)
         mask = offs < H * W
-        ry0, ry1, ly, dly = _taps(top, hgt, offs // W, H, h)
-        cx0, cx1, lx, dlx = _taps(left, wid, offs % W, W, w)
-        v00 = _tap(base, ry0, cx0, h, w, pad, mask, ACC)
-        v01 = _tap(base, ry0, cx1, h, w, pad, mask, ACC)
-        v10 = _tap(base, ry1, cx0, h, w, pad, mask, ACC)
-        v11 = _tap(base, ry1, cx1, h, w, pad, mask, ACC)
+        v00, v01, v10, v11, ly, lx, dly, dlx = _samples(x_ptr, th_ptr, plane, offs, mask, N, C, T, h, w, H, W, pad, ACC)
         g = tl.load(gbase + offs, mask=mask, other=0.0).to(ACC)
         dsy = g * ((1.0 - lx) * (v10 - v00) + lx * (v11 - v01))
         dsx = g * ((1.0 - ly) * (v01 - v00) + ly * (v11 - v10))
