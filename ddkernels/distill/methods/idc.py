@@ -13,8 +13,8 @@ image into ``factor²``), ``multi`` (every image at each factor ``1..factor``) o
 first images at the largest factor, later ones at smaller factors, so a class decodes into at most
 ``batch_syn_max`` images; see :func:`bound_plan`).
 
-``formation`` (issue 20; the IDC paper, Kim et al. ICML 2022, mentions both variants without a
-decisive result) picks the tiles: ``fixed`` (IDC's ``factor × factor`` grid, the default),
+``formation`` (issue 20, which notes that IDC's authors tried multi-scale and learnable formations
+without decisive results) picks the tiles: ``fixed`` (IDC's ``factor × factor`` grid, the default),
 ``multiscale`` (tiles of two factors inside every stored image, :func:`multiscale_windows`) or
 ``learned`` (per-tile windows ``(top, left, height, width)`` learned with the images, starting at
 the fixed grid). The last two decode through :func:`ddkernels.ops.affine_crop.affine_crop`
