@@ -19,6 +19,10 @@ TORCH_LIBRARY(ddkernels, m) {
   m.def(
       "multi_formation_bwd(Tensor grad_out, int factor, int in_h, int in_w, Tensor row_idx, "
       "Tensor row_w, Tensor col_idx, Tensor col_w) -> Tensor");
+  m.def("affine_crop_fwd(Tensor x, Tensor theta, int out_h, int out_w, float pad) -> Tensor");
+  m.def(
+      "affine_crop_bwd(Tensor grad_y, Tensor x, Tensor theta, float pad, bool need_x, bool need_theta) "
+      "-> (Tensor, Tensor)");
   m.def("grad_distance_fwd(Tensor[] syn, Tensor[] real, str metric) -> (Tensor, Tensor)");
   m.def(
       "grad_distance_fwd_grad(Tensor[] syn, Tensor[] real, str metric, bool need_syn, bool need_real) "
@@ -51,6 +55,8 @@ TORCH_LIBRARY(ddkernels, m) {
 TORCH_LIBRARY_IMPL(ddkernels, CPU, m) {
   m.impl("multi_formation_fwd", &ddkernels::multi_formation_fwd_cpu);
   m.impl("multi_formation_bwd", &ddkernels::multi_formation_bwd_cpu);
+  m.impl("affine_crop_fwd", &ddkernels::affine_crop_fwd_cpu);
+  m.impl("affine_crop_bwd", &ddkernels::affine_crop_bwd_cpu);
   m.impl("grad_distance_fwd", &ddkernels::grad_distance_fwd_cpu);
   m.impl("grad_distance_fwd_grad", &ddkernels::grad_distance_fwd_grad_cpu);
   m.impl("grad_distance_bwd", &ddkernels::grad_distance_bwd_cpu);

@@ -16,6 +16,13 @@ at::Tensor multi_formation_bwd_cpu(const at::Tensor& grad_out, int64_t factor, i
                                    int64_t in_w, const at::Tensor& row_idx, const at::Tensor& row_w,
                                    const at::Tensor& col_idx, const at::Tensor& col_w);
 
+// affine_crop.cpp: windows theta (N, T, 4) = (top, left, height, width), output (T*N, C, H, W).
+at::Tensor affine_crop_fwd_cpu(const at::Tensor& x, const at::Tensor& theta, int64_t out_h, int64_t out_w,
+                               double pad);
+std::tuple<at::Tensor, at::Tensor> affine_crop_bwd_cpu(const at::Tensor& grad_y, const at::Tensor& x,
+                                                       const at::Tensor& theta, double pad, bool need_x,
+                                                       bool need_theta);
+
 // grad_distance.cpp: tensors in the batched layout (K, *param_shape); see the file's header.
 std::tuple<at::Tensor, at::Tensor> grad_distance_fwd_cpu(at::TensorList syn, at::TensorList real,
                                                          c10::string_view metric);

@@ -8,9 +8,9 @@ from .convnet import ConvNet
 from .hallucinator import HallucinatorBank
 from .latent import LatentDecoderBank
 from .memory import AddressableMemory
-from .modules import GradMatchLoss, MultiFormation, NormReluPool, bound_plan
+from .modules import AffineCrop, GradMatchLoss, MultiFormation, NormReluPool, bound_plan
 from .networks import MLP, NETWORKS, VGG, AlexNet, ConvNetVariant, LeNet, ResNet18, get_network, network_name
 
-__all__ = ["MLP", "NETWORKS", "VGG", "AddressableMemory", "AlexNet", "ConvNet", "ConvNetVariant", "GradMatchLoss",
+__all__ = ["AffineCrop", "MLP", "NETWORKS", "VGG", "AddressableMemory", "AlexNet", "ConvNet", "ConvNetVariant", "GradMatchLoss",
            "HallucinatorBank", "LatentDecoderBank", "LeNet", "MultiFormation", "NormReluPool", "ResNet18", "bound_plan",
            "get_network", "network_name"]

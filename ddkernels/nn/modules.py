@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from ..ops.grad_distance import grad_distance
+from ..ops.affine_crop import affine_crop, crop_grid
 from ..ops.multi_formation import multi_formation, multi_formation_targets
 from ..ops.norm_relu_pool import norm_relu_pool
 
@@ -60,6 +61,44 @@ class MultiFormation(nn.Module):
         return f"factor={self.factor}, size={self.size}, multi={self.multi}, backend={self.backend!r}"
 
 
+class AffineCrop(nn.Module):
+    """Learnable multi-formation: ``T`` windows per stored image as a parameter, decoded with
+    :func:`ddkernels.affine_crop`. :meth:`grid` starts them at IDC's ``factor × factor`` tiles.
+
+    Args:
+        theta: initial windows ``(N, T, 4)`` = (top, left, height, width) in stored-image pixels.
+        size: output ``(H, W)`` (int for square); default the stored size.
+        pad: the value read outside the image.
+        learnable: whether ``theta`` is an ``nn.Parameter`` (else a buffer).
+        backend: passed to the op on every call.
+    """
+
+    def __init__(self, theta: torch.Tensor, size: int | tuple[int, int] | None = None, *, pad: float = 0.5,
+                 learnable: bool = True, backend: str = "auto"):
+        super().__init__()
+        theta = theta.detach().clone()
+        if learnable:
+            self.theta = nn.Parameter(theta)
+        else:
+            self.register_buffer("theta", theta)
+        self.size, self.pad, self.backend = size, pad, backend
+
+    @classmethod
+    def grid(cls, n: int, h: int, w: int, factor: int, **kw) -> "AffineCrop":
+        """Windows for ``n`` stored ``h × w`` images at IDC's tile grid (the fixed decode, to start from)."""
+        return cls(crop_grid(h, w, factor, n), **kw)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return affine_crop(x, self.theta, self.size, pad=self.pad, backend=self.backend)
+
+    def targets(self, y: torch.Tensor) -> torch.Tensor:
+        """Labels of :meth:`forward`'s output, tile-major."""
+        return y.repeat(self.theta.shape[1], *([1] * (y.dim() - 1)))
+
+    def extra_repr(self) -> str:
+        return f"windows={tuple(self.theta.shape)}, size={self.size}, pad={self.pad}, backend={self.backend!r}"
+
+
 class GradMatchLoss(nn.Module):
     """Gradient-matching distance as a loss module; see :func:`ddkernels.grad_distance`.
 
@@ -104,4 +143,4 @@ class NormReluPool(nn.Module):
         return f"{self.num_channels}, eps={self.eps}, pool={self.pool}, backend={self.backend!r}"
 
 
-__all__ = ["GradMatchLoss", "MultiFormation", "NormReluPool", "bound_plan"]
+__all__ = ["AffineCrop", "GradMatchLoss", "MultiFormation", "NormReluPool", "bound_plan"]

@@ -20,6 +20,8 @@ class Op:
 
 OPS: tuple[Op, ...] = (
     Op("multi_formation", "IDC multi-formation decode (pad 0.5, f×f tiles, bilinear resize, tile-major)", "IDC"),
+    Op("affine_crop", "learned multi-formation: a bilinear crop per window `(top, left, height, width)`, "
+       "differentiable in the image and the windows", "IDC (`formation: learned / multiscale`)"),
     Op("grad_distance", "batched layer-wise gradient-matching distance, all layers and classes in one call",
        "DC, DSA, IDC"),
     Op("scale_shift", "HaBa hallucinator scale-shift, product and sampled modes; `nn.HallucinatorBank`", "HaBa"),

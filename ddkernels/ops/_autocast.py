@@ -26,6 +26,8 @@ HALF = (torch.bfloat16, torch.float16)
 POLICIES: dict[str, dict[str, str]] = {
     "norm_relu_pool": {"cpu": "keep", "cuda": "fp32"},
     "multi_formation": {"cpu": "keep", "cuda": "fp32"},
+    # affine_crop samples at learned coordinates: float32 everywhere (bfloat16 spaces 14.0 by 1/16 pixel)
+    "affine_crop": {"cpu": "fp32", "cuda": "fp32"},
     "grad_distance": {"cpu": "fp32", "cuda": "fp32"},
     "scale_shift": {"cpu": "promote", "cuda": "promote"},
     "small_conv": {"cpu": "lower", "cuda": "lower"},

@@ -36,6 +36,16 @@ def _multi_formation(big):
     return [x], lambda a, be: ddkernels.multi_formation(a[0], 2, backend=be)
 
 
+def _affine_crop(big):
+    n, c, h = (10, 3, 32) if big else (2, 2, 8)
+    x = torch.rand(n, c, h, h, dtype=torch.float64)
+    # Offsets on a 1/8-pixel grid: exact in bfloat16 up to 32 px, so the half inputs are the float64 ones (a
+    # rounded window would move the taps, and the window gradient is discontinuous where a tap crosses a pixel).
+    offsets = torch.randint(-4, 5, (n, 4, 4)).to(torch.float64) / 8
+    theta = ddkernels.crop_grid(h, h, 2, n, dtype=torch.float64) + offsets
+    return [x, theta], lambda a, be: ddkernels.affine_crop(a[0], a[1], backend=be)
+
+
 def _grad_distance(big, metric="ours"):
     shapes = [(10, 128, 3, 3, 3), (10, 128), (10, 10, 2048)] if big else [(2, 4, 3, 3, 3), (2, 4)]
     syn = [torch.randn(s, dtype=torch.float64) for s in shapes]
@@ -57,6 +67,7 @@ CASES = {
     "scale_shift": _scale_shift,
     "scale_shift-normalize": lambda big: _scale_shift(big, normalize=True),
     "multi_formation": _multi_formation,
+    "affine_crop": _affine_crop,
     "grad_distance": _grad_distance,
     "grad_distance-mse": lambda big: _grad_distance(big, "mse"),
     "small_conv": _small_conv,

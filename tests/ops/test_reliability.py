@@ -245,6 +245,8 @@ def test_norm_relu_pool_compiles_without_graph_breaks(backend):
 
 
 FUNC_OPS = {
+    "affine_crop": lambda x, be: ddkernels.affine_crop(x, ddkernels.crop_grid(4, 4, 2, x.shape[0], dtype=x.dtype) + 0.3,
+                                                       backend=be).square().sum(),
     "multi_formation": lambda x, be: ddkernels.multi_formation(x, 2, backend=be).square().sum(),
     "norm_relu_pool": lambda x, be: ddkernels.norm_relu_pool(x, backend=be).square().sum(),
     "grad_distance": lambda x, be: ddkernels.grad_distance([x], [x.detach() * 0.5 + 1], backend=be),
