@@ -62,28 +62,6 @@ inline void stream_fence() {
 
 inline void prefetch(const void* p) { __builtin_prefetch(p, 0, 3); }
 
-// out[i] = f(i) for i in [0, n): fv(i) gives the vector of elements i .. i+lanes-1, fs(i) one
-// element (head and tail). pre(i) runs once per vector, for software prefetch of what comes next:
-// kernels that alternate reading a plane and writing it stall the hardware prefetcher at every
-// switch. With `stream` the vectors go out with non-temporal stores (see kStreamBytes).
-template <typename T, typename Pre, typename FV, typename FS>
-inline void write_each(T* __restrict__ out, int64_t n, bool stream, Pre&& pre, FV&& fv, FS&& fs) {
-  using V = typename Vec<T>::type;
-  constexpr int W = Vec<T>::lanes;
-  int64_t i = 0;
-  if (stream)
-    for (const int64_t h = unaligned_head(out, n); i < h; ++i) out[i] = fs(i);
-  for (; i + W <= n; i += W) {
-    pre(i);
-    const V v = fv(i);
-    if (stream)
-      store_stream(out + i, v);
-    else
-      DDK_VSTORE(out + i, v);
-  }
-  for (; i < n; ++i) out[i] = fs(i);
-}
-
 // --- half precision: storage type S, compute type acc_t<S> -------------------------------------
 // bfloat16 and float16 tensors are loaded into float32 L1 buffers a plane (or row block) at a time,
 // computed by the same float32 code and accumulated in float32 (double where the float path does),
@@ -233,6 +211,55 @@ inline void store8(c10::Half* p, const VF& v) {
 #else
   for (int l = 0; l < 8; ++l) p[l] = c10::Half(v[l]);
 #endif
+}
+
+// One vector of compute type T loaded from storage S (a plain load when they agree; 8 half values
+// widened in registers otherwise), and stored back into S (rounded there, once).
+template <typename T, typename S>
+inline typename Vec<T>::type vload(const S* p) {
+  if constexpr (std::is_same_v<S, T>) {
+    typename Vec<T>::type v;
+    DDK_VLOAD(v, p);
+    return v;
+  } else {
+    return load8(p);
+  }
+}
+
+template <typename T, typename S>
+inline void vstore(S* p, const typename Vec<T>::type& v) {
+  if constexpr (std::is_same_v<S, T>)
+    DDK_VSTORE(p, v);
+  else
+    store8(p, v);
+}
+
+// out[i] = f(i) for i in [0, n), computed in acc_t<S> and written in the storage type S: fv(i)
+// gives the vector of elements i .. i+lanes-1, fs(i) one element (head and tail). pre(i) runs once
+// per vector, for software prefetch of what comes next: kernels that alternate reading a plane and
+// writing it stall the hardware prefetcher at every switch. With `stream` the vectors go out with
+// non-temporal stores (see kStreamBytes; float32 / float64 storage only).
+template <typename S, typename Pre, typename FV, typename FS>
+inline void write_each(S* __restrict__ out, int64_t n, bool stream, Pre&& pre, FV&& fv, FS&& fs) {
+  using T = acc_t<S>;
+  constexpr int W = Vec<T>::lanes;
+  stream = stream && std::is_same_v<S, T>;
+  int64_t i = 0;
+  if (stream)
+    for (const int64_t h = unaligned_head(out, n); i < h; ++i) out[i] = S(fs(i));
+  for (; i + W <= n; i += W) {
+    pre(i);
+    const typename Vec<T>::type v = fv(i);
+    if constexpr (std::is_same_v<S, T>) {
+      if (stream)
+        store_stream(out + i, v);
+      else
+        DDK_VSTORE(out + i, v);
+    } else {
+      vstore<T>(out + i, v);
+    }
+  }
+  for (; i < n; ++i) out[i] = S(fs(i));
 }
 
 // Prefetches the n storage values at p (the next plane or row) when they are half storage, whose
