@@ -73,6 +73,13 @@ using acc_t = std::conditional_t<std::is_same_v<S, double>, double, float>;
 template <typename S>
 constexpr bool is_half_v = std::is_same_v<S, c10::BFloat16> || std::is_same_v<S, c10::Half>;
 
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#define DDK_MASKED_TAIL 1
+// The last n % 16 elements go through masked loads/stores: planes and rows here are short (a
+// 28-wide row is 16 + 12), and a scalar tail would round most of them one by one.
+inline __mmask16 tail_mask(int64_t r) { return __mmask16((1u << r) - 1u); }
+#endif
+
 // n half values at src as float32 at dst (exact).
 inline void to_float(const c10::BFloat16* src, float* dst, int64_t n) {
   int64_t i = 0;
@@ -80,6 +87,14 @@ inline void to_float(const c10::BFloat16* src, float* dst, int64_t n) {
   for (; i + 16 <= n; i += 16) {  // bfloat16 is the top half of a float32
     const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i));
     _mm512_storeu_ps(dst + i, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)));
+  }
+#endif
+#if defined(DDK_MASKED_TAIL)
+  if (i < n) {
+    const __mmask16 k = tail_mask(n - i);
+    const __m256i h = _mm256_maskz_loadu_epi16(k, src + i);
+    _mm512_mask_storeu_ps(dst + i, k, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)));
+    return;
   }
 #endif
   for (; i < n; ++i) dst[i] = float(src[i]);
@@ -91,6 +106,13 @@ inline void to_float(const c10::Half* src, float* dst, int64_t n) {
   for (; i + 16 <= n; i += 16)
     _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i))));
 #endif
+#if defined(DDK_MASKED_TAIL)
+  if (i < n) {
+    const __mmask16 k = tail_mask(n - i);
+    _mm512_mask_storeu_ps(dst + i, k, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, src + i)));
+    return;
+  }
+#endif
   for (; i < n; ++i) dst[i] = float(src[i]);
 }
 
@@ -101,14 +123,21 @@ inline void from_float(const float* src, c10::BFloat16* dst, int64_t n) {
   // Integer rounding (not VCVTNEPS2BF16, which flushes subnormals): bits + 0x7FFF + lsb, top half.
   const __m512i bias = _mm512_set1_epi32(0x7FFF), one = _mm512_set1_epi32(1);
   const __m512i qnan = _mm512_set1_epi32(0x7FC0);
-  for (; i + 16 <= n; i += 16) {
-    const __m512 f = _mm512_loadu_ps(src + i);
+  const auto round = [&](const __m512 f) {
     const __m512i b = _mm512_castps_si512(f);
     const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(b, 16), one);
     __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(b, bias), lsb), 16);
-    r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(f, f, _CMP_UNORD_Q), qnan);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), _mm512_cvtepi32_epi16(r));
+    return _mm512_cvtepi32_epi16(_mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(f, f, _CMP_UNORD_Q), qnan));
+  };
+  for (; i + 16 <= n; i += 16)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), round(_mm512_loadu_ps(src + i)));
+#if defined(DDK_MASKED_TAIL)
+  if (i < n) {
+    const __mmask16 k = tail_mask(n - i);
+    _mm256_mask_storeu_epi16(dst + i, k, round(_mm512_maskz_loadu_ps(k, src + i)));
+    return;
   }
+#endif
 #endif
   for (; i < n; ++i) dst[i] = c10::BFloat16(src[i]);
 }
@@ -119,6 +148,14 @@ inline void from_float(const float* src, c10::Half* dst, int64_t n) {
   for (; i + 16 <= n; i += 16)
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i),
                         _mm512_cvtps_ph(_mm512_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+#if defined(DDK_MASKED_TAIL)
+  if (i < n) {
+    const __mmask16 k = tail_mask(n - i);
+    _mm256_mask_storeu_epi16(dst + i, k, _mm512_cvtps_ph(_mm512_maskz_loadu_ps(k, src + i),
+                                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    return;
+  }
+#endif
 #endif
   for (; i < n; ++i) dst[i] = c10::Half(src[i]);
 }
