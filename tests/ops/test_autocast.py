@@ -104,3 +104,20 @@ def test_convnet_under_cpu_autocast_runs_fused_and_matches_pytorch(width):
     for (name, _), g, gr, g64 in zip(fused.named_parameters(), grads, grads_ref, grads64):
         assert g.dtype == torch.float32, name
         assert _l2(g, g64) <= 2 * _l2(gr, g64) + 1e-4 * g64.norm().item(), name
+
+
+@pytest.mark.parametrize("channels, first", [(1, torch.float32), (3, torch.bfloat16)])
+def test_convnet_single_channel_conv_stays_float32_under_cpu_autocast(channels, first):
+    # _autocast.conv_keeps_fp32: oneDNN's bfloat16 backward for one input channel is the slow one.
+    net = ddkernels.nn.ConvNet(channels, 10, width=8, im_size=(28, 28), backend="reference")
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    seen = []
+    for m in convs:
+        m.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    x = torch.randn(2, channels, 28, 28, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = net(x)
+    assert seen == [first] + [torch.bfloat16] * (len(convs) - 1)
+    (gx,) = torch.autograd.grad(out.float().sum(), [x])
+    assert gx.dtype == torch.float32 and torch.isfinite(gx).all()
+    assert not _autocast.conv_keeps_fp32(x, convs[0])  # autocast off: nothing to keep
