@@ -13,7 +13,8 @@ call then runs with autocast off for that device, as PyTorch's own autocast kern
   promotion, what ``scale * x + shift`` does under autocast).
 
 One exception to PyTorch's own lists, for the networks' plain ``nn.Conv2d`` layers
-(:func:`conv_keeps_fp32`): on CPU a convolution with a single input channel stays float32.
+(:func:`conv_float_backward`): on CPU a convolution with a single input channel runs its forward
+in the autocast dtype and its backward in float32.
 """
 from __future__ import annotations
 
@@ -88,12 +89,49 @@ def autocast_inputs(op: str, *args: Any) -> tuple[Any, ...] | None:
     return tuple(cast(a) for a in args)
 
 
-def conv_keeps_fp32(x: torch.Tensor, conv: torch.nn.Conv2d) -> bool:
-    """Whether ``conv(x)`` should run in float32 (autocast off) although CPU autocast is on: a conv
-    with one input channel (ConvNet-3's first layer on Fashion-MNIST). oneDNN's bfloat16 backward for
-    it is 7x slower than its float32 one (ten 1x28x28 images, 128 output channels, one thread:
-    7.7 ms vs 1.0 ms, the weight gradient's share; 75 vs 32 ms at 100 images), while its forward
-    gains little (0.34 vs 0.52 ms): the layer is cheap (9 MACs per output) and memory-bound either
-    way. The float32 output then feeds the next op as PyTorch's own mixed-dtype rules allow."""
-    return (x.device.type == "cpu" and conv.in_channels == 1 and torch.is_autocast_enabled("cpu")
+
+def conv_float_backward(x: torch.Tensor, conv: torch.nn.Conv2d) -> bool:
+    """Whether ``conv(x)`` should go through :func:`conv2d_float_backward` under CPU autocast: a
+    conv with one input channel (ConvNet-3's first layer on Fashion-MNIST). oneDNN's bfloat16
+    backward for it is 7x slower than its float32 one (ten 1x28x28 images, 128 output channels,
+    one thread: 7.7 vs 1.0 ms, the weight gradient's share; 75 vs 32 ms at 100 images), while its
+    bfloat16 forward is the faster one (0.34 vs 0.52 ms; 186 vs 346 ms at 256 images). MTT and
+    HaBa pay the backward three times per unrolled step; DM and KFS run mostly forwards."""
+    return (x.device.type == "cpu" and conv.in_channels == 1 and conv.padding_mode == "zeros"
+            and not isinstance(conv.padding, str) and torch.is_autocast_enabled("cpu")
             and torch.get_autocast_dtype("cpu") in HALF)
+
+
+class _HalfForwardFloatBackward(torch.autograd.Function):
+    """``F.conv2d`` with the forward in ``dtype`` (the autocast dtype, as autocast runs it) and the
+    backward in float32 (or wider) from the saved inputs: the gradient of the float32 conv, itself
+    differentiable (``aten.convolution_backward`` has a double backward), so unrolled trainers can
+    take second derivatives through it."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding, dilation, groups, dtype):
+        ctx.save_for_backward(x, weight)
+        ctx.conf = (stride, padding, dilation, groups, None if bias is None else bias.dtype)
+        return torch.nn.functional.conv2d(x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype),
+                                          stride, padding, dilation, groups)
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, weight = ctx.saved_tensors
+        stride, padding, dilation, groups, bias_dtype = ctx.conf
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        acc = torch.promote_types(x.dtype, torch.float32)  # float64 stays float64 (gradcheck)
+        with torch.autocast("cpu", enabled=False):
+            gx, gw, gb = torch.ops.aten.convolution_backward(
+                gy.to(acc), x.to(acc), weight.to(acc), None if bias_dtype is None else [weight.shape[0]], stride,
+                padding, dilation, False, [0] * len(stride), groups, [need_x, need_w, need_b])
+        return (gx.to(x.dtype) if need_x else None, gw.to(weight.dtype) if need_w else None,
+                gb.to(bias_dtype) if need_b else None, None, None, None, None, None)
+
+
+def conv2d_float_backward(conv: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)`` under CPU autocast with the forward in the autocast dtype and the backward in
+    float32 (see :func:`conv_float_backward`)."""
+    with torch.autocast("cpu", enabled=False):
+        return _HalfForwardFloatBackward.apply(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation,
+                                               conv.groups, torch.get_autocast_dtype("cpu"))

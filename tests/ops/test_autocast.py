@@ -106,18 +106,40 @@ def test_convnet_under_cpu_autocast_runs_fused_and_matches_pytorch(width):
         assert _l2(g, g64) <= 2 * _l2(gr, g64) + 1e-4 * g64.norm().item(), name
 
 
-@pytest.mark.parametrize("channels, first", [(1, torch.float32), (3, torch.bfloat16)])
-def test_convnet_single_channel_conv_stays_float32_under_cpu_autocast(channels, first):
-    # _autocast.conv_keeps_fp32: oneDNN's bfloat16 backward for one input channel is the slow one.
-    net = ddkernels.nn.ConvNet(channels, 10, width=8, im_size=(28, 28), backend="reference")
-    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
-    seen = []
-    for m in convs:
-        m.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_single_channel_conv_takes_float32_backward_under_cpu_autocast(channels):
+    # _autocast.conv_float_backward: oneDNN's bfloat16 backward for one input channel is the slow one;
+    # ConvNet's run_features keeps that conv's forward in bfloat16 and takes the float32 conv's gradients.
+    from ddkernels.nn.convnet import run_features
+
+    conv = torch.nn.Conv2d(channels, 8, 3, padding=3)
     x = torch.randn(2, channels, 28, 28, requires_grad=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = net(x)
-    assert seen == [first] + [torch.bfloat16] * (len(convs) - 1)
-    (gx,) = torch.autograd.grad(out.float().sum(), [x])
-    assert gx.dtype == torch.float32 and torch.isfinite(gx).all()
-    assert not _autocast.conv_keeps_fp32(x, convs[0])  # autocast off: nothing to keep
+        assert _autocast.conv_float_backward(x, conv) == (channels == 1)
+        y = run_features(torch.nn.Sequential(conv), x)
+    assert y.dtype == torch.bfloat16
+    gy = torch.randn_like(y)
+    got = torch.autograd.grad(y, [x, conv.weight, conv.bias], gy)
+    assert all(g.dtype == torch.float32 for g in got)
+    want = torch.ops.aten.convolution_backward(gy.float(), x.detach(), conv.weight.detach(), [8], [1, 1], [3, 3],
+                                               [1, 1], False, [0, 0], 1, [True, True, True])
+    if channels == 1:  # the float32 conv's backward, bitwise
+        for g, w in zip(got, want):
+            assert torch.equal(g, w)
+    else:  # PyTorch's own bfloat16 backward, as autocast runs it
+        assert not torch.equal(got[1], want[1])
+    assert not _autocast.conv_float_backward(x, conv)  # autocast off
+
+
+def test_half_forward_float_backward_is_twice_differentiable():
+    # Trajectory matching differentiates the first-order gradient again (create_graph=True).
+    x = torch.randn(2, 1, 6, 6, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 1, 3, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, dtype=torch.float64, requires_grad=True)
+
+    def f(x, w, b):
+        return _autocast._HalfForwardFloatBackward.apply(x, w, b, (1, 1), (3, 3), (1, 1), 1, torch.float64)
+
+    assert torch.autograd.gradcheck(f, (x, w, b))
+    assert torch.autograd.gradgradcheck(f, (x, w, b))
