@@ -90,14 +90,22 @@ def autocast_inputs(op: str, *args: Any) -> tuple[Any, ...] | None:
 
 
 
+#: Largest batch :func:`conv_float_backward` takes: above it the float32 backward's extra float32 copy
+#: of the (N, C_out, H, W) output gradient costs more than it saves (one thread, 128 output
+#: channels, 32x32: bf16 vs float32 backward 3.6 vs 1.0 ms at 10 images, 30 vs 13 ms at 32, 66 vs 75
+#: ms at 64, 130 vs 154 ms at 128).
+FLOAT_BACKWARD_MAX_BATCH = 32
+
+
 def conv_float_backward(x: torch.Tensor, conv: torch.nn.Conv2d) -> bool:
     """Whether ``conv(x)`` should go through :func:`conv2d_float_backward` under CPU autocast: a
-    conv with one input channel (ConvNet-3's first layer on Fashion-MNIST). oneDNN's bfloat16
-    backward for it is 7x slower than its float32 one (ten 1x28x28 images, 128 output channels,
-    one thread: 7.7 vs 1.0 ms, the weight gradient's share; 75 vs 32 ms at 100 images), while its
-    bfloat16 forward is the faster one (0.34 vs 0.52 ms; 186 vs 346 ms at 256 images). MTT and
-    HaBa pay the backward three times per unrolled step; DM and KFS run mostly forwards."""
-    return (x.device.type == "cpu" and conv.in_channels == 1 and conv.padding_mode == "zeros"
+    conv with one input channel (ConvNet-3's first layer on Fashion-MNIST) on a small batch (the
+    synthetic images of MTT, HaBa, DC's per-class batches). oneDNN's bfloat16 backward for it is
+    3-4x slower than its float32 one there (the weight gradient's share), while its bfloat16 forward
+    is the faster one; MTT and HaBa pay the backward three times per unrolled step. Larger batches
+    keep autocast's plain bfloat16 conv (:data:`FLOAT_BACKWARD_MAX_BATCH`)."""
+    return (x.device.type == "cpu" and conv.in_channels == 1 and x.dim() == 4
+            and x.shape[0] <= FLOAT_BACKWARD_MAX_BATCH and conv.padding_mode == "zeros"
             and not isinstance(conv.padding, str) and torch.is_autocast_enabled("cpu")
             and torch.get_autocast_dtype("cpu") in HALF)
 

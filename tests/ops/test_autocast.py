@@ -117,6 +117,8 @@ def test_single_channel_conv_takes_float32_backward_under_cpu_autocast(channels)
     x = torch.randn(2, channels, 28, 28, requires_grad=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert _autocast.conv_float_backward(x, conv) == (channels == 1)
+        big = torch.randn(_autocast.FLOAT_BACKWARD_MAX_BATCH + 1, channels, 28, 28)
+        assert not _autocast.conv_float_backward(big, conv)  # large batches: autocast's own conv
         y = run_features(torch.nn.Sequential(conv), x)
     assert y.dtype == torch.bfloat16
     gy = torch.randn_like(y)
