@@ -101,7 +101,7 @@ def conv_float_backward(x: torch.Tensor, conv: torch.nn.Conv2d) -> bool:
     """Whether ``conv(x)`` should go through :func:`conv2d_float_backward` under CPU autocast: a
     conv with one input channel (ConvNet-3's first layer on Fashion-MNIST) on a small batch (the
     synthetic images of MTT, HaBa, DC's per-class batches). oneDNN's bfloat16 backward for it is
-    3-4x slower than its float32 one there (the weight gradient's share), while its bfloat16 forward
+    2-4x slower than its float32 one there (the weight gradient's share), while its bfloat16 forward
     is the faster one; MTT and HaBa pay the backward three times per unrolled step. Larger batches
     keep autocast's plain bfloat16 conv (:data:`FLOAT_BACKWARD_MAX_BATCH`)."""
     return (x.device.type == "cpu" and conv.in_channels == 1 and x.dim() == 4
