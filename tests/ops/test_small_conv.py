@@ -61,28 +61,6 @@ def _compare(ours, torch_impl, tensors, dtype, what):
         assert_close(a, e, atol=tol, rtol=0, name=f"{what} {name} (float32)")
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
-@pytest.mark.parametrize("pad_mode", ["valid", "full"])
-@pytest.mark.parametrize("shape", SHAPES, ids=_id)
-def test_conv2d_matches_torch(shape, pad_mode, dtype):
-    k, g = shape[6], shape[1]
-    padding = 0 if pad_mode == "valid" else k - 1
-    tensors = _tensors(shape, dtype)
-    _compare(lambda x, w, b: small_conv2d(x, w, b, padding, g, backend="cpu"),
-             lambda x, w, b: F.conv2d(x, w, b, padding=padding, groups=g), tensors, dtype, "conv2d")
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
-@pytest.mark.parametrize("shape", SHAPES[:5], ids=_id)
-def test_conv_transpose2d_matches_torch(shape, dtype):
-    n, g, ci, co, h, w, k = shape
-    x = torch.randn(n, g * ci, h, w, dtype=dtype)
-    wt = torch.randn(g * ci, co, k, k, dtype=dtype)  # conv_transpose2d layout (C, O/groups, K, K)
-    b = torch.randn(g * co, dtype=dtype)
-    _compare(lambda x, w, b: small_conv_transpose2d(x, w, b, g, backend="cpu"),
-             lambda x, w, b: F.conv_transpose2d(x, w, b, groups=g), (x, wt, b), dtype, "conv_transpose2d")
-
-
 def _compare_half(ours, torch_impl, tensors, dtype, what):
     """Flash-attention's rule (tests/ops/test_half.py): the half kernel's error against a float64
     run is at most 2x PyTorch's own error in that dtype, plus two half ulps of the result's scale;
@@ -101,15 +79,30 @@ def _compare_half(ours, torch_impl, tensors, dtype, what):
         assert err <= allowed, f"{what} {name}: error {err:.3g} > {allowed:.3g} (PyTorch {dtype}: {ref_err:.3g})"
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16],
+                         ids=["f32", "f64", "bf16", "f16"])
 @pytest.mark.parametrize("pad_mode", ["valid", "full"])
 @pytest.mark.parametrize("shape", SHAPES, ids=_id)
-def test_conv2d_half_within_twice_pytorch_error(shape, pad_mode, dtype):
+def test_conv2d_matches_torch(shape, pad_mode, dtype):
     k, g = shape[6], shape[1]
     padding = 0 if pad_mode == "valid" else k - 1
-    _compare_half(lambda x, w, b: small_conv2d(x, w, b, padding, g, backend="cpu"),
-                  lambda x, w, b: F.conv2d(x, w, b, padding=padding, groups=g),
-                  _tensors(shape, torch.float64), dtype, "conv2d")
+    ours = lambda x, w, b: small_conv2d(x, w, b, padding, g, backend="cpu")  # noqa: E731
+    theirs = lambda x, w, b: F.conv2d(x, w, b, padding=padding, groups=g)  # noqa: E731
+    if dtype in (torch.bfloat16, torch.float16):  # half kernels: the 2x rule (_compare_half)
+        _compare_half(ours, theirs, _tensors(shape, torch.float64), dtype, "conv2d")
+    else:
+        _compare(ours, theirs, _tensors(shape, dtype), dtype, "conv2d")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("shape", SHAPES[:5], ids=_id)
+def test_conv_transpose2d_matches_torch(shape, dtype):
+    n, g, ci, co, h, w, k = shape
+    x = torch.randn(n, g * ci, h, w, dtype=dtype)
+    wt = torch.randn(g * ci, co, k, k, dtype=dtype)  # conv_transpose2d layout (C, O/groups, K, K)
+    b = torch.randn(g * co, dtype=dtype)
+    _compare(lambda x, w, b: small_conv_transpose2d(x, w, b, g, backend="cpu"),
+             lambda x, w, b: F.conv_transpose2d(x, w, b, groups=g), (x, wt, b), dtype, "conv_transpose2d")
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
