@@ -10,8 +10,9 @@
 //              pass writing both gradients.
 // Rows are independent and every sum has a fixed order (lanes, then rows in table order), so the
 // results do not depend on the thread split and are bitwise repeatable.
-// bfloat16 / float16: each row is converted into a float32 L1 buffer, reduced and differentiated by
-// the same float32 code; statistics stay float32, gradients are rounded once, the distances too.
+// bfloat16 / float16: the same loops read the half rows directly, widening 8 values at a time into
+// float32 registers (simd.h's vload), so a half row costs half the bytes and no extra pass;
+// statistics stay float32, gradients are rounded once as they are stored, the distances too.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -100,12 +101,6 @@ bool is_half(const at::Tensor& t) {
 
 at::ScalarType acc_type(const at::Tensor& t) { return is_half(t) ? at::kFloat : t.scalar_type(); }
 
-int64_t max_rowlen(const Layout& L) {
-  int64_t n = 0;
-  for (const Seg& s : L.segs) n = std::max(n, s.rowlen);
-  return n;
-}
-
 int64_t written_bytes(at::TensorList syn, bool need_syn, bool need_real) {
   int64_t bytes = 0;
   for (const at::Tensor& t : syn) bytes += t.numel() * int64_t(t.element_size());
@@ -133,39 +128,39 @@ T hsum(const V& v) {
   return t;
 }
 
-// (Σ s·r, Σ s², Σ r²) of one row.
-template <typename T>
-void row_dots(const T* __restrict__ s, const T* __restrict__ r, int64_t n, T* out) {
+// (Σ s·r, Σ s², Σ r²) of one row of storage S, in T = acc_t<S>.
+template <typename T, typename S>
+void row_dots(const S* __restrict__ s, const S* __restrict__ r, int64_t n, T* out) {
   using V = typename Vec<T>::type;
   constexpr int W = Vec<T>::lanes;
-  V d = {}, ss = {}, rr = {}, a, b;
+  V d = {}, ss = {}, rr = {};
   int64_t i = 0;
   for (; i + W <= n; i += W) {
-    DDK_VLOAD(a, s + i);
-    DDK_VLOAD(b, r + i);
+    const V a = vload<T>(s + i), b = vload<T>(r + i);
     d += a * b, ss += a * a, rr += b * b;
   }
   T td = hsum<T>(d), ts = hsum<T>(ss), tr = hsum<T>(rr);
-  for (; i < n; ++i) td += s[i] * r[i], ts += s[i] * s[i], tr += r[i] * r[i];
+  for (; i < n; ++i) {
+    const T a = T(s[i]), b = T(r[i]);
+    td += a * b, ts += a * a, tr += b * b;
+  }
   out[0] = td, out[1] = ts, out[2] = tr;
 }
 
 // Σ (s-r)² (square) or Σ |s-r| of one row.
-template <typename T, bool kSquare>
-T row_diff(const T* __restrict__ s, const T* __restrict__ r, int64_t n) {
+template <typename T, bool kSquare, typename S>
+T row_diff(const S* __restrict__ s, const S* __restrict__ r, int64_t n) {
   using V = typename Vec<T>::type;
   constexpr int W = Vec<T>::lanes;
-  V acc = {}, a, b;
+  V acc = {};
   int64_t i = 0;
   for (; i + W <= n; i += W) {
-    DDK_VLOAD(a, s + i);
-    DDK_VLOAD(b, r + i);
-    const V e = a - b;
+    const V e = vload<T>(s + i) - vload<T>(r + i);
     acc += kSquare ? V(e * e) : V(e < 0 ? -e : e);
   }
   T t = hsum<T>(acc);
   for (; i < n; ++i) {
-    const T e = s[i] - r[i];
+    const T e = T(s[i]) - T(r[i]);
     t += kSquare ? e * e : std::abs(e);
   }
   return t;
@@ -185,8 +180,8 @@ void cos_coeffs(T dot, T ss, T rr, T g, T& as, T& ar, T& b) {
 
 // out = (a·x + b·y)·g. The next row usually follows this one in memory: it is prefetched while
 // this one is written.
-template <typename T>
-void axpby(T* __restrict__ out, T a, const T* __restrict__ x, T b, const T* __restrict__ y, T g,
+template <typename T, typename S>
+void axpby(S* __restrict__ out, T a, const S* __restrict__ x, T b, const S* __restrict__ y, T g,
            int64_t n, bool stream) {
   using V = typename Vec<T>::type;
   write_each(
@@ -196,21 +191,19 @@ void axpby(T* __restrict__ out, T a, const T* __restrict__ x, T b, const T* __re
         prefetch(y + i + n);
       },
       [&](int64_t i) {
-        V u, v;
-        DDK_VLOAD(u, x + i);
-        DDK_VLOAD(v, y + i);
+        const V u = vload<T>(x + i), v = vload<T>(y + i);
         return V(V(a * u + b * v) * g);
       },
-      [&](int64_t i) { return T(a * x[i] + b * y[i]) * g; });
+      [&](int64_t i) { return T(a * T(x[i]) + b * T(y[i])) * g; });
 }
 
 // One row's gradients for upstream gradient g: d/ds into os and d/dr into orr (either may be null).
 // `o` holds the row's statistics for "ours" and the class totals for "global_cos". The gradient is
 // formed at upstream gradient 1 and then multiplied by g, so it is bitwise what the forward writes
 // (g = 1, exact) scaled by the autograd Function (one rounding, the same multiply).
-template <typename T>
-void row_grads(Metric metric, const Seg& sg, const T* __restrict__ s, const T* __restrict__ r,
-               int64_t n, const T* o, T g, T* __restrict__ os, T* __restrict__ orr, bool stream) {
+template <typename T, typename S>
+void row_grads(Metric metric, const Seg& sg, const S* __restrict__ s, const S* __restrict__ r,
+               int64_t n, const T* o, T g, S* __restrict__ os, S* __restrict__ orr, bool stream) {
   if (metric == Metric::Ours || metric == Metric::GlobalCos) {
     T as = 0, ar = 0, b = 0;  // an inactive row keeps all-zero coefficients: zero gradient
     if (sg.active) cos_coeffs(o[0], o[1], o[2], T(1), as, ar, b);
@@ -225,14 +218,14 @@ void row_grads(Metric metric, const Seg& sg, const T* __restrict__ s, const T* _
     if (orr) axpby(orr, c, r, -c, s, g, n, stream);
     return;
   }
-  T* __restrict__ first = os ? os : orr;
+  S* __restrict__ first = os ? os : orr;
   const T sign_first = os ? T(1) : T(-1);
   for (int64_t i = 0; i < n; ++i) {
-    const T e = s[i] - r[i];
-    first[i] = T(sign_first * c * (T(e > 0) - T(e < 0))) * g;
+    const T e = T(s[i]) - T(r[i]);
+    first[i] = S(T(sign_first * c * (T(e > 0) - T(e < 0))) * g);
   }
-  if (os && orr)
-    for (int64_t i = 0; i < n; ++i) orr[i] = -os[i];
+  if (os && orr)  // exact: negation commutes with rounding
+    for (int64_t i = 0; i < n; ++i) orr[i] = S(-T(os[i]));
 }
 
 }  // namespace
@@ -269,22 +262,14 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tens
       if (need_real) GR[i] = gr[i].data_ptr<St>();
     }
     scalar_t* st = stats.data_ptr<scalar_t>();
-    const bool stream = !is_half_v<St> && written_bytes(syn, need_syn, need_real) >= kStreamBytes;
-    const int64_t buf = half_buf<scalar_t, St>(max_rowlen(L));
+    const bool stream = written_bytes(syn, need_syn, need_real) >= kStreamBytes;
     at::parallel_for(0, L.K * L.R, grain(L), [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> sb(buf), rb(buf), gsb(need_syn ? buf : 0), grb(need_real ? buf : 0);
       for (int64_t idx = begin; idx < end; ++idx) {
         const int64_t k = idx / L.R, q = idx % L.R;
         const Seg& g = L.segs[L.row_seg[q]];
         const int64_t off = k * g.per_class + L.row_in_seg[q] * g.rowlen;
-        if (idx + 1 < end) {  // the next row
-          const int64_t q1 = (idx + 1) % L.R, k1 = (idx + 1) / L.R;
-          const Seg& g1 = L.segs[L.row_seg[q1]];
-          const int64_t off1 = k1 * g1.per_class + L.row_in_seg[q1] * g1.rowlen;
-          prefetch_half<scalar_t>(S[g1.tensor] + off1, g1.rowlen), prefetch_half<scalar_t>(Rp[g1.tensor] + off1, g1.rowlen);
-        }
-        const scalar_t* s = load_plane(S[g.tensor] + off, g.rowlen, sb.data());
-        const scalar_t* r = load_plane(Rp[g.tensor] + off, g.rowlen, rb.data());
+        const St* s = S[g.tensor] + off;
+        const St* r = Rp[g.tensor] + off;
         scalar_t* o = st + idx * 3;
         if (g.active) {
           switch (metric) {
@@ -295,13 +280,10 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tens
             case Metric::L1Mean: o[0] = scalar_t(g.scale) * row_diff<scalar_t, false>(s, r, g.rowlen); break;
           }
         }
-        if (need_syn || need_real) {
-          scalar_t* os = need_syn ? out_plane(GS[g.tensor] + off, gsb.data()) : nullptr;
-          scalar_t* orr = need_real ? out_plane(GR[g.tensor] + off, grb.data()) : nullptr;
-          row_grads(metric, g, s, r, g.rowlen, o, scalar_t(1), os, orr, stream);
-          if (need_syn) store_plane(os, GS[g.tensor] + off, g.rowlen);
-          if (need_real) store_plane(orr, GR[g.tensor] + off, g.rowlen);
-        }
+        if (need_syn || need_real)
+          row_grads(metric, g, s, r, g.rowlen, static_cast<const scalar_t*>(o), scalar_t(1),
+                    need_syn ? GS[g.tensor] + off : nullptr, need_real ? GR[g.tensor] + off : nullptr,
+                    stream);
       }
       if (stream) stream_fence();
     });
@@ -380,28 +362,16 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> grad_distance_bwd_c
       if (need_syn) GS[i] = gs[i].data_ptr<St>();
       if (need_real) GR[i] = gr[i].data_ptr<St>();
     }
-    const bool stream = !is_half_v<St> && written_bytes(syn, need_syn, need_real) >= kStreamBytes;
-    const int64_t buf = half_buf<T, St>(max_rowlen(L));
+    const bool stream = written_bytes(syn, need_syn, need_real) >= kStreamBytes;
     at::parallel_for(0, L.K * L.R, grain(L), [&](int64_t begin, int64_t end) {
-      std::vector<T> sb(buf), rb(buf), gsb(need_syn ? buf : 0), grb(need_real ? buf : 0);
       for (int64_t idx = begin; idx < end; ++idx) {
         const int64_t k = idx / L.R, q = idx % L.R, n = L.segs[L.row_seg[q]].rowlen;
         const Seg& sg = L.segs[L.row_seg[q]];
         const int64_t off = k * sg.per_class + L.row_in_seg[q] * n;
-        if (idx + 1 < end) {  // the next row
-          const int64_t q1 = (idx + 1) % L.R, k1 = (idx + 1) / L.R;
-          const Seg& g1 = L.segs[L.row_seg[q1]];
-          const int64_t off1 = k1 * g1.per_class + L.row_in_seg[q1] * g1.rowlen;
-          prefetch_half<T>(S[g1.tensor] + off1, g1.rowlen), prefetch_half<T>(Rp[g1.tensor] + off1, g1.rowlen);
-        }
-        const T* __restrict__ s = load_plane(S[sg.tensor] + off, n, sb.data());
-        const T* __restrict__ r = load_plane(Rp[sg.tensor] + off, n, rb.data());
-        T* __restrict__ os = need_syn ? out_plane(GS[sg.tensor] + off, gsb.data()) : nullptr;
-        T* __restrict__ orr = need_real ? out_plane(GR[sg.tensor] + off, grb.data()) : nullptr;
         const T* o = metric == Metric::GlobalCos ? tot.data() + 3 * k : st + idx * 3;
-        row_grads(metric, sg, s, r, n, o, G[k], os, orr, stream);
-        if (need_syn) store_plane(os, GS[sg.tensor] + off, n);
-        if (need_real) store_plane(orr, GR[sg.tensor] + off, n);
+        row_grads(metric, sg, S[sg.tensor] + off, Rp[sg.tensor] + off, n, o, G[k],
+                  need_syn ? GS[sg.tensor] + off : nullptr, need_real ? GR[sg.tensor] + off : nullptr,
+                  stream);
       }
       if (stream) stream_fence();
     });

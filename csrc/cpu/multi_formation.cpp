@@ -13,8 +13,9 @@
 //              bitwise repeatable.
 // Tap tables (indices + weights, computed once per shape in Python) are tile-local, so the same
 // table serves every tile.
-// bfloat16 / float16: rows are converted into the float32 L1 buffers as they are copied in, the
-// blends run in float32 (tap weights are float32), and each output row is rounded once.
+// bfloat16 / float16: rows are converted into the float32 L1 buffers as they are copied in (and
+// grad_out rows as the vertical adjoint reads them), the blends run in float32 (tap weights are
+// float32), and each output row is rounded once, in registers, as it is stored.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -97,6 +98,7 @@ at::Tensor multi_formation_fwd_cpu(const at::Tensor& x, int64_t factor, const at
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "multi_formation_fwd_cpu", [&] {
     using S = scalar_t;
     using scalar_t = acc_t<S>;  // the blends below compute in the accumulation type
+    using V = typename Vec<scalar_t>::type;
     const S* __restrict__ X = x.data_ptr<S>();
     S* __restrict__ Y = out.data_ptr<S>();
     const int64_t* ri0 = row_idx.data_ptr<int64_t>();
@@ -117,7 +119,6 @@ at::Tensor multi_formation_fwd_cpu(const at::Tensor& x, int64_t factor, const at
       std::vector<scalar_t> xt(wp8 * hp8);       // its transpose: xt[x][r]
       std::vector<scalar_t> ht(W8 * hp8, 0);     // one tile column resized horizontally, transposed
       std::vector<scalar_t> hbuf(f * hp8 * W8);  // hbuf[j][r][ox], row-major again
-      std::vector<scalar_t> obuf(half_buf<scalar_t, S>(W));  // one output row before rounding
       for (int64_t p = begin; p < end; ++p) {
         const int64_t b = p / C, c = p % C;
         const S* src = X + p * h * w;
@@ -150,9 +151,10 @@ at::Tensor multi_formation_fwd_cpu(const at::Tensor& x, int64_t factor, const at
               const scalar_t* __restrict__ a0 = base + ri0[oy] * W8;
               const scalar_t* __restrict__ a1 = base + ri1[oy] * W8;
               const scalar_t w0 = rw0[oy], w1 = rw1[oy];
-              scalar_t* __restrict__ orow = out_plane(o + oy * W, obuf.data());
-              for (int64_t ox = 0; ox < W; ++ox) orow[ox] = w0 * a0[ox] + w1 * a1[ox];
-              store_plane(orow, o + oy * W, W);
+              write_each(
+                  o + oy * W, W, false, [](int64_t) {},
+                  [&](int64_t ox) { return V(w0 * vload<scalar_t>(a0 + ox) + w1 * vload<scalar_t>(a1 + ox)); },
+                  [&](int64_t ox) { return w0 * a0[ox] + w1 * a1[ox]; });
             }
           }
         }
@@ -192,6 +194,7 @@ at::Tensor multi_formation_bwd_cpu(const at::Tensor& grad_out, int64_t factor, i
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, grad_out.scalar_type(), "multi_formation_bwd_cpu", [&] {
     using S = scalar_t;
     using scalar_t = acc_t<S>;  // the adjoint computes in the accumulation type
+    using V = typename Vec<scalar_t>::type;
     const S* __restrict__ G = grad_out.data_ptr<S>();
     S* __restrict__ GX = grad_x.data_ptr<S>();
     const int64_t* rgi = row_idx.data_ptr<int64_t>();
@@ -207,7 +210,6 @@ at::Tensor multi_formation_bwd_cpu(const at::Tensor& grad_out, int64_t factor, i
       std::vector<scalar_t> vt(W8 * sh8, 0);    // its transpose: vt[ox][r]
       std::vector<scalar_t> gt(sw8 * sh8, 0);   // horizontal adjoint, transposed: gt[xc][r]
       std::vector<scalar_t> gb(sh8 * sw8, 0);   // the tile's gradient, row-major
-      std::vector<scalar_t> gin(half_buf<scalar_t, S>(H * W));  // a half grad_out plane in float32
       for (int64_t p = begin; p < end; ++p) {
         const int64_t b = p / C, c = p % C;
         S* gx = GX + p * h * w;
@@ -218,17 +220,27 @@ at::Tensor multi_formation_bwd_cpu(const at::Tensor& grad_out, int64_t factor, i
           for (int64_t j = 0; j < f; ++j) {
             const int64_t cols = std::min(sw, w - j * sw);
             if (rows <= 0 || cols <= 0) continue;
-            const scalar_t* g = load_plane(G + (((i * f + j) * N + b) * C + c) * H * W, H * W, gin.data());
+            const S* g = G + (((i * f + j) * N + b) * C + c) * H * W;
             for (int64_t r = 0; r < rows; ++r) {
               scalar_t* __restrict__ t = vbuf.data() + r * W8;
               const int64_t* gi = rgi + r * KH;
               const scalar_t* gw = rgw + r * KH;
-              const scalar_t* __restrict__ g0 = g + gi[0] * W;
-              for (int64_t ox = 0; ox < W; ++ox) t[ox] = gw[0] * g0[ox];
+              const S* __restrict__ g0 = g + gi[0] * W;
+              const scalar_t w0 = gw[0];
+              write_each(
+                  t, W, false, [](int64_t) {}, [&](int64_t ox) { return V(w0 * vload<scalar_t>(g0 + ox)); },
+                  [&](int64_t ox) { return w0 * scalar_t(g0[ox]); });
               for (int64_t q = 1; q < KH; ++q) {
                 const scalar_t wt = gw[q];
-                const scalar_t* __restrict__ gq = g + gi[q] * W;
-                for (int64_t ox = 0; ox < W; ++ox) t[ox] += wt * gq[ox];
+                const S* __restrict__ gq = g + gi[q] * W;
+                int64_t ox = 0;
+                for (; ox + Vec<scalar_t>::lanes <= W; ox += Vec<scalar_t>::lanes) {
+                  V acc;
+                  DDK_VLOAD(acc, t + ox);
+                  acc += wt * vload<scalar_t>(gq + ox);
+                  DDK_VSTORE(t + ox, acc);
+                }
+                for (; ox < W; ++ox) t[ox] += wt * scalar_t(gq[ox]);
               }
             }
             transpose(vbuf.data(), W8, vt.data(), sh8, sh8, W8);

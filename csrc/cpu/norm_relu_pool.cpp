@@ -196,9 +196,10 @@ void bwd2_outputs(int64_t L, const T* __restrict__ x, const T* __restrict__ d,
 }
 
 // dx = g·r·((d − mean d) − x̂·mean(d·x̂)), the instance-norm backward with d the gradient of its output.
-template <typename T>
+// dx is written in its storage type S (rounded in registers for half storage).
+template <typename T, typename S>
 void dx_pass(int64_t L, const T* __restrict__ x, const T* __restrict__ d, T m, T r, T k, T md,
-             T mdx, T* __restrict__ dx) {
+             T mdx, S* __restrict__ dx) {
   using V = typename Vec<T>::type;
   write_each(
       dx, L, false, [](int64_t) {},
@@ -369,7 +370,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_relu_pool_bwd_cpu(
     // Per-plane Σd·x̂ and Σd, summed over n below.
     std::vector<double> part(need_wb ? 2 * N * C : 0);
     at::parallel_for(0, N * C, grain(L), [&](int64_t begin, int64_t end) {
-      std::vector<T> buf(L), xb(half_buf<T, S>(L)), gb(half_buf<T, S>(Ho * Wo)), db(half_buf<T, S>(L));
+      std::vector<T> buf(L), xb(half_buf<T, S>(L)), gb(half_buf<T, S>(Ho * Wo));
       for (int64_t p = begin; p < end; ++p) {
         const int64_t c = p % C;
         if (p + 1 < end) {
@@ -387,11 +388,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> norm_relu_pool_bwd_cpu(
         mask_sums<T, false>(L, xp, u, nullptr, M[p], R[p], G[c], B[c], buf.data(), s);
         const double sum_d = s[0], sum_dx = s[1];
         if (need_wb) part[2 * p] = sum_dx, part[2 * p + 1] = sum_d;
-        if (need_x) {
-          T* dx = out_plane(DX + p * L, db.data());
-          dx_pass(L, xp, buf.data(), M[p], R[p], T(G[c] * R[p]), T(sum_d / L), T(sum_dx / L), dx);
-          store_plane(dx, DX + p * L, L);
-        }
+        if (need_x)
+          dx_pass(L, xp, buf.data(), M[p], R[p], T(G[c] * R[p]), T(sum_d / L), T(sum_dx / L), DX + p * L);
       }
     });
     if (need_wb) {

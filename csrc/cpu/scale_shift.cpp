@@ -18,10 +18,11 @@
 // Per-pixel dscale/dshift sum over up to B samples: scalar_t partial sums over CHUNK samples are
 // folded into double, which keeps the inner loop at full vector width with the accuracy of a
 // CHUNK-long sum.
-// bfloat16 / float16 (storage S, compute T = float32): every plane or row block is converted into
-// a float32 L1 buffer before the same float32 code runs on it, outputs are computed into a buffer
-// and rounded once (simd.h's load_plane / out_plane / store_plane; no-ops for float32 / float64,
-// whose code path is unchanged). mean and rstd are float32.
+// bfloat16 / float16 (storage S, compute T = float32): the streaming loops read half planes
+// directly, widening 8 values at a time in registers (simd.h's vload), and round every output
+// once as it is stored (write_each over the storage type). Only what is read more than once
+// goes through a float32 L1 buffer first: a normalized plane (its statistics take two passes) and
+// the per-channel backward's planes (lane sums). mean and rstd are float32.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -47,41 +48,28 @@ constexpr int64_t CHUNK = 16;
 // (x - mean) * rstd first, not folded into the affine map: folding cancels catastrophically when
 // |mean| >> std (and breaks y == shift exactly on constant planes). The plain map is m = 0, r = 1,
 // exact in floating point.
-template <typename T>
+// x is read from storage SX (a plane, or its float32 L1 copy) and y written in storage SY.
+template <typename T, typename SX, typename SY>
 void affine_norm(int64_t L, const T* __restrict__ s, const T* __restrict__ t,
-                 const T* __restrict__ x, T m, T r, T* __restrict__ y, const T* next, bool stream) {
+                 const SX* __restrict__ x, T m, T r, SY* __restrict__ y, const SX* next, bool stream) {
   using V = typename Vec<T>::type;
   write_each(
       y, L, stream, [&](int64_t i) { if (next) prefetch(next + i); },
       [&](int64_t i) {
-        V sv, tv, xv;
+        V sv, tv;
         DDK_VLOAD(sv, s + i);
         DDK_VLOAD(tv, t + i);
-        DDK_VLOAD(xv, x + i);
-        return V(sv * ((xv - m) * r) + tv);
+        return V(sv * ((vload<T>(x + i) - m) * r) + tv);
       },
-      [&](int64_t i) { return s[i] * ((x[i] - m) * r) + t[i]; });
+      [&](int64_t i) { return s[i] * ((T(x[i]) - m) * r) + t[i]; });
 }
 
-// affine_norm on half x and y (float32 s, t): converted in registers, 8 lanes at a time.
-template <typename T, typename S, std::enable_if_t<is_half_v<S>, int> = 0>
-void affine_norm(int64_t L, const T* __restrict__ s, const T* __restrict__ t,
-                 const S* __restrict__ x, T m, T r, S* __restrict__ y, const S*, bool) {
-  int64_t i = 0;
-  for (; i + 8 <= L; i += 8) {
-    VF sv, tv;
-    DDK_VLOAD(sv, s + i);
-    DDK_VLOAD(tv, t + i);
-    store8(y + i, VF(sv * ((load8(x + i) - m) * r) + tv));
-  }
-  for (; i < L; ++i) y[i] = S(s[i] * ((float(x[i]) - m) * r) + t[i]);
-}
-
-// dx = s * dy and the per-pixel partial sums of dy * x and dy, from one read of dy and x.
-template <typename T>
-void bwd_sweep(int64_t L, const T* __restrict__ s, const T* __restrict__ g,
-               const T* __restrict__ x, T* __restrict__ gx, T* __restrict__ ps,
-               T* __restrict__ pt, const T* next_g, const T* next_x, bool stream) {
+// dx = s * dy and the per-pixel partial sums of dy * x and dy, from one read of dy and x (storage
+// S; s and the partial sums in T).
+template <typename T, typename S>
+void bwd_sweep(int64_t L, const T* __restrict__ s, const S* __restrict__ g,
+               const S* __restrict__ x, S* __restrict__ gx, T* __restrict__ ps,
+               T* __restrict__ pt, const S* next_g, const S* next_x, bool stream) {
   using V = typename Vec<T>::type;
   write_each(
       gx, L, stream,
@@ -89,12 +77,11 @@ void bwd_sweep(int64_t L, const T* __restrict__ s, const T* __restrict__ g,
         if (next_g) prefetch(next_g + i), prefetch(next_x + i);
       },
       [&](int64_t i) {
-        V sv, gv, xv, pv, tv;
+        V sv, pv, tv;
         DDK_VLOAD(sv, s + i);
-        DDK_VLOAD(gv, g + i);
-        DDK_VLOAD(xv, x + i);
         DDK_VLOAD(pv, ps + i);
         DDK_VLOAD(tv, pt + i);
+        const V gv = vload<T>(g + i), xv = vload<T>(x + i);
         pv += gv * xv;
         tv += gv;
         DDK_VSTORE(ps + i, pv);
@@ -102,47 +89,22 @@ void bwd_sweep(int64_t L, const T* __restrict__ s, const T* __restrict__ g,
         return V(sv * gv);
       },
       [&](int64_t i) {
-        ps[i] += g[i] * x[i];
-        pt[i] += g[i];
-        return s[i] * g[i];
+        const T gf = T(g[i]), xf = T(x[i]);
+        ps[i] += gf * xf;
+        pt[i] += gf;
+        return s[i] * gf;
       });
-}
-
-// bwd_sweep on half dy, x and dx (float32 s and partial sums): converted in registers.
-template <typename T, typename S, std::enable_if_t<is_half_v<S>, int> = 0>
-void bwd_sweep(int64_t L, const T* __restrict__ s, const S* __restrict__ g,
-               const S* __restrict__ x, S* __restrict__ gx, T* __restrict__ ps,
-               T* __restrict__ pt, const S*, const S*, bool) {
-  int64_t i = 0;
-  for (; i + 8 <= L; i += 8) {
-    VF sv, pv, tv;
-    DDK_VLOAD(sv, s + i);
-    DDK_VLOAD(pv, ps + i);
-    DDK_VLOAD(tv, pt + i);
-    const VF gv = load8(g + i), xv = load8(x + i);
-    pv += gv * xv;
-    tv += gv;
-    DDK_VSTORE(ps + i, pv);
-    DDK_VSTORE(pt + i, tv);
-    store8(gx + i, VF(sv * gv));
-  }
-  for (; i < L; ++i) {
-    const float gf = float(g[i]), xf = float(x[i]);
-    ps[i] += gf * xf;
-    pt[i] += gf;
-    gx[i] = S(s[i] * gf);
-  }
 }
 
 // One pass over a normalized plane's inputs: xhat = (x - m)·r and d = s·dy into L1 buffers, the
 // per-pixel partial sums of dy·xhat and dy, and Σd, Σd·xhat in LANES partial sums (the same order
 // as lane_sum), combined in double. Written with vector types: GCC does not vectorize this many
 // streams with two reductions on its own.
-template <typename T>
-void norm_bwd_pass(int64_t L, const T* __restrict__ s, const T* __restrict__ g,
-                   const T* __restrict__ x, T m, T r, T* __restrict__ xh, T* __restrict__ d,
+template <typename T, typename S>
+void norm_bwd_pass(int64_t L, const T* __restrict__ s, const S* __restrict__ g,
+                   const S* __restrict__ x, T m, T r, T* __restrict__ xh, T* __restrict__ d,
                    T* __restrict__ ps, T* __restrict__ pt, double& sum_d, double& sum_dx,
-                   const T* next_g, const T* next_x) {
+                   const S* next_g, const S* next_x) {
   // 32-byte vectors (wider ones spill on AVX2); H of them cover the LANES partial sums.
   using V = typename Vec<T>::type;
   constexpr int64_t W = Vec<T>::lanes, H = LANES / W;
@@ -153,10 +115,9 @@ void norm_bwd_pass(int64_t L, const T* __restrict__ s, const T* __restrict__ g,
     if (next_g) prefetch(next_g + i), prefetch(next_x + i);
     for (int64_t h = 0; h < H; ++h) {
       const int64_t j = i + h * W;
-      V xv, sv, gv, pv, tv;
-      DDK_VLOAD(xv, x + j);
+      V sv, pv, tv;
+      const V xv = vload<T>(x + j), gv = vload<T>(g + j);
       DDK_VLOAD(sv, s + j);
-      DDK_VLOAD(gv, g + j);
       DDK_VLOAD(pv, ps + j);
       DDK_VLOAD(tv, pt + j);
       const V xn = (xv - m) * r, dv = sv * gv;
@@ -174,11 +135,11 @@ void norm_bwd_pass(int64_t L, const T* __restrict__ s, const T* __restrict__ g,
   std::memcpy(al, a, sizeof(a));
   std::memcpy(bl, b, sizeof(b));
   for (; i < L; ++i) {
-    const T xn = (x[i] - m) * r, dv = s[i] * g[i];
+    const T gi = T(g[i]), xn = (T(x[i]) - m) * r, dv = s[i] * gi;
     xh[i] = xn;
     d[i] = dv;
-    ps[i] += g[i] * xn;
-    pt[i] += g[i];
+    ps[i] += gi * xn;
+    pt[i] += gi;
     al[i % LANES] += dv;
     bl[i % LANES] += dv * xn;
   }
@@ -261,10 +222,11 @@ class PixelSums {
 
 // One plane with a per-channel scale s0 (S = 1): Σdy and Σdy·n(x) (the plane's shares of dshift
 // and dscale) and dx. n(x) is x itself or, with normalize, x̂ = (x − m)·r, formed in xhat.
-template <typename T>
+template <typename T, typename S>
 void channel_plane_bwd(int64_t L, T s0, const T* __restrict__ g, const T* __restrict__ x,
-                       bool normalize, T m, T r, T* __restrict__ xhat, T* __restrict__ gx,
+                       bool normalize, T m, T r, T* __restrict__ xhat, S* __restrict__ gx,
                        double& sum_g, double& sum_gx) {
+  using V = typename Vec<T>::type;
   const T* xn = x;
   if (normalize) {
     for (int64_t i = 0; i < L; ++i) xhat[i] = (x[i] - m) * r;
@@ -276,17 +238,32 @@ void channel_plane_bwd(int64_t L, T s0, const T* __restrict__ g, const T* __rest
     // dx = rstd * (d - mean(d) - xhat * mean(d * xhat)) with d = scale * dy, written as
     // s0 * (g - mean(g)) so constant planes cancel exactly (dx = 0) despite FMA contraction.
     const T mg = T(sum_g / L), mdx = T(double(s0) * sum_gx / L);
-    for (int64_t i = 0; i < L; ++i) gx[i] = r * (s0 * (g[i] - mg) - xn[i] * mdx);
+    write_each(
+        gx, L, false, [](int64_t) {},
+        [&](int64_t i) {
+          V gv, xv;
+          DDK_VLOAD(gv, g + i);
+          DDK_VLOAD(xv, xn + i);
+          return V(r * (s0 * (gv - mg) - xv * mdx));
+        },
+        [&](int64_t i) { return r * (s0 * (g[i] - mg) - xn[i] * mdx); });
   } else {
-    for (int64_t i = 0; i < L; ++i) gx[i] = s0 * g[i];
+    write_each(
+        gx, L, false, [](int64_t) {},
+        [&](int64_t i) {
+          V gv;
+          DDK_VLOAD(gv, g + i);
+          return V(s0 * gv);
+        },
+        [&](int64_t i) { return s0 * g[i]; });
   }
 }
 
 // One normalized plane with per-pixel parameters s: the same formula as channel_plane_bwd, with
 // d = s·dy stored first (norm_bwd_pass) so that d − mean(d) cancels exactly where it must.
-template <typename T>
-void norm_pixel_plane_bwd(int64_t L, const T* s, const T* g, const T* x, T m, T r, T* xhat,
-                          T* d, T* ps, T* pt, T* gx, const T* next_g, const T* next_x,
+template <typename T, typename S>
+void norm_pixel_plane_bwd(int64_t L, const T* s, const S* g, const S* x, T m, T r, T* xhat,
+                          T* d, T* ps, T* pt, S* gx, const S* next_g, const S* next_x,
                           bool stream) {
   double sum_d, sum_dx;
   norm_bwd_pass(L, s, g, x, m, r, xhat, d, ps, pt, sum_d, sum_dx, next_g, next_x);
@@ -321,9 +298,10 @@ void bwd_plain_pixel(const BwdArgs<S, T>& a) {
         const int64_t row = a.ord[q] * CL + lo;
         const int64_t next = q + 1 < a.off[k + 1] ? a.ord[q + 1] * CL + lo : -1;
         if (next >= 0) prefetch_half<T>(a.G + next, w), prefetch_half<T>(a.X + next, w);
-        // Half rows convert in registers (the half overload); float rows as they always did.
+        // Half rows convert in registers and were prefetched whole above.
         bwd_sweep(w, sc, a.G + row, a.X + row, a.GX + row, sums.ps(), sums.pt(),
-                  next < 0 ? nullptr : a.G + next, next < 0 ? nullptr : a.X + next, a.stream);
+                  next < 0 || is_half_v<S> ? nullptr : a.G + next,
+                  next < 0 || is_half_v<S> ? nullptr : a.X + next, a.stream);
         sums.sample_done(w);
       }
       sums.finish(w, a.GS + k * CL + lo, a.GT + k * CL + lo);
@@ -339,7 +317,7 @@ void bwd_per_channel(const BwdArgs<S, T>& a, bool normalize) {
   at::parallel_for(0, a.Hn * a.C, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> xhat(normalize ? a.L : 0);
     const int64_t hb = half_buf<T, S>(a.L);
-    std::vector<T> gb(hb), xb(hb), ob(hb);
+    std::vector<T> gb(hb), xb(hb);
     for (int64_t kc = begin; kc < end; ++kc) {
       const int64_t k = kc / a.C, c = kc % a.C;
       double gs = 0, gt = 0;
@@ -350,12 +328,10 @@ void bwd_per_channel(const BwdArgs<S, T>& a, bool normalize) {
           const int64_t pn = a.ord[q + 1] * a.C + c;
           prefetch_half<T>(a.G + pn * a.L, a.L), prefetch_half<T>(a.X + pn * a.L, a.L);
         }
-        T* gx = out_plane(a.GX + p * a.L, ob.data());
         channel_plane_bwd(a.L, T(a.SC[kc]), load_plane(a.G + p * a.L, a.L, gb.data()),
                           load_plane(a.X + p * a.L, a.L, xb.data()), normalize,
-                          normalize ? a.M[p] : T(0), normalize ? a.R[p] : T(1), xhat.data(), gx,
-                          sum_g, sum_gx);
-        store_plane(gx, a.GX + p * a.L, a.L);
+                          normalize ? a.M[p] : T(0), normalize ? a.R[p] : T(1), xhat.data(),
+                          a.GX + p * a.L, sum_g, sum_gx);
         gs += sum_gx;
         gt += sum_g;
       }
@@ -371,9 +347,7 @@ void bwd_norm_pixel(const BwdArgs<S, T>& a) {
   const int64_t C = a.C, L = a.L;
   at::parallel_for(0, a.Hn * C, 1, [&](int64_t begin, int64_t end) {
     PixelSums<T> sums(L);
-    std::vector<T> xhat(L), d(L);
-    const int64_t hb = half_buf<T, S>(L);
-    std::vector<T> sb(hb), gb(hb), xb(hb), ob(hb);
+    std::vector<T> xhat(L), d(L), sb(half_buf<T, S>(L));
     for (int64_t kc = begin; kc < end; ++kc) {
       const int64_t k = kc / C, c = kc % C;
       const T* sc = load_plane(a.SC + kc * L, L, sb.data());
@@ -382,12 +356,11 @@ void bwd_norm_pixel(const BwdArgs<S, T>& a) {
         const int64_t p = a.ord[q] * C + c;
         const int64_t pn = q + 1 < a.off[k + 1] ? a.ord[q + 1] * C + c : -1;
         if (pn >= 0) prefetch_half<T>(a.G + pn * L, L), prefetch_half<T>(a.X + pn * L, L);
-        T* gx = out_plane(a.GX + p * L, ob.data());
-        norm_pixel_plane_bwd(L, sc, load_plane(a.G + p * L, L, gb.data()), load_plane(a.X + p * L, L, xb.data()),
-                             a.M[p], a.R[p], xhat.data(), d.data(), sums.ps(), sums.pt(), gx,
-                             pn < 0 ? nullptr : same_or_null<T>(a.G + pn * L),
-                             pn < 0 ? nullptr : same_or_null<T>(a.X + pn * L), a.stream);
-        store_plane(gx, a.GX + p * L, L);
+        // Half storage prefetches whole planes above (a vector is a quarter line).
+        norm_pixel_plane_bwd(L, sc, a.G + p * L, a.X + p * L, a.M[p], a.R[p], xhat.data(), d.data(),
+                             sums.ps(), sums.pt(), a.GX + p * L,
+                             pn < 0 || is_half_v<S> ? nullptr : a.G + pn * L,
+                             pn < 0 || is_half_v<S> ? nullptr : a.X + pn * L, a.stream);
         sums.sample_done(L);
       }
       sums.finish(L, a.GS + kc * L, a.GT + kc * L);
@@ -476,35 +449,37 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> scale_shift_fwd_cpu(const at::Ten
     // A HaBa plane is 900 elements: batch several per task so scheduling stays negligible.
     at::parallel_for(0, N * C, std::max<int64_t>(1, 16384 / std::max<int64_t>(L, 1)),
                      [&](int64_t begin, int64_t end) {
-      const int64_t hb = half_buf<scalar_t, St>(L);
-      std::vector<scalar_t> xb(hb), yb(hb);
+      std::vector<scalar_t> xb(normalize ? half_buf<scalar_t, St>(L) : 0);
       for (int64_t p = begin; p < end; ++p) {
         const int64_t n = p / C, c = p % C;
         if (p + 1 < end) prefetch_half<scalar_t>(X + (p + 1) * L, L);
         const St* next = p + 1 < end ? X + (p + 1) * L : nullptr;
         const scalar_t* __restrict__ s = SC + (idx[n] * C + c) * S;
         const scalar_t* __restrict__ t = SH + (idx[n] * C + c) * S;
+        St* __restrict__ yp = Y + p * L;
         if (!normalize && S != 1) {  // HaBa's default: one streaming pass, straight from storage
-          affine_norm(L, s, t, X + p * L, scalar_t(0), scalar_t(1), Y + p * L, next, stream);
+          affine_norm(L, s, t, X + p * L, scalar_t(0), scalar_t(1), yp, is_half_v<St> ? nullptr : next, stream);
           continue;
         }
-        const scalar_t* __restrict__ xp = load_plane(X + p * L, L, xb.data());
-        scalar_t* __restrict__ yp = out_plane(Y + p * L, yb.data());
+        using V = typename Vec<scalar_t>::type;
+        const scalar_t s0 = s[0], t0 = t[0];  // the per-channel (S == 1) parameters
         if (!normalize) {
-          const scalar_t s0 = s[0], t0 = t[0];  // per-channel (S == 1)
-          for (int64_t i = 0; i < L; ++i) yp[i] = s0 * xp[i] + t0;
-          store_plane(yp, Y + p * L, L);
+          const St* __restrict__ xs = X + p * L;
+          write_each(
+              yp, L, false, [](int64_t) {}, [&](int64_t i) { return V(s0 * vload<scalar_t>(xs + i) + t0); },
+              [&](int64_t i) { return s0 * scalar_t(xs[i]) + t0; });
           continue;
         }
+        // Normalized: the plane is read three times (two statistics passes, then the map).
+        const scalar_t* __restrict__ xp = load_plane(X + p * L, L, xb.data());
         plane_stats(xp, L, eps, M[p], R[p]);
         const scalar_t m = M[p], r = R[p];
-        if (S == 1) {
-          const scalar_t s0 = s[0], t0 = t[0];
-          for (int64_t i = 0; i < L; ++i) yp[i] = s0 * ((xp[i] - m) * r) + t0;
-        } else {
+        if (S == 1)
+          write_each(
+              yp, L, false, [](int64_t) {}, [&](int64_t i) { return V(s0 * ((vload<scalar_t>(xp + i) - m) * r) + t0); },
+              [&](int64_t i) { return s0 * ((xp[i] - m) * r) + t0; });
+        else
           affine_norm(L, s, t, xp, m, r, yp, same_or_null<scalar_t>(next), stream);
-        }
-        store_plane(yp, Y + p * L, L);
       }
       if (stream) stream_fence();
     });

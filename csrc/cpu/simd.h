@@ -62,28 +62,6 @@ inline void stream_fence() {
 
 inline void prefetch(const void* p) { __builtin_prefetch(p, 0, 3); }
 
-// out[i] = f(i) for i in [0, n): fv(i) gives the vector of elements i .. i+lanes-1, fs(i) one
-// element (head and tail). pre(i) runs once per vector, for software prefetch of what comes next:
-// kernels that alternate reading a plane and writing it stall the hardware prefetcher at every
-// switch. With `stream` the vectors go out with non-temporal stores (see kStreamBytes).
-template <typename T, typename Pre, typename FV, typename FS>
-inline void write_each(T* __restrict__ out, int64_t n, bool stream, Pre&& pre, FV&& fv, FS&& fs) {
-  using V = typename Vec<T>::type;
-  constexpr int W = Vec<T>::lanes;
-  int64_t i = 0;
-  if (stream)
-    for (const int64_t h = unaligned_head(out, n); i < h; ++i) out[i] = fs(i);
-  for (; i + W <= n; i += W) {
-    pre(i);
-    const V v = fv(i);
-    if (stream)
-      store_stream(out + i, v);
-    else
-      DDK_VSTORE(out + i, v);
-  }
-  for (; i < n; ++i) out[i] = fs(i);
-}
-
 // --- half precision: storage type S, compute type acc_t<S> -------------------------------------
 // bfloat16 and float16 tensors are loaded into float32 L1 buffers a plane (or row block) at a time,
 // computed by the same float32 code and accumulated in float32 (double where the float path does),
@@ -95,6 +73,13 @@ using acc_t = std::conditional_t<std::is_same_v<S, double>, double, float>;
 template <typename S>
 constexpr bool is_half_v = std::is_same_v<S, c10::BFloat16> || std::is_same_v<S, c10::Half>;
 
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#define DDK_MASKED_TAIL 1
+// The last n % 16 elements go through masked loads/stores: planes and rows here are short (a
+// 28-wide row is 16 + 12), and a scalar tail would round most of them one by one.
+inline __mmask16 tail_mask(int64_t r) { return __mmask16((1u << r) - 1u); }
+#endif
+
 // n half values at src as float32 at dst (exact).
 inline void to_float(const c10::BFloat16* src, float* dst, int64_t n) {
   int64_t i = 0;
@@ -102,6 +87,14 @@ inline void to_float(const c10::BFloat16* src, float* dst, int64_t n) {
   for (; i + 16 <= n; i += 16) {  // bfloat16 is the top half of a float32
     const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i));
     _mm512_storeu_ps(dst + i, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)));
+  }
+#endif
+#if defined(DDK_MASKED_TAIL)
+  if (i < n) {
+    const __mmask16 k = tail_mask(n - i);
+    const __m256i h = _mm256_maskz_loadu_epi16(k, src + i);
+    _mm512_mask_storeu_ps(dst + i, k, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)));
+    return;
   }
 #endif
   for (; i < n; ++i) dst[i] = float(src[i]);
@@ -113,6 +106,13 @@ inline void to_float(const c10::Half* src, float* dst, int64_t n) {
   for (; i + 16 <= n; i += 16)
     _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i))));
 #endif
+#if defined(DDK_MASKED_TAIL)
+  if (i < n) {
+    const __mmask16 k = tail_mask(n - i);
+    _mm512_mask_storeu_ps(dst + i, k, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, src + i)));
+    return;
+  }
+#endif
   for (; i < n; ++i) dst[i] = float(src[i]);
 }
 
@@ -123,14 +123,21 @@ inline void from_float(const float* src, c10::BFloat16* dst, int64_t n) {
   // Integer rounding (not VCVTNEPS2BF16, which flushes subnormals): bits + 0x7FFF + lsb, top half.
   const __m512i bias = _mm512_set1_epi32(0x7FFF), one = _mm512_set1_epi32(1);
   const __m512i qnan = _mm512_set1_epi32(0x7FC0);
-  for (; i + 16 <= n; i += 16) {
-    const __m512 f = _mm512_loadu_ps(src + i);
+  const auto round = [&](const __m512 f) {
     const __m512i b = _mm512_castps_si512(f);
     const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(b, 16), one);
     __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(b, bias), lsb), 16);
-    r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(f, f, _CMP_UNORD_Q), qnan);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), _mm512_cvtepi32_epi16(r));
+    return _mm512_cvtepi32_epi16(_mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(f, f, _CMP_UNORD_Q), qnan));
+  };
+  for (; i + 16 <= n; i += 16)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), round(_mm512_loadu_ps(src + i)));
+#if defined(DDK_MASKED_TAIL)
+  if (i < n) {
+    const __mmask16 k = tail_mask(n - i);
+    _mm256_mask_storeu_epi16(dst + i, k, round(_mm512_maskz_loadu_ps(k, src + i)));
+    return;
   }
+#endif
 #endif
   for (; i < n; ++i) dst[i] = c10::BFloat16(src[i]);
 }
@@ -141,6 +148,14 @@ inline void from_float(const float* src, c10::Half* dst, int64_t n) {
   for (; i + 16 <= n; i += 16)
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i),
                         _mm512_cvtps_ph(_mm512_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+#if defined(DDK_MASKED_TAIL)
+  if (i < n) {
+    const __mmask16 k = tail_mask(n - i);
+    _mm256_mask_storeu_epi16(dst + i, k, _mm512_cvtps_ph(_mm512_maskz_loadu_ps(k, src + i),
+                                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    return;
+  }
+#endif
 #endif
   for (; i < n; ++i) dst[i] = c10::Half(src[i]);
 }
@@ -233,6 +248,91 @@ inline void store8(c10::Half* p, const VF& v) {
 #else
   for (int l = 0; l < 8; ++l) p[l] = c10::Half(v[l]);
 #endif
+}
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__)
+#define DDK_STORE16 1
+// Two float vectors (16 values) rounded into half storage with 512-bit operations: the rounding is
+// most of a half output's cost (~8 µops a vector), and one 512-bit pass does two 256-bit ones' work.
+inline __m512 join16(const VF& a, const VF& b) {
+  __m256 fa, fb;
+  std::memcpy(&fa, &a, sizeof a);
+  std::memcpy(&fb, &b, sizeof b);
+  return _mm512_insertf32x8(_mm512_castps256_ps512(fa), fb, 1);
+}
+
+inline void store16(c10::BFloat16* p, const VF& a, const VF& b) {  // as from_float
+  const __m512 f = join16(a, b);
+  const __m512i bits = _mm512_castps_si512(f);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(bits, _mm512_set1_epi32(0x7FFF)), lsb), 16);
+  r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(f, f, _CMP_UNORD_Q), _mm512_set1_epi32(0x7FC0));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(r));
+}
+
+inline void store16(c10::Half* p, const VF& a, const VF& b) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p),
+                      _mm512_cvtps_ph(join16(a, b), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+#endif
+
+// One vector of compute type T loaded from storage S (a plain load when they agree; 8 half values
+// widened in registers otherwise), and stored back into S (rounded there, once).
+template <typename T, typename S>
+inline typename Vec<T>::type vload(const S* p) {
+  if constexpr (std::is_same_v<S, T>) {
+    typename Vec<T>::type v;
+    DDK_VLOAD(v, p);
+    return v;
+  } else {
+    return load8(p);
+  }
+}
+
+template <typename T, typename S>
+inline void vstore(S* p, const typename Vec<T>::type& v) {
+  if constexpr (std::is_same_v<S, T>)
+    DDK_VSTORE(p, v);
+  else
+    store8(p, v);
+}
+
+// out[i] = f(i) for i in [0, n), computed in acc_t<S> and written in the storage type S: fv(i)
+// gives the vector of elements i .. i+lanes-1, fs(i) one element (head and tail). pre(i) runs once
+// per vector, for software prefetch of what comes next: kernels that alternate reading a plane and
+// writing it stall the hardware prefetcher at every switch. With `stream` the vectors go out with
+// non-temporal stores (see kStreamBytes; float32 / float64 storage only).
+template <typename S, typename Pre, typename FV, typename FS>
+inline void write_each(S* __restrict__ out, int64_t n, bool stream, Pre&& pre, FV&& fv, FS&& fs) {
+  using T = acc_t<S>;
+  constexpr int W = Vec<T>::lanes;
+  stream = stream && std::is_same_v<S, T>;
+  int64_t i = 0;
+  if (stream)
+    for (const int64_t h = unaligned_head(out, n); i < h; ++i) out[i] = S(fs(i));
+#if defined(DDK_STORE16)
+  if constexpr (!std::is_same_v<S, T>)  // half storage: round two vectors at a time
+    for (; i + 2 * W <= n; i += 2 * W) {
+      pre(i);
+      const typename Vec<T>::type a = fv(i);
+      pre(i + W);
+      const typename Vec<T>::type b = fv(i + W);
+      store16(out + i, a, b);
+    }
+#endif
+  for (; i + W <= n; i += W) {
+    pre(i);
+    const typename Vec<T>::type v = fv(i);
+    if constexpr (std::is_same_v<S, T>) {
+      if (stream)
+        store_stream(out + i, v);
+      else
+        DDK_VSTORE(out + i, v);
+    } else {
+      vstore<T>(out + i, v);
+    }
+  }
+  for (; i < n; ++i) out[i] = S(fs(i));
 }
 
 // Prefetches the n storage values at p (the next plane or row) when they are half storage, whose

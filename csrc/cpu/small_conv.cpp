@@ -17,6 +17,10 @@
 //   grad_w/b: reductions over the batch. The batch is cut into fixed chunks of kChunk samples
 //             (independent of the thread count); each (chunk, group) sums its partial in a fixed
 //             order, and the partials are added chunk by chunk: bitwise repeatable, no atomics.
+// bfloat16 / float16 (storage S, computed in float32): input planes are widened as they are copied
+// into the padded buffers, weights and bias (tiny) are read as float32 copies, rows accumulate in
+// float32 registers and are rounded once as they are stored; grad_w / grad_b sum in float32 and
+// are rounded at the end.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -27,6 +31,7 @@
 
 #include "check.h"
 #include "ops.h"
+#include "simd.h"
 
 namespace ddkernels {
 namespace {
@@ -72,7 +77,7 @@ void check_common(const at::Tensor& x, const at::Tensor& weight) {
   DDK_CHECK_CONTIG(weight);
   DDK_CHECK_DIM(x, 4, "(N, C, H, W)");
   DDK_CHECK_DIM(weight, 4, "(O, C/groups, K, K)");
-  DDK_CHECK_FLOAT(x);
+  DDK_CHECK_FLOATING(x);
   DDK_CHECK_DTYPE(weight, x.scalar_type());
 }
 
@@ -99,13 +104,13 @@ inline int64_t round_up(int64_t a, int64_t m) { return (a + m - 1) / m * m; }
 // Output rows are computed Wv = round_up(Wo, lanes) wide, so every load is a whole vector. The
 // `cin` planes of one (sample, group) are copied into a zeroed buffer of Hp rows × Wb = Wv + K − 1
 // columns with the data at (pad, pad): no bounds tests anywhere, and the extra lanes read zeros.
-template <typename T>
-void pad_planes(const T* x, int64_t cin, int64_t H, int64_t W, int64_t pad, int64_t Hp, int64_t Wb,
+template <typename T, typename St>
+void pad_planes(const St* x, int64_t cin, int64_t H, int64_t W, int64_t pad, int64_t Hp, int64_t Wb,
                 T* buf) {
   std::fill(buf, buf + cin * Hp * Wb, T(0));
   for (int64_t c = 0; c < cin; ++c)
     for (int64_t r = 0; r < H; ++r)
-      std::memcpy(buf + (c * Hp + r + pad) * Wb + pad, x + (c * H + r) * W, W * sizeof(T));
+      convert_n(x + (c * H + r) * W, buf + (c * Hp + r + pad) * Wb + pad, W);
 }
 
 // M vectors (M·L output columns) of one output row: acc = b + Σ_{ic,ky,kx} w · x, each weight
@@ -130,9 +135,9 @@ inline void row_block(const T* src, const T* woc, T b0, T* out, int64_t cin, int
 }
 
 // Forward of one (sample, group): src = padded planes (cin, Hp, Wb), w = (cout, cin, K, K),
-// y = (cout, Ho, Wo); `row` is a Wv-wide scratch row.
-template <typename T, int KT>
-void conv_group(const T* src, const T* w, const T* bias, T* y, int64_t cin, int64_t cout,
+// y = (cout, Ho, Wo) in storage St; `row` is a Wv-wide scratch row.
+template <typename T, int KT, typename St>
+void conv_group(const T* src, const T* w, const T* bias, St* y, int64_t cin, int64_t cout,
                 int64_t K, int64_t Hp, int64_t Wb, int64_t Ho, int64_t Wo, int64_t Wv, T* row) {
   constexpr int64_t L = Simd<T>::L;
   for (int64_t oc = 0; oc < cout; ++oc) {
@@ -143,14 +148,15 @@ void conv_group(const T* src, const T* w, const T* bias, T* y, int64_t cin, int6
       for (; c0 + 4 * L <= Wv; c0 += 4 * L)
         row_block<T, KT, 4>(src + c0, woc, b0, row + c0, cin, K, Hp, Wb, oy);
       for (; c0 < Wv; c0 += L) row_block<T, KT, 1>(src + c0, woc, b0, row + c0, cin, K, Hp, Wb, oy);
-      std::memcpy(y + (oc * Ho + oy) * Wo, row, Wo * sizeof(T));
+      convert_n(row, y + (oc * Ho + oy) * Wo, Wo);
     }
   }
 }
 
 // y = conv(x, w) + bias over all (sample, group) pairs; x (N, groups·cin, H, W) with padding pad.
-template <typename T, int KT>
-void conv_all(const T* X, const T* Wt, const T* B, T* Y, int64_t N, int64_t groups, int64_t cin,
+// x and y in storage St, w and bias in its compute type T.
+template <typename St, int KT, typename T = acc_t<St>>
+void conv_all(const St* X, const T* Wt, const T* B, St* Y, int64_t N, int64_t groups, int64_t cin,
               int64_t cout, int64_t K, int64_t H, int64_t W, int64_t pad) {
   const int64_t Hp = H + 2 * pad, Ho = Hp - K + 1, Wo = W + 2 * pad - K + 1;
   const int64_t Wv = round_up(Wo, Simd<T>::L), Wb = Wv + K - 1;
@@ -184,8 +190,9 @@ void weight_taps(const T* gy, const T* src, T* out, int64_t kx0, int64_t Wb, int
   for (int a = 0; a < NA; ++a) out[kx0 + a] += S::sum(acc[a]);
 }
 
-template <typename T, int KT>
-void weight_grads(const T* X, const T* GY, T* GW, T* GB, const Geometry& g, bool need_w,
+// grad_w, grad_b (compute type T, added into GW / GB) from x and grad_y in storage St.
+template <typename St, int KT, typename T = acc_t<St>>
+void weight_grads(const St* X, const St* GY, T* GW, T* GB, const Geometry& g, bool need_w,
                   bool need_b) {
   using S = Simd<T>;
   const int64_t chunks = (g.N + kChunk - 1) / kChunk;
@@ -255,17 +262,25 @@ void with_kernel_size(int64_t K, Args&&... args) {
   }
 }
 
-template <typename T, int KT>
+template <typename St, int KT>
 struct ConvAll {
   template <typename... A>
-  static void run(A&&... a) { conv_all<T, KT>(a...); }
+  static void run(A&&... a) { conv_all<St, KT>(a...); }
 };
 
-template <typename T, int KT>
+template <typename St, int KT>
 struct WeightGrads {
   template <typename... A>
-  static void run(A&&... a) { weight_grads<T, KT>(a...); }
+  static void run(A&&... a) { weight_grads<St, KT>(a...); }
 };
+
+#define DDK_DISPATCH_FLOATING(TYPE, NAME, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, TYPE, NAME, __VA_ARGS__)
+
+// A (small) parameter tensor in the compute dtype: float32 for half storage.
+at::Tensor acc_param(const at::Tensor& t) {
+  return t.scalar_type() == at::kBFloat16 || t.scalar_type() == at::kHalf ? t.to(at::kFloat) : t;
+}
 
 }  // namespace
 
@@ -284,10 +299,13 @@ at::Tensor small_conv2d_fwd_cpu(const at::Tensor& x, const at::Tensor& weight,
   }
   at::Tensor y = x.new_empty({g.N, g.O, g.Ho, g.Wo});
   if (y.numel() == 0) return y;
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "small_conv2d_fwd_cpu", [&] {
+  const at::Tensor w = acc_param(weight);
+  const std::optional<at::Tensor> b = bias.has_value() ? std::optional<at::Tensor>(acc_param(*bias)) : std::nullopt;
+  DDK_DISPATCH_FLOATING(x.scalar_type(), "small_conv2d_fwd_cpu", [&] {
+    using T = acc_t<scalar_t>;
     with_kernel_size<scalar_t, ConvAll>(
-        g.K, x.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(),
-        bias.has_value() ? bias->data_ptr<scalar_t>() : (scalar_t*)nullptr,
+        g.K, (const scalar_t*)x.data_ptr<scalar_t>(), (const T*)w.data_ptr<T>(),
+        b.has_value() ? (const T*)b->data_ptr<T>() : (const T*)nullptr,
         y.data_ptr<scalar_t>(), g.N, g.groups, g.cin, g.cout, g.K, g.H, g.W, g.pad);
   });
   return y;
@@ -306,33 +324,37 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> small_conv2d_bwd_cpu(
               "grad_y must have the output shape (", g.N, ", ", g.O, ", ", g.Ho, ", ", g.Wo,
               "), got ", grad_y.sizes());
   // Gradients nobody asked for come back as empty tensors (the schema has no optional returns).
+  // grad_w / grad_b accumulate in the compute dtype (float32 for half x) and are rounded at the end.
+  const at::Tensor w_acc = acc_param(weight);
   at::Tensor gx = need_x ? x.new_empty(x.sizes()) : x.new_empty({0});
-  at::Tensor gw = need_w ? weight.new_zeros(weight.sizes()) : x.new_empty({0});
-  at::Tensor gb = need_b ? x.new_zeros({g.O}) : x.new_empty({0});
-  if (g.N == 0) return {gx, gw, gb};
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "small_conv2d_bwd_cpu", [&] {
-    using T = scalar_t;
+  at::Tensor gw = need_w ? w_acc.new_zeros(weight.sizes()) : x.new_empty({0});
+  at::Tensor gb = need_b ? w_acc.new_zeros({g.O}) : x.new_empty({0});
+  if (g.N == 0) return {gx, gw.to(x.scalar_type()), gb.to(x.scalar_type())};
+  DDK_DISPATCH_FLOATING(x.scalar_type(), "small_conv2d_bwd_cpu", [&] {
+    using St = scalar_t;
+    using T = acc_t<St>;
     if (need_x && gx.numel() > 0) {
       // grad_x = conv(grad_y, w'), w'[g·cin + i][o][ky][kx] = w[g·cout + o][i][K−1−ky][K−1−kx].
       const int64_t K = g.K, KK = K * K;
       std::vector<T> wf(g.groups * g.cin * g.cout * KK);
-      const T* w = weight.data_ptr<T>();
+      const T* w = w_acc.data_ptr<T>();
       for (int64_t gi = 0; gi < g.groups; ++gi)
         for (int64_t o = 0; o < g.cout; ++o)
           for (int64_t i = 0; i < g.cin; ++i)
             for (int64_t t = 0; t < KK; ++t)
               wf[((gi * g.cin + i) * g.cout + o) * KK + (KK - 1 - t)] =
                   w[((gi * g.cout + o) * g.cin + i) * KK + t];
-      with_kernel_size<T, ConvAll>(K, grad_y.data_ptr<T>(), (const T*)wf.data(), (const T*)nullptr,
-                                   gx.data_ptr<T>(), g.N, g.groups, g.cout, g.cin, K, g.Ho, g.Wo,
-                                   K - 1 - g.pad);
+      with_kernel_size<St, ConvAll>(K, (const St*)grad_y.data_ptr<St>(), (const T*)wf.data(),
+                                    (const T*)nullptr, gx.data_ptr<St>(), g.N, g.groups, g.cout,
+                                    g.cin, K, g.Ho, g.Wo, K - 1 - g.pad);
     }
     if (need_w || need_b)
-      with_kernel_size<T, WeightGrads>(g.K, (const T*)x.data_ptr<T>(), (const T*)grad_y.data_ptr<T>(),
-                                       need_w ? gw.data_ptr<T>() : (T*)nullptr,
-                                       need_b ? gb.data_ptr<T>() : (T*)nullptr, g, need_w, need_b);
+      with_kernel_size<St, WeightGrads>(g.K, (const St*)x.data_ptr<St>(),
+                                        (const St*)grad_y.data_ptr<St>(),
+                                        need_w ? gw.data_ptr<T>() : (T*)nullptr,
+                                        need_b ? gb.data_ptr<T>() : (T*)nullptr, g, need_w, need_b);
   });
-  return {gx, gw, gb};
+  return {gx, gw.to(x.scalar_type()), gb.to(x.scalar_type())};
 }
 
 }  // namespace ddkernels

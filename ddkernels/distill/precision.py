@@ -3,9 +3,12 @@
 
 Under ``bf16``/``fp16`` the networks' forward passes (and the backward passes autograd derives from
 them) run under :func:`torch.autocast`: convolutions and linear layers in the half type, the ops autocast
-keeps in float32 (losses, softmax, norms' statistics) in float32. What is *stored* stays float32: the
-synthetic tensors are float32 leaves (autocast casts copies of them), so their gradients and every
-optimizer state are float32; the networks' parameters likewise. ``fp16`` needs a CUDA device (this is
+keeps in float32 (losses, softmax, norms' statistics) in float32. One measured exception on CPU:
+ConvNet's conv with a single input channel takes its backward in float32 on small batches
+(:func:`ddkernels.ops._autocast.conv_float_backward`; oneDNN's bfloat16 backward for it is 2-4x
+slower). What is *stored* stays float32: the synthetic tensors are float32 leaves (autocast casts
+copies of them), so their gradients and every optimizer state are float32; the networks' parameters
+likewise. ``fp16`` needs a CUDA device (this is
 where float16 is fast; CPUs without AVX512-FP16 emulate it) and adds a gradient scaler
 (:func:`grad_scaler`) to every optimizer step so small gradients do not underflow.
 """

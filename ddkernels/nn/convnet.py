@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from .._checks import check_int
+from ..ops._autocast import conv2d_float_backward, conv_float_backward
 from ..ops.norm_relu_pool import norm_relu_pool
 
 NORMS = ("instancenorm", "batchnorm", "none")
@@ -65,7 +66,9 @@ def run_features(features: nn.Sequential, x: torch.Tensor, backend: str = "auto"
     """``features(x)``, with every ``GroupNorm(C, C) → ReLU [→ AvgPool2d(2, 2)]`` run of layers
     computed by one :func:`~ddkernels.ops.norm_relu_pool.norm_relu_pool` call on the ``GroupNorm``'s
     own parameters (so ``functional_call`` and optimizers see the usual parameters). Other layers
-    run as they are. ``backend="reference"`` is the op's reference: the same three PyTorch layers
+    run as they are, except that under CPU autocast a conv with one input channel takes its
+    backward in float32 (:func:`~ddkernels.ops._autocast.conv_float_backward`).
+    ``backend="reference"`` is the op's reference: the same three PyTorch layers
     (and the input keeps its layout, as the originals'; otherwise it is made :func:`nchw`)."""
     mods = list(features)
     if backend != "reference" and x.dim() == 4:
@@ -77,6 +80,9 @@ def run_features(features: nn.Sequential, x: torch.Tensor, backend: str = "auto"
             gn = mods[i]
             x = norm_relu_pool(x, gn.weight, gn.bias, gn.eps, pool=n == 3, backend=backend)
             i += n
+        elif isinstance(mods[i], nn.Conv2d) and conv_float_backward(x, mods[i]):
+            x = conv2d_float_backward(mods[i], x)  # oneDNN's half backward is the slow one here
+            i += 1
         else:
             x = mods[i](x)
             i += 1

@@ -11,6 +11,10 @@ call then runs with autocast off for that device, as PyTorch's own autocast kern
   convolutions);
 * ``"promote"``: floating inputs cast to the widest floating dtype among them (ordinary type
   promotion, what ``scale * x + shift`` does under autocast).
+
+One exception to PyTorch's own lists, for the networks' plain ``nn.Conv2d`` layers
+(:func:`conv_float_backward`): on CPU a convolution with a single input channel runs its forward
+in the autocast dtype and its backward in float32.
 """
 from __future__ import annotations
 
@@ -85,3 +89,59 @@ def autocast_inputs(op: str, *args: Any) -> tuple[Any, ...] | None:
         return a
 
     return tuple(cast(a) for a in args)
+
+
+
+#: Largest batch :func:`conv_float_backward` takes: above it the float32 backward's extra float32 copy
+#: of the (N, C_out, H, W) output gradient costs more than it saves (one thread, 128 output
+#: channels, 32x32: bf16 vs float32 backward 3.6 vs 1.0 ms at 10 images, 30 vs 13 ms at 32, 66 vs 75
+#: ms at 64, 130 vs 154 ms at 128).
+FLOAT_BACKWARD_MAX_BATCH = 32
+
+
+def conv_float_backward(x: torch.Tensor, conv: torch.nn.Conv2d) -> bool:
+    """Whether ``conv(x)`` should go through :func:`conv2d_float_backward` under CPU autocast: a
+    conv with one input channel (ConvNet-3's first layer on Fashion-MNIST) on a small batch (the
+    synthetic images of MTT, HaBa, DC's per-class batches). oneDNN's bfloat16 backward for it is
+    2-4x slower than its float32 one there (the weight gradient's share), while its bfloat16 forward
+    is the faster one; MTT and HaBa pay the backward three times per unrolled step. Larger batches
+    keep autocast's plain bfloat16 conv (:data:`FLOAT_BACKWARD_MAX_BATCH`)."""
+    return (x.device.type == "cpu" and conv.in_channels == 1 and x.dim() == 4
+            and x.shape[0] <= FLOAT_BACKWARD_MAX_BATCH and conv.padding_mode == "zeros"
+            and not isinstance(conv.padding, str) and torch.is_autocast_enabled("cpu")
+            and torch.get_autocast_dtype("cpu") in HALF)
+
+
+class _HalfForwardFloatBackward(torch.autograd.Function):
+    """``F.conv2d`` with the forward in ``dtype`` (the autocast dtype, as autocast runs it) and the
+    backward in float32 (or wider) from the saved inputs: the gradient of the float32 conv, itself
+    differentiable (``aten.convolution_backward`` has a double backward), so unrolled trainers can
+    take second derivatives through it."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding, dilation, groups, dtype):
+        ctx.save_for_backward(x, weight)
+        ctx.conf = (stride, padding, dilation, groups, None if bias is None else bias.dtype)
+        return torch.nn.functional.conv2d(x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype),
+                                          stride, padding, dilation, groups)
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, weight = ctx.saved_tensors
+        stride, padding, dilation, groups, bias_dtype = ctx.conf
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        acc = torch.promote_types(x.dtype, torch.float32)  # float64 stays float64 (gradcheck)
+        with torch.autocast("cpu", enabled=False):
+            gx, gw, gb = torch.ops.aten.convolution_backward(
+                gy.to(acc), x.to(acc), weight.to(acc), None if bias_dtype is None else [weight.shape[0]], stride,
+                padding, dilation, False, [0] * len(stride), groups, [need_x, need_w, need_b])
+        return (gx.to(x.dtype) if need_x else None, gw.to(weight.dtype) if need_w else None,
+                gb.to(bias_dtype) if need_b else None, None, None, None, None, None)
+
+
+def conv2d_float_backward(conv: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)`` under CPU autocast with the forward in the autocast dtype and the backward in
+    float32 (see :func:`conv_float_backward`)."""
+    with torch.autocast("cpu", enabled=False):
+        return _HalfForwardFloatBackward.apply(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation,
+                                               conv.groups, torch.get_autocast_dtype("cpu"))

@@ -104,3 +104,44 @@ def test_convnet_under_cpu_autocast_runs_fused_and_matches_pytorch(width):
     for (name, _), g, gr, g64 in zip(fused.named_parameters(), grads, grads_ref, grads64):
         assert g.dtype == torch.float32, name
         assert _l2(g, g64) <= 2 * _l2(gr, g64) + 1e-4 * g64.norm().item(), name
+
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_single_channel_conv_takes_float32_backward_under_cpu_autocast(channels):
+    # _autocast.conv_float_backward: oneDNN's bfloat16 backward for one input channel is the slow one;
+    # ConvNet's run_features keeps that conv's forward in bfloat16 and takes the float32 conv's gradients.
+    from ddkernels.nn.convnet import run_features
+
+    conv = torch.nn.Conv2d(channels, 8, 3, padding=3)
+    x = torch.randn(2, channels, 28, 28, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert _autocast.conv_float_backward(x, conv) == (channels == 1)
+        big = torch.randn(_autocast.FLOAT_BACKWARD_MAX_BATCH + 1, channels, 28, 28)
+        assert not _autocast.conv_float_backward(big, conv)  # large batches: autocast's own conv
+        y = run_features(torch.nn.Sequential(conv), x)
+    assert y.dtype == torch.bfloat16
+    gy = torch.randn_like(y)
+    got = torch.autograd.grad(y, [x, conv.weight, conv.bias], gy)
+    assert all(g.dtype == torch.float32 for g in got)
+    want = torch.ops.aten.convolution_backward(gy.float(), x.detach(), conv.weight.detach(), [8], [1, 1], [3, 3],
+                                               [1, 1], False, [0, 0], 1, [True, True, True])
+    if channels == 1:  # the float32 conv's backward, bitwise
+        for g, w in zip(got, want):
+            assert torch.equal(g, w)
+    else:  # PyTorch's own bfloat16 backward, as autocast runs it
+        assert not torch.equal(got[1], want[1])
+    assert not _autocast.conv_float_backward(x, conv)  # autocast off
+
+
+def test_half_forward_float_backward_is_twice_differentiable():
+    # Trajectory matching differentiates the first-order gradient again (create_graph=True).
+    x = torch.randn(2, 1, 6, 6, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 1, 3, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, dtype=torch.float64, requires_grad=True)
+
+    def f(x, w, b):
+        return _autocast._HalfForwardFloatBackward.apply(x, w, b, (1, 1), (3, 3), (1, 1), 1, torch.float64)
+
+    assert torch.autograd.gradcheck(f, (x, w, b))
+    assert torch.autograd.gradgradcheck(f, (x, w, b))

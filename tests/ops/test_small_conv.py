@@ -61,15 +61,37 @@ def _compare(ours, torch_impl, tensors, dtype, what):
         assert_close(a, e, atol=tol, rtol=0, name=f"{what} {name} (float32)")
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def _compare_half(ours, torch_impl, tensors, dtype, what):
+    """Flash-attention's rule (tests/ops/test_half.py): the half kernel's error against a float64
+    run is at most 2x PyTorch's own error in that dtype, plus two half ulps of the result's scale;
+    every result comes back in the half dtype."""
+    out_shape = torch_impl(*[t for t in tensors if t is not None]).shape
+    gy = torch.randn(out_shape, dtype=torch.float64)
+    half = [None if t is None else t.to(dtype) for t in tensors]
+    got = _grads(ours, half, gy.to(dtype))
+    theirs = _grads(torch_impl, half, gy.to(dtype))
+    exact = _grads(torch_impl, [None if t is None else t.double() for t in half], gy.to(dtype).double())
+    eps = torch.finfo(dtype).eps
+    for name, a, t, e in zip(["forward", "grad_x", "grad_w", "grad_b"], got, theirs, exact):
+        assert a.dtype == dtype, f"{what} {name}: {a.dtype}"
+        err, ref_err = (a.double() - e).abs().max().item(), (t.double() - e).abs().max().item()
+        allowed = 2 * ref_err + 2 * eps * max(1.0, e.abs().max().item())
+        assert err <= allowed, f"{what} {name}: error {err:.3g} > {allowed:.3g} (PyTorch {dtype}: {ref_err:.3g})"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16],
+                         ids=["f32", "f64", "bf16", "f16"])
 @pytest.mark.parametrize("pad_mode", ["valid", "full"])
 @pytest.mark.parametrize("shape", SHAPES, ids=_id)
 def test_conv2d_matches_torch(shape, pad_mode, dtype):
     k, g = shape[6], shape[1]
     padding = 0 if pad_mode == "valid" else k - 1
-    tensors = _tensors(shape, dtype)
-    _compare(lambda x, w, b: small_conv2d(x, w, b, padding, g, backend="cpu"),
-             lambda x, w, b: F.conv2d(x, w, b, padding=padding, groups=g), tensors, dtype, "conv2d")
+    ours = lambda x, w, b: small_conv2d(x, w, b, padding, g, backend="cpu")  # noqa: E731
+    theirs = lambda x, w, b: F.conv2d(x, w, b, padding=padding, groups=g)  # noqa: E731
+    if dtype in (torch.bfloat16, torch.float16):  # half kernels: the 2x rule (_compare_half)
+        _compare_half(ours, theirs, _tensors(shape, torch.float64), dtype, "conv2d")
+    else:
+        _compare(ours, theirs, _tensors(shape, dtype), dtype, "conv2d")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
@@ -81,6 +103,16 @@ def test_conv_transpose2d_matches_torch(shape, dtype):
     b = torch.randn(g * co, dtype=dtype)
     _compare(lambda x, w, b: small_conv_transpose2d(x, w, b, g, backend="cpu"),
              lambda x, w, b: F.conv_transpose2d(x, w, b, groups=g), (x, wt, b), dtype, "conv_transpose2d")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
+def test_conv_transpose2d_half_within_twice_pytorch_error(dtype):
+    n, g, ci, co, h, w, k = SHAPES[1]  # HaBa's decoder
+    x = torch.randn(n, g * ci, h, w, dtype=torch.float64)
+    wt = torch.randn(g * ci, co, k, k, dtype=torch.float64)
+    _compare_half(lambda x, w, b: small_conv_transpose2d(x, w, b, g, backend="cpu"),
+                  lambda x, w, b: F.conv_transpose2d(x, w, b, groups=g),
+                  (x, wt, torch.randn(g * co, dtype=torch.float64)), dtype, "conv_transpose2d")
 
 
 def test_no_bias_and_partial_grads():
@@ -130,7 +162,8 @@ def test_backward_bitwise_repeatable_across_thread_counts():
 
 def test_backends_declared():
     assert BACKENDS.select("auto", torch.device("cpu"), torch.float32) == "cpu"
-    assert BACKENDS.select("auto", torch.device("cpu"), torch.float16) == "reference"
+    for dtype in (torch.bfloat16, torch.float16):  # half kernels: float32 inside, rounded once
+        assert BACKENDS.select("auto", torch.device("cpu"), dtype) == "cpu"
     with pytest.raises(BackendUnavailable, match="cuDNN through the reference"):
         BACKENDS.select("triton", torch.device("cpu"), torch.float32)
     assert BACKENDS.select("auto", torch.device("cuda"), torch.float32) == "reference"

@@ -15,7 +15,8 @@ from .._autocast import autocast_inputs
 from .._autograd import recomputed_vjp, select_backend
 from . import reference
 
-BACKENDS = dispatch.op_backends("small_conv", triton=False, gpu_note="GPU tensors run cuDNN through the reference")
+BACKENDS = dispatch.op_backends("small_conv", triton=False, gpu_note="GPU tensors run cuDNN through the reference",
+                                cpu_dtypes=dispatch.FLOATS)
 
 
 def _register_fakes() -> None:
