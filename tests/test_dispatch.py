@@ -53,8 +53,10 @@ def test_auto_prefers_cpu_kernel_for_cpu_float32():
     mf = dispatch.OpBackends.registry["multi_formation"]
     assert mf.select("auto", torch.device("cpu"), torch.float32) == "cpu"
     assert mf.select("auto", torch.device("cpu"), torch.float16) == "cpu"  # half kernels, float32 math
-    sc = dispatch.OpBackends.registry["small_conv"]  # float32/float64 only: half runs the reference
-    assert sc.select("auto", torch.device("cpu"), torch.float16) == "reference"
+    sc = dispatch.OpBackends.registry["small_conv"]
+    assert sc.select("auto", torch.device("cpu"), torch.bfloat16) == "cpu"
+    ac = dispatch.OpBackends.registry["affine_crop"]  # float32/float64 only: half runs the reference
+    assert ac.select("auto", torch.device("cpu"), torch.float16) == "reference"
 
 
 def test_env_var_replaces_auto(monkeypatch):
