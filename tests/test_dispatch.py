@@ -55,8 +55,9 @@ def test_auto_prefers_cpu_kernel_for_cpu_float32():
     assert mf.select("auto", torch.device("cpu"), torch.float16) == "cpu"  # half kernels, float32 math
     sc = dispatch.OpBackends.registry["small_conv"]
     assert sc.select("auto", torch.device("cpu"), torch.bfloat16) == "cpu"
-    ac = dispatch.OpBackends.registry["affine_crop"]  # float32/float64 only: half runs the reference
-    assert ac.select("auto", torch.device("cpu"), torch.float16) == "reference"
+    ac = dispatch.OpBackends.registry["affine_crop"]  # half kernels too: no op's cpu kernel refuses half
+    assert ac.select("auto", torch.device("cpu"), torch.float16) == "cpu"
+    assert ac.select("auto", torch.device("cpu"), torch.bfloat16) == "cpu"
 
 
 def test_env_var_replaces_auto(monkeypatch):
@@ -101,7 +102,7 @@ def test_info_ops_prints_the_op_table(capsys):
     assert rows[0] == "| op | fuses | backends | used by |"
     assert len(rows) == 2 + len(ops.OPS)
     for op, row in zip(ops.OPS, rows[2:]):
-        # the ops whose cpu kernel is float32/float64 only (small_conv, affine_crop) list the dtypes
+        # an op whose cpu kernel were float32/float64 only would list the dtypes (none is now)
         cpu = "cpu" if set(ops.backends(op.name).backends["cpu"].dtypes) == set(dispatch.FLOATS) else "cpu (float32, float64)"
         assert row.startswith(f"| `{op.name}`") and op.fuses in row and cpu in row.split(" | ")[2].split("; ")
         assert ("triton" in row.split(" | ")[2].split("; ")) == ops.has_triton(op.name)

@@ -13,6 +13,11 @@
 //              adjoint); the windows' gradient as per-plane partials (dy/ds = upper tap − lower tap,
 //              from V for the columns and from a horizontal-first resample for the rows), summed over
 //              channels afterwards in channel order. Results are bitwise repeatable for any thread count.
+// bfloat16 / float16: theta has x's dtype (the op's rule; under autocast both arrive as float32) and
+// is widened to float32 once, so the taps are computed in float32 from exactly the stored windows;
+// planes (x, grad_y) are converted into the float32 buffers as they are loaded, every blend and
+// scatter runs in float32 (the windows' gradient in double, as for float32), and each output plane
+// is rounded once on the way out.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -23,6 +28,7 @@
 
 #include "check.h"
 #include "ops.h"
+#include "simd.h"
 #include "transpose.h"
 
 namespace ddkernels {
@@ -73,17 +79,20 @@ void check_theta(const at::Tensor& theta, const at::Tensor& x) {
   TORCH_CHECK(theta.size(0) == x.size(0) && theta.size(2) == 4, "theta must have shape (N=", x.size(0),
               ", T, 4), got ", theta.sizes());
   DDK_CHECK_DTYPE(theta, x.scalar_type());
-  AT_DISPATCH_FLOATING_TYPES(theta.scalar_type(), "affine_crop_check_theta", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, theta.scalar_type(), "affine_crop_check_theta", [&] {
     const scalar_t* t = theta.data_ptr<scalar_t>();
     for (int64_t i = 0; i < theta.numel(); ++i)
       TORCH_CHECK(std::isfinite(double(t[i])), "theta must be finite, got ", double(t[i]), " at flat index ", i);
   });
 }
 
-// Tables for every (image, window): rows then columns, index b * T + k.
-template <typename T>
-void build_tables(const T* th, int64_t NT, int64_t H, int64_t W, int64_t h, int64_t w,
+// Tables for every (image, window): rows then columns, index b * T + k, computed in T = acc_t<S>
+// from theta's storage S (half windows widened exactly first).
+template <typename T, typename S>
+void build_tables(const S* theta, int64_t NT, int64_t H, int64_t W, int64_t h, int64_t w,
                   std::vector<AxisTaps<T>>& rows, std::vector<AxisTaps<T>>& cols) {
+  std::vector<T> buf(half_buf<T, S>(4 * NT));
+  const T* th = load_plane<T>(theta, 4 * NT, buf.data());
   rows.resize(NT), cols.resize(NT);
   at::parallel_for(0, NT, 16, [&](int64_t begin, int64_t end) {
     for (int64_t q = begin; q < end; ++q) {
@@ -94,15 +103,15 @@ void build_tables(const T* th, int64_t NT, int64_t H, int64_t W, int64_t h, int6
   });
 }
 
-// The padded plane: row r + 1, column x + 1 hold x[r][x]; the one-pixel ring holds `pad`.
-template <typename T>
-void load_padded(const T* src, int64_t h, int64_t w, T pad, T* P) {
+// The padded plane: row r + 1, column x + 1 hold x[r][x] (widened to T); the one-pixel ring holds `pad`.
+template <typename T, typename S>
+void load_padded(const S* src, int64_t h, int64_t w, T pad, T* P) {
   const int64_t ld = w + 2;
   std::fill(P, P + ld, pad);
   for (int64_t r = 0; r < h; ++r) {
     T* row = P + (r + 1) * ld;
     row[0] = pad;
-    std::copy(src + r * w, src + (r + 1) * w, row + 1);
+    convert_n(src + r * w, row + 1, w);
     row[w + 1] = pad;
   }
   std::fill(P + (h + 1) * ld, P + (h + 2) * ld, pad);
@@ -128,7 +137,7 @@ at::Tensor affine_crop_fwd_cpu(const at::Tensor& x, const at::Tensor& theta, int
   DDK_CHECK_CPU(x);
   DDK_CHECK_CONTIG(x);
   DDK_CHECK_DIM(x, 4, "(N, C, h, w)");
-  DDK_CHECK_FLOAT(x);
+  DDK_CHECK_FLOATING(x);
   check_theta(theta, x);
   TORCH_CHECK(out_h >= 1 && out_w >= 1, "out_h and out_w must be positive, got ", out_h, " and ", out_w);
   const int64_t N = x.size(0), C = x.size(1), h = x.size(2), w = x.size(3), T = theta.size(1);
@@ -136,32 +145,36 @@ at::Tensor affine_crop_fwd_cpu(const at::Tensor& x, const at::Tensor& theta, int
   at::Tensor out = x.new_empty({T * N, C, H, W});
   if (out.numel() == 0) return out;
 
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "affine_crop_fwd_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "affine_crop_fwd_cpu", [&] {
     using S = scalar_t;
+    using A = acc_t<S>;  // the compute type: float32 for half storage
     const S* __restrict__ X = x.data_ptr<S>();
     S* __restrict__ Y = out.data_ptr<S>();
-    std::vector<AxisTaps<S>> rows, cols;
-    build_tables<S>(theta.data_ptr<S>(), N * T, H, W, h, w, rows, cols);
+    std::vector<AxisTaps<A>> rows, cols;
+    build_tables<A>(theta.data_ptr<S>(), N * T, H, W, h, w, rows, cols);
     at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
-      std::vector<S> P((h + 2) * (w + 2)), V, Vt, Yt(W * H);
+      std::vector<A> P((h + 2) * (w + 2)), V, Vt, Yt(W * H), Yb(half_buf<A, S>(H * W));
       for (int64_t p = begin; p < end; ++p) {
         const int64_t b = p / C, c = p % C;
-        load_padded<S>(X + p * h * w, h, w, S(pad), P.data());
+        load_padded<A>(X + p * h * w, h, w, A(pad), P.data());
         for (int64_t k = 0; k < T; ++k) {
-          const AxisTaps<S>& ry = rows[b * T + k];
-          const AxisTaps<S>& cx = cols[b * T + k];
+          const AxisTaps<A>& ry = rows[b * T + k];
+          const AxisTaps<A>& cx = cols[b * T + k];
           const int64_t lo = cx.lo, nc = cx.hi - cx.lo + 1;
           V.resize(H * nc), Vt.resize(nc * H);
-          vertical<S>(P.data(), w + 2, ry, lo, nc, V.data());
+          vertical<A>(P.data(), w + 2, ry, lo, nc, V.data());
           transpose(V.data(), nc, Vt.data(), H, H, nc);  // Vt[j][oy]
           for (int64_t ox = 0; ox < W; ++ox) {
-            const S* __restrict__ a0 = Vt.data() + (cx.i0[ox] - lo) * H;
-            const S* __restrict__ a1 = Vt.data() + (cx.i1[ox] - lo) * H;
-            const S w0 = cx.w0[ox], w1 = cx.w1[ox];
-            S* __restrict__ yt = Yt.data() + ox * H;
+            const A* __restrict__ a0 = Vt.data() + (cx.i0[ox] - lo) * H;
+            const A* __restrict__ a1 = Vt.data() + (cx.i1[ox] - lo) * H;
+            const A w0 = cx.w0[ox], w1 = cx.w1[ox];
+            A* __restrict__ yt = Yt.data() + ox * H;
             for (int64_t oy = 0; oy < H; ++oy) yt[oy] = w0 * a0[oy] + w1 * a1[oy];
           }
-          transpose(Yt.data(), H, Y + ((k * N + b) * C + c) * H * W, W, W, H);
+          S* y = Y + ((k * N + b) * C + c) * H * W;
+          A* o = out_plane<A>(y, Yb.data());  // half: transposed into float32, then rounded once
+          transpose(Yt.data(), H, o, W, W, H);
+          store_plane(o, y, H * W);
         }
       }
     });
@@ -178,7 +191,7 @@ std::tuple<at::Tensor, at::Tensor> affine_crop_bwd_cpu(const at::Tensor& grad_y,
   DDK_CHECK_CPU(x);
   DDK_CHECK_CONTIG(x);
   DDK_CHECK_DIM(x, 4, "(N, C, h, w)");
-  DDK_CHECK_FLOAT(x);
+  DDK_CHECK_FLOATING(x);
   DDK_CHECK_DTYPE(grad_y, x.scalar_type());
   check_theta(theta, x);
   const int64_t N = x.size(0), C = x.size(1), h = x.size(2), w = x.size(3), T = theta.size(1);
@@ -190,39 +203,41 @@ std::tuple<at::Tensor, at::Tensor> affine_crop_bwd_cpu(const at::Tensor& grad_y,
   at::Tensor grad_theta = need_theta ? theta.new_zeros(theta.sizes()) : theta.new_empty({0});
   if (grad_y.numel() == 0 || x.numel() == 0) return {grad_x, grad_theta};
 
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "affine_crop_bwd_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "affine_crop_bwd_cpu", [&] {
     using S = scalar_t;
+    using A = acc_t<S>;  // the compute type: float32 for half storage
     const S* __restrict__ X = x.data_ptr<S>();
     const S* __restrict__ G = grad_y.data_ptr<S>();
     S* GX = need_x ? grad_x.data_ptr<S>() : nullptr;
-    std::vector<AxisTaps<S>> rows, cols;
-    build_tables<S>(theta.data_ptr<S>(), N * T, H, W, h, w, rows, cols);
+    std::vector<AxisTaps<A>> rows, cols;
+    build_tables<A>(theta.data_ptr<S>(), N * T, H, W, h, w, rows, cols);
     // Per-plane partials of the windows' gradient (top, left, height, width), in double.
     std::vector<double> part(need_theta ? N * C * T * 4 : 0, 0.0);
     const int64_t hp = h + 2, wp = w + 2;
     at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
-      std::vector<S> P(hp * wp), Pt(wp * hp), gP(need_x ? hp * wp : 0), Gt(W * H), V, Vt, U, Ut, Hb, Hbt;
+      std::vector<A> P(hp * wp), Pt(wp * hp), gP(need_x ? hp * wp : 0), Gt(W * H), V, Vt, U, Ut, Hb, Hbt;
+      std::vector<A> Gb(half_buf<A, S>(H * W));
       for (int64_t p = begin; p < end; ++p) {
         const int64_t b = p / C, c = p % C;
-        load_padded<S>(X + p * h * w, h, w, S(pad), P.data());
+        load_padded<A>(X + p * h * w, h, w, A(pad), P.data());
         if (need_theta) transpose(P.data(), wp, Pt.data(), hp, hp, wp);  // Pt[col][row]
-        if (need_x) std::fill(gP.begin(), gP.end(), S(0));
+        if (need_x) std::fill(gP.begin(), gP.end(), A(0));
         for (int64_t k = 0; k < T; ++k) {
-          const AxisTaps<S>& ry = rows[b * T + k];
-          const AxisTaps<S>& cx = cols[b * T + k];
-          const S* g = G + ((k * N + b) * C + c) * H * W;
+          const AxisTaps<A>& ry = rows[b * T + k];
+          const AxisTaps<A>& cx = cols[b * T + k];
+          const A* g = load_plane<A>(G + ((k * N + b) * C + c) * H * W, H * W, Gb.data());
           transpose(g, W, Gt.data(), H, H, W);  // Gt[ox][oy]
           const int64_t lo = cx.lo, nc = cx.hi - cx.lo + 1;
           if (need_theta) {
             double* acc = part.data() + (p * T + k) * 4;
             // Columns: dy/ds_x = V[:, upper] − V[:, lower].
             V.resize(H * nc), Vt.resize(nc * H);
-            vertical<S>(P.data(), wp, ry, lo, nc, V.data());
+            vertical<A>(P.data(), wp, ry, lo, nc, V.data());
             transpose(V.data(), nc, Vt.data(), H, H, nc);
             for (int64_t ox = 0; ox < W; ++ox) {
-              const S* a0 = Vt.data() + (cx.i0[ox] - lo) * H;
-              const S* a1 = Vt.data() + (cx.i1[ox] - lo) * H;
-              const S* gt = Gt.data() + ox * H;
+              const A* a0 = Vt.data() + (cx.i0[ox] - lo) * H;
+              const A* a1 = Vt.data() + (cx.i1[ox] - lo) * H;
+              const A* gt = Gt.data() + ox * H;
               double d = 0;
               for (int64_t oy = 0; oy < H; ++oy) d += double(gt[oy]) * double(a1[oy] - a0[oy]);
               acc[1] += d;
@@ -232,17 +247,17 @@ std::tuple<at::Tensor, at::Tensor> affine_crop_bwd_cpu(const at::Tensor& grad_y,
             const int64_t rlo = ry.lo, nr = ry.hi - ry.lo + 1;
             Hbt.resize(W * nr), Hb.resize(nr * W);
             for (int64_t ox = 0; ox < W; ++ox) {
-              const S* __restrict__ a0 = Pt.data() + cx.i0[ox] * hp + rlo;
-              const S* __restrict__ a1 = Pt.data() + cx.i1[ox] * hp + rlo;
-              const S w0 = cx.w0[ox], w1 = cx.w1[ox];
-              S* __restrict__ o = Hbt.data() + ox * nr;
+              const A* __restrict__ a0 = Pt.data() + cx.i0[ox] * hp + rlo;
+              const A* __restrict__ a1 = Pt.data() + cx.i1[ox] * hp + rlo;
+              const A w0 = cx.w0[ox], w1 = cx.w1[ox];
+              A* __restrict__ o = Hbt.data() + ox * nr;
               for (int64_t r = 0; r < nr; ++r) o[r] = w0 * a0[r] + w1 * a1[r];
             }
             transpose(Hbt.data(), nr, Hb.data(), W, W, nr);  // Hb[r][ox]
             for (int64_t oy = 0; oy < H; ++oy) {
-              const S* a0 = Hb.data() + (ry.i0[oy] - rlo) * W;
-              const S* a1 = Hb.data() + (ry.i1[oy] - rlo) * W;
-              const S* gr = g + oy * W;
+              const A* a0 = Hb.data() + (ry.i0[oy] - rlo) * W;
+              const A* a1 = Hb.data() + (ry.i1[oy] - rlo) * W;
+              const A* gr = g + oy * W;
               double d = 0;
               for (int64_t ox = 0; ox < W; ++ox) d += double(gr[ox]) * double(a1[ox] - a0[ox]);
               acc[0] += d;
@@ -251,31 +266,31 @@ std::tuple<at::Tensor, at::Tensor> affine_crop_bwd_cpu(const at::Tensor& grad_y,
           }
           if (need_x) {
             // Horizontal adjoint on transposed rows: Ut[j][oy] gathers the output columns reading column lo + j.
-            Ut.assign(nc * H, S(0)), U.resize(H * nc);
+            Ut.assign(nc * H, A(0)), U.resize(H * nc);
             for (int64_t ox = 0; ox < W; ++ox) {
-              const S* __restrict__ gt = Gt.data() + ox * H;
-              S* __restrict__ u0 = Ut.data() + (cx.i0[ox] - lo) * H;
-              const S w0 = cx.w0[ox];
+              const A* __restrict__ gt = Gt.data() + ox * H;
+              A* __restrict__ u0 = Ut.data() + (cx.i0[ox] - lo) * H;
+              const A w0 = cx.w0[ox];
               for (int64_t oy = 0; oy < H; ++oy) u0[oy] += w0 * gt[oy];
-              S* __restrict__ u1 = Ut.data() + (cx.i1[ox] - lo) * H;
-              const S w1 = cx.w1[ox];
+              A* __restrict__ u1 = Ut.data() + (cx.i1[ox] - lo) * H;
+              const A w1 = cx.w1[ox];
               for (int64_t oy = 0; oy < H; ++oy) u1[oy] += w1 * gt[oy];
             }
             transpose(Ut.data(), H, U.data(), nc, nc, H);  // U[oy][j]
             for (int64_t oy = 0; oy < H; ++oy) {
-              const S* __restrict__ u = U.data() + oy * nc;
-              S* __restrict__ d0 = gP.data() + ry.i0[oy] * wp + lo;
-              const S w0 = ry.w0[oy];
+              const A* __restrict__ u = U.data() + oy * nc;
+              A* __restrict__ d0 = gP.data() + ry.i0[oy] * wp + lo;
+              const A w0 = ry.w0[oy];
               for (int64_t j = 0; j < nc; ++j) d0[j] += w0 * u[j];
-              S* __restrict__ d1 = gP.data() + ry.i1[oy] * wp + lo;
-              const S w1 = ry.w1[oy];
+              A* __restrict__ d1 = gP.data() + ry.i1[oy] * wp + lo;
+              const A w1 = ry.w1[oy];
               for (int64_t j = 0; j < nc; ++j) d1[j] += w1 * u[j];
             }
           }
         }
         if (need_x) {  // the pad ring is a constant: its gradient is dropped
           S* gx = GX + p * h * w;
-          for (int64_t r = 0; r < h; ++r) std::copy(gP.data() + (r + 1) * wp + 1, gP.data() + (r + 1) * wp + 1 + w, gx + r * w);
+          for (int64_t r = 0; r < h; ++r) convert_n(gP.data() + (r + 1) * wp + 1, gx + r * w, w);
         }
       }
     });
@@ -285,7 +300,7 @@ std::tuple<at::Tensor, at::Tensor> affine_crop_bwd_cpu(const at::Tensor& grad_y,
         for (int64_t q = 0; q < T * 4; ++q) {
           double s = 0;
           for (int64_t c = 0; c < C; ++c) s += part[(b * C + c) * T * 4 + q];
-          GT[b * T * 4 + q] = S(s);
+          GT[b * T * 4 + q] = S(A(s));  // half: through float32, as c10 converts
         }
     }
   });

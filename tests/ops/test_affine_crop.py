@@ -177,16 +177,36 @@ def test_only_wanted_gradients(backend):
     assert_close(gt, gt_ref)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
-def test_triton_half_types(dtype):
+def test_half_types(backend, dtype):
     """Half inputs, float32 accumulation: against the float32 reference, rounded once."""
-    if "triton" not in [p.values[0] for p in BACKENDS if not p.marks]:
-        pytest.skip("triton backend unavailable here")
     x = torch.rand(2, 3, 16, 16)
     th = ddkernels.crop_grid(16, 16, 2, 2)
-    y = ddkernels.affine_crop(x.to(dtype), th.to(dtype), backend="triton")
+    y = ddkernels.affine_crop(x.to(dtype), th.to(dtype), backend=backend)
     assert y.dtype == dtype
-    assert_close(y, reference.affine_crop(x, th, (16, 16), 0.5).to(dtype), name="triton half forward")
+    assert_close(y, reference.affine_crop(x, th, (16, 16), 0.5).to(dtype), name=f"{backend} half forward")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
+def test_cpu_half_is_the_float32_kernel_rounded_once(dtype):
+    """The cpu kernel widens half x, theta and grad_y exactly and runs the float32 code: forward and
+    both gradients are the float32 kernel's on the same (widened) values, rounded once, bit for bit."""
+    if "cpu" not in [p.values[0] for p in BACKENDS if not p.marks]:
+        pytest.skip("cpu backend unavailable here")
+    n, c, h, w, t, H, W = SHAPES[0]
+    x = torch.rand(n, c, h, w).to(dtype)
+    th = _windows(n, h, w, t, torch.float32).to(dtype)
+    g = torch.randn(t * n, c, H, W).to(dtype)
+    half = [v.clone().requires_grad_() for v in (x, th)]
+    wide = [v.float().requires_grad_() for v in (x, th)]
+    y = ddkernels.affine_crop(*half, (H, W), backend="cpu")
+    y32 = ddkernels.affine_crop(*wide, (H, W), backend="cpu")
+    got = [y, *torch.autograd.grad(y, half, g)]
+    want = [y32, *torch.autograd.grad(y32, wide, g.float())]
+    for name, a, e in zip(("forward", "grad_x", "grad_theta"), got, want):
+        assert a.dtype == dtype, name
+        assert torch.equal(a, e.to(dtype)), name
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -263,24 +283,27 @@ def test_crop_grid_bad_input():
 def test_explicit_backend_lists_reasons():
     with pytest.raises(BackendUnavailable, match="cpu.*tensors are on meta"):
         ddkernels.affine_crop(X.to("meta"), TH.to("meta"), backend="cpu")
-    with pytest.raises(BackendUnavailable, match="cpu.*dtype bfloat16 unsupported"):
-        ddkernels.affine_crop(X.bfloat16(), TH.bfloat16(), backend="cpu")
 
-
-def test_auto_takes_the_reference_for_half_on_cpu():
-    """The cpu kernel is float32/float64: auto falls back to the reference for bfloat16."""
-    y = ddkernels.affine_crop(X.bfloat16(), TH.bfloat16())
-    assert y.dtype == torch.bfloat16
-    assert_close(y.float(), reference.affine_crop(X, TH, (8, 8), 0.5), atol=1e-2, rtol=1e-2)
-
-
-# --- the C++ ops directly ------------------------------------------------------------------------
 
 needs_ext = pytest.mark.skipif(not _ext.cpu_available()[0], reason=f"C++ extension: {_ext.cpu_available()[1]}")
 
 
 @needs_ext
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_auto_takes_the_cpu_kernel_for_half_on_cpu():
+    """The cpu kernel takes bfloat16 (computing in float32): auto picks it, as for float32."""
+    assert ddkernels.dispatch.OpBackends.registry["affine_crop"].select("auto", X.device, torch.bfloat16) == "cpu"
+    y = ddkernels.affine_crop(X.bfloat16(), TH.bfloat16())
+    assert y.dtype == torch.bfloat16
+    assert torch.equal(y, ddkernels.affine_crop(X.bfloat16(), TH.bfloat16(), backend="cpu"))
+    assert_close(y.float(), reference.affine_crop(X, TH, (8, 8), 0.5), atol=1e-2, rtol=1e-2)
+
+
+# --- the C++ ops directly ------------------------------------------------------------------------
+
+
+@needs_ext
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16],
+                         ids=["f32", "f64", "bf16", "f16"])
 def test_opcheck(dtype):
     x = torch.rand(2, 3, 7, 9, dtype=dtype)
     th = _windows(2, 7, 9, 3, dtype)

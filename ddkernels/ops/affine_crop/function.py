@@ -12,7 +12,7 @@ from .._autograd import empty_result, recomputed_vjp, select_backend
 from ..multi_formation.function import _normalize_size
 from . import reference
 
-BACKENDS = dispatch.op_backends("affine_crop")
+BACKENDS = dispatch.op_backends("affine_crop", cpu_dtypes=dispatch.FLOATS)
 
 
 # --- cpu backend: C++ ops registered by ddkernels._C -------------------------------------------
@@ -106,9 +106,11 @@ def affine_crop(
     the grid starts at IDC's decode. Outputs are tile-major like multi_formation's: row ``k·N + b``.
 
     Args:
-        x: stored images, float32 or float64 on the cpu kernel (any float on the others);
+        x: stored images, any float dtype (the fused kernels compute bfloat16 / float16 in float32);
             non-contiguous ``x`` is copied once to contiguous layout before a fused kernel runs.
         theta: the windows, dtype and device of ``x``; finite (the fused kernels refuse NaN/Inf).
+            Half windows are exact only on coarse grids (bfloat16 spaces 14.0 by 1/16 pixel):
+            autocast gives ``x`` and ``theta`` to the op in float32.
         size: output ``(H, W)`` or an int for square outputs; default the stored size ``(h, w)``.
         pad: the value read outside the image (IDC pads with 0.5).
         backend: ``"auto"``, ``"reference"``, ``"cpu"`` or ``"triton"``.
