@@ -15,6 +15,7 @@ from ddkernels.distill.methods import haba as haba_mod
 from ddkernels.distill.methods.haba import bases_per_class
 from ddkernels.nn.convnet import ConvNet
 from tests.conftest import fused_backends
+from tests.distill.methods.test_kfs import _naive as naive_decode
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -172,11 +173,8 @@ def naive_base(d, b):
     kind, s, size = d.hp["base_kind"], d.hp["base_downsample"], d.ds.im_size
     if kind == "images":
         return F.interpolate(d.bases[b:b + 1], scale_factor=s, mode="bilinear", align_corners=False)[0]
-    if kind == "latent":  # KFS's decoder: up(z) + conv(leaky_relu(convT(z))), one decoder
-        dec, z = d.decoder, d.bases[b:b + 1]
-        hidden = F.leaky_relu(F.conv_transpose2d(z, dec.up_weight, dec.up_bias, stride=s, padding=dec.up_padding), 0.2)
-        skip = F.interpolate(z, size=size, mode="bilinear", align_corners=False)
-        return (F.conv2d(hidden, dec.out_weight, dec.out_bias, padding=dec.kernel_size // 2) + skip)[0]
+    if kind == "latent":  # KFS's decoder written out (test_kfs), its one decoder on code b
+        return naive_decode(d.decoder, d.bases[b:b + 1])[0]
     f = d.hp["factor"]
     r, k = divmod(b, f * f)  # stored image r, tile k in row-major tile order
     i, j = divmod(k, f)
