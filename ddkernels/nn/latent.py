@@ -58,7 +58,8 @@ class LatentDecoderBank(nn.Module):
 
     Args:
         num_classes: ``C``.
-        codes_per_class: ``M``.
+        codes_per_class: ``M``; 0 for a bank of decoders alone, whose codes the caller stores and
+            passes to :meth:`decode` (HaBa's latent bases).
         num_decoders: ``K``.
         out_channels: image channels.
         image_size: ``(H, W)`` (int for square); each must be a multiple of ``scale``.
@@ -84,8 +85,8 @@ class LatentDecoderBank(nn.Module):
                  backend: str = "auto", device=None, dtype=None):
         super().__init__()
         code_channels = out_channels if code_channels is None else code_channels
-        for name, v in (("num_classes", num_classes), ("codes_per_class", codes_per_class),
-                        ("num_decoders", num_decoders), ("out_channels", out_channels),
+        check_int(codes_per_class, "codes_per_class", low=0)
+        for name, v in (("num_classes", num_classes), ("num_decoders", num_decoders), ("out_channels", out_channels),
                         ("code_channels", code_channels), ("scale", scale), ("hidden_channels", hidden_channels),
                         ("kernel_size", kernel_size)):
             check_int(v, name, low=1)

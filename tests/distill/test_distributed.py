@@ -28,6 +28,12 @@ EXACT = {
     "kfs": ("kfs", 2, dict(width=8, batch_real=8, num_decoders=2, hidden_channels=4, codes_per_class=None)),
     # HaBa on DM without the contrastive constraint: bases per class, hallucinators shared (summed gradients).
     "haba": ("haba", 2, dict(HABA, lambda_club=0.0, lambda_cls=0.0, lambda_likeli=0.0, lambda_con=0.0)),
+    # The same with latent bases (codes per class, the decoder shared like the hallucinators) and with
+    # multi-formation bases (stored images per class, factor² bases each).
+    "haba-latent": ("haba", 2, dict(HABA, base_kind="latent", lambda_club=0.0, lambda_cls=0.0, lambda_likeli=0.0,
+                                    lambda_con=0.0)),
+    "haba-mf": ("haba", 2, dict(HABA, base_kind="multi_formation", lambda_club=0.0, lambda_cls=0.0,
+                                lambda_likeli=0.0, lambda_con=0.0)),
 }
 # IDC with two inner steps: the network trained on rank-local real batches is shared; not comparable
 # with one process (other real batches), but identical on both ranks.

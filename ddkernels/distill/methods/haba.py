@@ -21,6 +21,17 @@ the hallucinators (a deviation from HaBa, which only has full-size bases; it is 
 1-channel dataset hold one base per class *and* hallucinators in an IPC-1 budget, the gray analogue
 of HaBa's single-channel IPC-1 script).
 
+Base kinds (hp ``base_kind``, issue 20; deviations from HaBa, all budget-accounted like the rest):
+``"images"`` (default) stores the bases themselves; ``"latent"`` stores them as KFS-style latent
+codes at ``H/s × W/s`` decoded by **one** shared tiny decoder
+(:class:`ddkernels.nn.LatentDecoderBank`, ``latent_hidden`` channels, residual onto the bilinear
+upsampled code) before the hallucinators, the decoder trained in the hallucinators' param group;
+``"multi_formation"`` stores images at ``H/s × W/s`` whose ``factor × factor`` tiles are the bases
+(IDC's decode, :func:`ddkernels.multi_formation`, each tile resized bilinearly to ``H × W``), so a
+stored image holds ``factor²`` bases. The stored per-class tensor is always the param ``bases``
+(base images, codes or stored images); bases are class-major, stored image ``r``'s tile ``k``
+being base ``r·factor² + k``.
+
 Evaluation (``training_set``): the decoded product, all ``Hn`` hallucinations of every base,
 base-major. With ``product=False`` (default) evaluation follows the official code: each epoch uses
 every base once through a random hallucinator (protocol ``choose=Hn``); ``product=True`` trains on
@@ -34,10 +45,13 @@ import torch
 import torch.nn.functional as F
 
 from ...nn.hallucinator import HallucinatorBank
+from ...nn.latent import LatentDecoderBank, decoder_floats
+from ...ops.multi_formation import multi_formation
 from . import mtt
 from .. import precision as amp
 from .base import Distiller
 from .dm import DistributionMatching
+from .idc import mix_init
 from .matching import GradientMatching
 from .mtt import TrajectoryMatching
 from .parts import Parameterization
@@ -47,6 +61,24 @@ from .registry import register
 OBJECTIVES = {"mtt": TrajectoryMatching, "dm": DistributionMatching, "dc": GradientMatching}
 BASES = tuple(OBJECTIVES)
 BUDGETS = ("total", "bases")
+BASE_KINDS = ("images", "latent", "multi_formation")
+LATENT_KERNEL = 3  # the latent decoder's output conv (KFS's default)
+
+
+def stored_row(hp: dict, image_shape: tuple[int, int, int]) -> tuple[int, int]:
+    """``(floats, bases)`` of one stored row of the per-class tensor: a base image / a code of
+    ``C × H/s × W/s``, or a stored multi-formation image of that size holding ``factor²`` bases."""
+    c, h, w = image_shape
+    s = hp["base_downsample"]
+    return c * (h // s) * (w // s), hp["factor"] ** 2 if hp["base_kind"] == "multi_formation" else 1
+
+
+def shared_floats(hp: dict, image_shape: tuple[int, int, int], hallucinator_floats: int) -> int:
+    """Floats shared by all classes: the hallucinators and, for latent bases, the decoder."""
+    if hp["base_kind"] != "latent":
+        return hallucinator_floats
+    c = image_shape[0]
+    return hallucinator_floats + decoder_floats(1, c, hp["latent_hidden"], c, hp["base_downsample"], LATENT_KERNEL)
 
 
 def supcon_loss(features: torch.Tensor, labels: torch.Tensor, temperature: float = 0.07,
@@ -74,22 +106,35 @@ def supcon_loss(features: torch.Tensor, labels: torch.Tensor, temperature: float
 
 def bases_per_class(hp: dict, num_classes: int, ipc: int, image_shape: tuple[int, int, int],
                     hallucinator_floats: int, other_floats: int = 0) -> int:
-    """Bases per class for ``hp`` (see the module doc's "Budget"); ``other_floats``: what the
-    objective stores (MTT's learned lr). Raises if none fits."""
+    """Bases per class for ``hp`` (see the module doc's "Budget" and "Base kinds"; a multiple of
+    ``factor²`` for multi-formation bases); ``hallucinator_floats``: the hallucinators' (a latent
+    decoder's are added here), ``other_floats``: what the objective stores (MTT's learned lr). Raises
+    if none fits, or if a given ``bases_per_class`` exceeds budget ``"total"``."""
     c, h, w = image_shape
-    s = hp["base_downsample"]
-    base = c * (h // s) * (w // s)
-    if hp["bases_per_class"] is not None:
-        return hp["bases_per_class"]
+    row, per_row = stored_row(hp, image_shape)
+    shared = shared_floats(hp, image_shape, hallucinator_floats)
+    total = num_classes * ipc * c * h * w
+    room = total - shared - other_floats
+    fit = room // (num_classes * row) * per_row
+    what = "stored image" if per_row > 1 else "code" if hp["base_kind"] == "latent" else "base"
+    n = hp["bases_per_class"]
+    if n is not None:
+        if n < 1 or n % per_row:
+            raise ValueError(f"bases_per_class must be a positive multiple of factor² = {per_row} "
+                             f"(base_kind={hp['base_kind']!r}), got {n}")
+        if hp["budget"] == "total" and n > fit:
+            raise ValueError(f"bases_per_class={n} does not fit budget 'total' at IPC {ipc} ({total} floats): "
+                             f"{shared + other_floats} shared floats leave room for {fit} bases per class")
+        return n
     if hp["budget"] == "bases":
-        return ipc * c * h * w // base
-    room = num_classes * ipc * c * h * w - hallucinator_floats - other_floats
-    n = room // (num_classes * base)
-    if n < 1:
-        raise ValueError(f"budget: {hallucinator_floats} hallucinator floats leave {room} of the IPC-{ipc} budget "
-                         f"({num_classes * ipc * c * h * w} floats), not one {base}-float base per class; lower "
-                         f"hallucinators/mid_channels, raise base_downsample, or set budget='bases'")
-    return n
+        return ipc * c * h * w // row * per_row
+    if fit < 1:
+        raise ValueError(f"budget: {shared} hallucinator{' + decoder' if shared > hallucinator_floats else ''} "
+                         f"floats leave {room} of the IPC-{ipc} budget ({total} floats), not one {row}-float "
+                         f"{what} per class; lower hallucinators/mid_channels"
+                         f"{'/latent_hidden' if shared > hallucinator_floats else ''}, raise base_downsample, "
+                         f"or set budget='bases'")
+    return fit
 
 
 class BasesHallucinators(Parameterization):
@@ -103,15 +148,21 @@ class BasesHallucinators(Parameterization):
     per_class_params = ("bases",)
 
     def rows_per_class(self) -> int:
-        return self.n
+        return self.n // self.per_row  # stored rows (a multi-formation image holds factor² bases)
+
+    def _shared(self) -> dict:
+        """The shared modules by param prefix: the hallucinators and, for latent bases, the decoder."""
+        return {"hallucinator": self.bank, **({"decoder": self.decoder} if self.decoder is not None else {})}
 
     def replace(self, params):
-        # The gathered view gets every class's bases and its own bank with the shared values.
+        # The gathered view gets every class's bases and its own modules with the shared values.
         self.bases = params["bases"]
-        self.bank = copy.deepcopy(self.bank)
-        with torch.no_grad():
-            for k, v in self.bank.named_parameters():
-                v.copy_(params[f"hallucinator.{k}"])
+        for prefix, module in self._shared().items():
+            module = copy.deepcopy(module)
+            with torch.no_grad():
+                for k, v in _stored(module):
+                    v.copy_(params[f"{prefix}.{k}"])
+            setattr(self, "bank" if prefix == "hallucinator" else "decoder", module)
 
     def _world(self) -> int:
         return self.t.shard.world_size if self.t.shard is not None else 1
@@ -120,10 +171,22 @@ class BasesHallucinators(Parameterization):
         t, hp = self.t, self.t.hp
         if hp["budget"] not in BUDGETS:
             raise ValueError(f"budget must be one of {BUDGETS}, got {hp['budget']!r}")
+        if hp["base_kind"] not in BASE_KINDS:
+            raise ValueError(f"base_kind must be one of {BASE_KINDS}, got {hp['base_kind']!r}")
         c, h, w = t.ds.train_x.shape[1:]
         s = hp["base_downsample"]
         if isinstance(s, bool) or not isinstance(s, int) or s < 1 or h % s or w % s:
             raise ValueError(f"base_downsample must be a positive int dividing the image size {h}x{w}, got {s!r}")
+        kind, f = hp["base_kind"], hp["factor"]
+        if kind == "multi_formation" and (isinstance(f, bool) or not isinstance(f, int) or f < 1
+                                          or (h // s) % f or (w // s) % f):
+            raise ValueError(f"factor must be a positive int dividing the stored image size {h // s}x{w // s} "
+                             f"(image {h}x{w} / base_downsample {s}), got {f!r}")
+        if kind == "latent" and (isinstance(hp["latent_hidden"], bool) or not isinstance(hp["latent_hidden"], int)
+                                 or hp["latent_hidden"] < 1):
+            raise ValueError(f"latent_hidden must be a positive int, got {hp['latent_hidden']!r}")
+        self.image_size, self.per_row = (h, w), stored_row(hp, (c, h, w))[1]
+        self.decoder = None
         k = hp["kernel_size"]
         self.bank = HallucinatorBank(hp["hallucinators"], c, hp["mid_channels"], c, k, (h - k + 1, w - k + 1),
                                      normalize=hp["normalize"], backend=t.backend, device="cpu")  # init on the host
@@ -138,7 +201,20 @@ class BasesHallucinators(Parameterization):
         self.n = bases_per_class(hp, t.num_classes, t.ipc, (c, h, w), sum(p.numel() for p in self.bank.parameters()),
                                  t.objective.stored_floats())
         t.sampler.check(self.n, "bases_per_class")
-        bases = t.initial_images(self.n)  # pix_init: real (default) or noise
+        if kind == "latent":
+            # Decoders alone (no codes of its own): the codes are ``bases``. Drawn after the
+            # hallucinators, so the other kinds' streams are unchanged.
+            seed = int(torch.randint(2 ** 62, (1,), generator=t.gen, device=t.device))
+            self.decoder = t.seeded(seed, lambda: LatentDecoderBank(
+                t.num_classes, 0, 1, c, (h, w), scale=s, hidden_channels=hp["latent_hidden"],
+                kernel_size=LATENT_KERNEL, backend=t.backend, device="cpu"))
+        if kind == "multi_formation" and hp["init"] == "real":
+            # IDC's "mix" init: factor² real images per stored image, one (nearest-resized) per tile.
+            m = self.n // self.per_row
+            bases = t.ds.normalize(mix_init(t.ds.train_x, t.sampler, m, f, indices=t.init_indices(self.n)))
+        else:
+            # pix_init: real (default) or noise; a code starts as its (downsampled) image, as KFS's
+            bases = t.initial_images(self.rows_per_class())
         if s > 1:
             bases = F.avg_pool2d(bases, s)
         self.bases = bases.clone().requires_grad_(True)
@@ -149,13 +225,16 @@ class BasesHallucinators(Parameterization):
 
     def params(self):
         params = {"bases": self.bases}
-        params.update({f"hallucinator.{k}": v for k, v in self.bank.named_parameters()})
+        for prefix, module in self._shared().items():
+            params.update({f"{prefix}.{k}": v for k, v in _stored(module)})
         return params
 
     def param_groups(self):
         hp = self.t.hp
+        # The latent decoder is shared like the hallucinators, and learns at their rate.
+        shared = [v for m in self._shared().values() for _, v in _stored(m)]
         return [{"params": [self.bases], "lr": hp["lr_img"], "momentum": hp["momentum_img"]},
-                {"params": list(self.bank.parameters()), "lr": hp["lr_style"], "momentum": hp["momentum_style"]}]
+                {"params": shared, "lr": hp["lr_style"], "momentum": hp["momentum_style"]}]
 
     @torch.no_grad()
     def _identity_init(self) -> None:
@@ -183,33 +262,54 @@ class BasesHallucinators(Parameterization):
         s = self.t.hp["base_downsample"]
         return F.interpolate(bases, scale_factor=s, mode="bilinear", align_corners=False) if s > 1 else bases
 
+    def num_bases(self) -> int:
+        return len(self.bases) * self.per_row
+
+    def base_labels(self) -> torch.Tensor:
+        """The label of every base (class-major, ``n`` a class)."""
+        return self.t.labels.repeat_interleave(self.per_row)
+
+    def base_images(self, idx: torch.Tensor | None = None) -> torch.Tensor:
+        """Bases ``idx`` (all when ``None``) at the image size, as the hallucinators take them."""
+        kind = self.t.hp["base_kind"]
+        if kind == "multi_formation":
+            f2 = self.per_row
+            rows = self.bases if idx is None else self.bases[idx // f2]
+            # Decoded tile-major (row k·N + r is tile k of stored row r); bases are row-major.
+            tiles = multi_formation(rows, self.t.hp["factor"], self.image_size, backend=self.t.backend)
+            if idx is None:
+                return tiles.view(f2, len(rows), *tiles.shape[1:]).transpose(0, 1).reshape(-1, *tiles.shape[1:])
+            return tiles[(idx % f2) * len(rows) + torch.arange(len(rows), device=rows.device)]
+        stored = self.bases if idx is None else self.bases[idx]
+        return self.decoder.decode(stored) if kind == "latent" else self.upsampled(stored)
+
     def hallucinate(self, idx: torch.Tensor, style: int) -> torch.Tensor:
         """Hallucinator ``style`` applied to bases ``idx`` (HaBa's per-step sampling)."""
-        b = self.upsampled(self.bases[idx])
+        b = self.base_images(idx)
         return self.bank(b, index=torch.full((len(idx),), style, dtype=torch.long, device=b.device))
 
     def decode_all(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Every hallucinator on every base, base-major (row ``b·Hn + k``), and the labels."""
-        return self.bank(self.upsampled(self.bases)), self.bank.targets(self.t.labels)
+        return self.bank(self.base_images()), self.bank.targets(self.base_labels())
 
     def random_style(self) -> int:
         return int(torch.randint(self.bank.num_hallucinators, (1,), generator=self.t.gen, device=self.t.device))
 
     def num_slots(self):
-        return len(self.bases)
+        return self.num_bases()
 
     def slot_draw(self, idx):
         return self.random_style()  # HaBa's student step: one random hallucinator for the chunk
 
     def drawn_slots(self, idx, draw):
         """Bases ``idx`` through hallucinator ``draw``."""
-        return self.hallucinate(idx, draw), self.t.labels[idx]
+        return self.hallucinate(idx, draw), self.base_labels()[idx]
 
     def class_batches(self, classes):
         """Per class, its bases through one random hallucinator (drawn per call, as a student step)."""
         t = self.t
         if list(classes) == t.classes:
-            idx = torch.arange(len(self.bases), device=t.device)
+            idx = torch.arange(self.num_bases(), device=t.device)
         else:
             idx = torch.cat([torch.arange(t._slot[c] * self.n, (t._slot[c] + 1) * self.n, device=t.device)
                              for c in classes])
@@ -224,8 +324,8 @@ class BasesHallucinators(Parameterization):
         # On a shard the chunk comes from the rank's own bases (rank stream; the one generator in a
         # plain run): the contrastive batch over all ranks is world × batch_con.
         gen = self.t.rank_gen
-        m = self.t.hp["batch_con"] or len(self.bases)
-        idx = torch.randperm(len(self.bases), generator=gen, device=self.t.device)[:m]
+        m = self.t.hp["batch_con"] or self.num_bases()
+        idx = torch.randperm(self.num_bases(), generator=gen, device=self.t.device)[:m]
         s0, s1 = torch.randperm(self.bank.num_hallucinators, generator=gen, device=self.t.device)[:2].tolist()
         with torch.set_grad_enabled(into_synthetic):
             x = torch.cat([self.hallucinate(idx, s0), self.hallucinate(idx, s1)])
@@ -233,7 +333,7 @@ class BasesHallucinators(Parameterization):
             x = self.aug(x, generator=gen)
         e = self.extractor.embed(x)
         e0, e1 = e.chunk(2)
-        return self.extractor.classifier(e), e0, e1, self.t.labels[idx]
+        return self.extractor.classifier(e), e0, e1, self.base_labels()[idx]
 
     def contrastive_on(self) -> bool:
         return self.bank.num_hallucinators > 1 and any(
@@ -284,7 +384,18 @@ class BasesHallucinators(Parameterization):
         return x.detach(), y
 
     def pixel_images(self):
-        return self.t.ds.denormalize(self.upsampled(self.bases.detach())).clamp(0, 1)
+        """One image per stored row: the base (latent: decoded) or the whole multi-formation image."""
+        with torch.no_grad():
+            if self.decoder is not None:
+                x = self.decoder.decode(self.bases)
+            else:
+                x = F.interpolate(self.bases, size=self.image_size, mode="bilinear", align_corners=False)
+        return self.t.ds.denormalize(x.detach()).clamp(0, 1)
+
+
+def _stored(module: torch.nn.Module):
+    """A shared module's stored parameters (a decoder bank's empty ``codes`` are not stored)."""
+    return [(k, v) for k, v in module.named_parameters() if v.numel()]
 
 
 def paper(dataset: str, ipc: int, name: str = "paper") -> dict:
@@ -293,7 +404,7 @@ def paper(dataset: str, ipc: int, name: str = "paper") -> dict:
     outer, inner = get_loops(ipc)
     return dict(mtt.paper(dataset, ipc), iterations=15000, base="mtt", hallucinators=5, mid_channels=3,
                 kernel_size=3, normalize=False, hallucinator_init="default", budget="bases", bases_per_class=None,
-                base_downsample=1, product=False, syn_steps=50 if ipc == 1 else 30, expert_epochs=2,
+                base_downsample=1, base_kind="images", factor=2, latent_hidden=8, product=False, syn_steps=50 if ipc == 1 else 30, expert_epochs=2,
                 max_start_epoch=2 if ipc == 1 else 20, lr_img=100.0, momentum_img=0.95, lr_style=100.0,
                 momentum_style=0.95, lr_lr=1e-7 if ipc == 1 else 1e-5, momentum_lr=0.9,
                 lr_teacher=0.001 if ipc == 10 else 0.01, min_syn_lr=0.001, lambda_club=0.1, lambda_con=0.1,
@@ -323,8 +434,10 @@ class HaBa(Distiller):
     OBJECTIVE = OBJECTIVES
     OBJECTIVE_KEY = "base"
     PRESETS = {"paper": paper, "quick": quick}
-    HP_SINCE = {**Distiller.HP_SINCE, "unroll": "autograd", "unroll_pinned": False}  # reverse came later (issue 16)
+    # reverse came later (issue 16), base kinds later still (issue 20)
+    HP_SINCE = {**Distiller.HP_SINCE, "unroll": "autograd", "unroll_pinned": False, "base_kind": "images", "factor": 2,
+                "latent_hidden": 8}
     EXTRA_STATE_DEFAULTS = {"chunks": []}  # HaBa checkpoints have always carried MTT's chunk list
 
 
-__all__ = ["BASES", "BUDGETS", "BasesHallucinators", "HaBa", "OBJECTIVES", "bases_per_class", "supcon_loss"]
+__all__ = ["BASES", "BASE_KINDS", "BUDGETS", "BasesHallucinators", "HaBa", "OBJECTIVES", "bases_per_class", "supcon_loss"]

@@ -64,6 +64,18 @@ def test_decode_equals_naive_loop(backend, kw):
         torch.testing.assert_close(a, b)
 
 
+def test_decoders_alone():
+    """codes_per_class=0: the decoders without codes of their own (HaBa's latent bases store them),
+    decoding the caller's codes; only the decoders are stored."""
+    bank = _bank(codes_per_class=0)
+    assert bank.codes.shape == (0, 2, 4, 6) and bank().shape == (0, 2, 8, 12)
+    assert bank.stored_floats() == decoder_floats(4, 2, 5, 2, 2, 3)
+    codes = torch.randn(3, 2, 4, 6, dtype=torch.float64)
+    torch.testing.assert_close(bank.decode(codes), _naive(bank, codes))
+    with pytest.raises(ValueError, match="codes_per_class must be"):
+        _bank(codes_per_class=-1)
+
+
 def test_labels_are_class_major():
     bank = _bank(dtype=None)
     assert bank.code_labels().tolist() == [0, 0, 1, 1, 2, 2]

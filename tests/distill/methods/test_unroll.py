@@ -1,8 +1,9 @@
 """The shared reverse pass (ddkernels/distill/methods/unroll.py) against plain autograd through the same
 unroll, in float64: the generic momentum-SGD student (inputs, θ_0, lr, momentum), MTT (images, lr),
-HaBa on MTT (bases, every hallucinator parameter, lr, with the contrastive term on), both with chunked
-minibatches and per-sample DSA; soft targets built from stored logits (learned labels) and RTP with
-learned labels; RTP's one-hot instance is also tested in test_rtp.py."""
+HaBa on MTT (bases, every hallucinator parameter, lr, with the contrastive term on; also with latent bases
+and their decoder, and with multi-formation bases), both with chunked minibatches and per-sample DSA;
+soft targets built from stored logits (learned labels) and RTP with learned labels; RTP's one-hot
+instance is also tested in test_rtp.py."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -86,8 +87,9 @@ def _double(d, haba: bool):
         d.param.bases = d.param.bases.detach().double().requires_grad_(True)
         d.param.bank.double()
         d.param.extractor.double()
-        with torch.no_grad():  # off the near-identity init, so every hallucinator parameter matters
-            for p in d.param.bank.parameters():
+        shared = [d.param.bank] + ([d.param.decoder] if d.param.decoder is not None else [])
+        with torch.no_grad():  # off the near-identity init, so every hallucinator (decoder) parameter matters
+            for p in (p for m in shared for p in m.double().parameters()):
                 p.add_(0.1 * torch.randn(p.shape, dtype=p.dtype, generator=torch.Generator().manual_seed(p.numel())))
     else:
         d.param.syn = d.param.syn.detach().double().requires_grad_(True)
@@ -129,15 +131,17 @@ def test_mtt_reverse_equals_autograd(digits, expert_dir, batch_syn, monkeypatch)
 
 
 @pytest.mark.parametrize("batch_syn", [None, 4])
-def test_haba_reverse_equals_autograd(digits, expert_dir, batch_syn, monkeypatch):
+@pytest.mark.parametrize("kind", ["images", "latent", "multi_formation"])
+def test_haba_reverse_equals_autograd(digits, expert_dir, batch_syn, kind, monkeypatch):
     d = make_distiller("haba", digits, 2, "quick", seed=0, width=8, max_start_epoch=2, expert_epochs=1,
                        expert_dir=expert_dir, syn_steps=4, batch_syn=batch_syn, batch_real=16, hallucinators=3,
-                       mid_channels=2)
+                       mid_channels=2, base_kind=kind)
     assert d.param.contrastive_on() and d.hp["lambda_club"] > 0 and d.objective.aug is not None
     _double(d, haba=True)
     out = _both_modes(d, monkeypatch)
     names, got = out["reverse"]
-    assert names[0] == "bases" and "syn_lr" in names and len(names) == 2 + len(list(d.param.bank.parameters()))
+    decoder = 4 if kind == "latent" else 0  # its two layers' weights and biases
+    assert names[0] == "bases" and "syn_lr" in names and len(names) == 2 + len(list(d.param.bank.parameters())) + decoder
     assert_same(got, out["autograd"][1], names)
 
 
