@@ -91,7 +91,6 @@ def autocast_inputs(op: str, *args: Any) -> tuple[Any, ...] | None:
     return tuple(cast(a) for a in args)
 
 
-
 #: Largest batch :func:`conv_float_backward` takes: above it the float32 backward's extra float32 copy
 #: of the (N, C_out, H, W) output gradient costs more than it saves (one thread, 128 output
 #: channels, 32x32: bf16 vs float32 backward 3.6 vs 1.0 ms at 10 images, 30 vs 13 ms at 32, 66 vs 75
