@@ -1,8 +1,10 @@
-"""MTT's outer iteration, ``unroll="reverse"`` (the shared reverse pass) vs ``"autograd"`` (the
-``create_graph=True`` graph): peak memory and time per iteration over ``syn_steps``, widths and IPCs.
+"""MTT's outer iteration, ``unroll="reverse"`` (the shared reverse pass, with its default forward-mode
+product and, as ``reverse-backward``, with hp ``unroll_product="backward"``, the double backward) vs
+``"autograd"`` (the ``create_graph=True`` graph): peak memory and time per iteration over ``syn_steps``,
+widths and IPCs.
 
     nice python -m benchmarks.bench_unroll [--steps 10 20 50 80] [--widths 32 128] [--ipc 1 10]
-                                           [--iterations 3] [--max-gb 9]
+                                           [--iterations 3] [--max-gb 9] [--no-backward-product]
 
 Fashion-MNIST, the ``quick`` MTT preset (every image in each student step, per-sample DSA) at the
 given width, from one small throwaway expert per width (2 epochs of 512 images, in a temp dir;
@@ -46,11 +48,18 @@ def make_experts(root: str, width: int, device: torch.device) -> str:
     return out
 
 
+#: provider -> (hp unroll, hp unroll_product)
+MODES = {"autograd": ("autograd", "forward"), "reverse": ("reverse", "forward"),
+         "reverse-backward": ("reverse", "backward")}
+
+
 def make(ds, expert_dir: str, width: int, ipc: int, steps: int, mode: str, device: torch.device):
     from ddkernels.distill.methods import make_distiller
 
+    unroll, product = MODES[mode]
     return make_distiller("mtt", ds, ipc, "quick", seed=0, device=device, width=width, eval_width=width,
-                          expert_dir=expert_dir, max_start_epoch=1, expert_epochs=1, syn_steps=steps, unroll=mode)
+                          expert_dir=expert_dir, max_start_epoch=1, expert_epochs=1, syn_steps=steps, unroll=unroll,
+                          unroll_product=product)
 
 
 def measure(dists: dict, iterations: int, device: torch.device) -> dict:
@@ -76,11 +85,13 @@ def measure(dists: dict, iterations: int, device: torch.device) -> dict:
     return out
 
 
-def step_floor(d, device: torch.device, repeats: int = 7) -> tuple[float, float]:
+def step_floor(d, device: torch.device, repeats: int = 7) -> tuple[float, float, float]:
     """This thread's CPU ms (medians) of one student step's graph-free gradient (what the reverse mode's
-    forward adds per step) and of one step with its graph and its mixed second-derivative product (what
-    both modes pay per step): the recompute's floor is ``1 + the first ÷ the second``."""
-    from ddkernels.distill.methods.unroll import _step_grad
+    forward adds per step), of one step with its graph and its mixed second-derivative product by the
+    double backward (what autograd pays per step, and the reverse with ``unroll_product="backward"``), and
+    of one step's product in forward mode (the reverse's default recompute). The floors:
+    ``(free + forward-mode step) ÷ full`` and, for the double-backward product, ``1 + free ÷ full``."""
+    from ddkernels.distill.methods.unroll import _directional, _step_grad
 
     o = d.objective
     theta = o.experts.trajectories[0][0].to(device)
@@ -99,8 +110,14 @@ def step_floor(d, device: torch.device, repeats: int = 7) -> tuple[float, float]
         g = _step_grad(o.student_logits, th, x, y, True)
         return torch.autograd.grad(g, [th, *inputs], grad_outputs=torch.ones_like(g), allow_unused=True)
 
+    def forward_mode():
+        th = theta.clone().requires_grad_(True)
+        x, y = o.student_build(record)
+        s = _directional(o.student_logits, th, x, y, torch.ones_like(theta))
+        return torch.autograd.grad(s, [th, *inputs], allow_unused=True)
+
     out = []
-    for fn in (free, full):
+    for fn in (free, full, forward_mode):
         fn()
         times = []
         for _ in range(repeats):
@@ -110,12 +127,16 @@ def step_floor(d, device: torch.device, repeats: int = 7) -> tuple[float, float]
             harness.sync(device)
             times.append(time.thread_time() - c0)
         out.append(1e3 * statistics.median(times))
-    return out[0], out[1]
+    return out[0], out[1], out[2]
+
+
+STEPS = ("graph-free step", "step with graph and HVP", "step by forward-mode product")
 
 
 def markdown(rows: list[dict], skipped: list[tuple]) -> str:
     head = ["width", "IPC", "syn_steps", "autograd MB", "reverse MB", "memory ÷", "reverse − 1-step MB",
-            "weight buffer MB", "autograd ms/it", "reverse ms/it", "time ×", "CPU time ×", "floor ×"]
+            "weight buffer MB", "autograd ms/it", "reverse ms/it", "time ×", "CPU time ×", "floor ×",
+            "double-backward product: CPU time ×", "its floor ×"]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     by = {(r["width"], r["ipc"], r["steps"], r["provider"]): r for r in rows if r["mode"] == "iteration"}
     steps_ = {(r["width"], r["ipc"], r["provider"]): r["median_ms"] for r in rows if r["mode"] == "step-cpu"}
@@ -123,18 +144,21 @@ def markdown(rows: list[dict], skipped: list[tuple]) -> str:
         if mode != "reverse" or s == 1:
             continue
         a, one = by.get((w, ipc, s, "autograd")), by.get((w, ipc, 1, "reverse"))
+        b = by.get((w, ipc, s, "reverse-backward"))
         above = f"{r['peak_mem_mb'] - one['peak_mem_mb']:.1f}" if one else "–"
-        free, full = steps_.get((w, ipc, "graph-free step")), steps_.get((w, ipc, "step with graph and HVP"))
-        floor = f"{1 + free / full:.2f}" if free and full else "–"
+        free, full, fwd = (steps_.get((w, ipc, k)) for k in STEPS)
+        floor = f"{(free + fwd) / full:.2f}" if free and full and fwd else "–"
+        floor_b = f"{1 + free / full:.2f}" if free and full else "–"
         if a:
             cells = [f"{a['peak_mem_mb']:.1f}", f"{r['peak_mem_mb']:.1f}", f"{a['peak_mem_mb'] / r['peak_mem_mb']:.1f}×",
                      above, f"{r['buffer_mb']:.1f}", f"{a['median_ms']:.0f}", f"{r['median_ms']:.0f}",
-                     f"{r['median_ms'] / a['median_ms']:.2f}", f"{r['cpu_ms'] / a['cpu_ms']:.2f}", floor]
+                     f"{r['median_ms'] / a['median_ms']:.2f}", f"{r['cpu_ms'] / a['cpu_ms']:.2f}", floor,
+                     f"{b['cpu_ms'] / a['cpu_ms']:.2f}" if b else "–", floor_b]
         else:
             why = next((f"not run (≈{gb:.1f} GB predicted)" for sw, si, ss, gb in skipped if (sw, si, ss) == (w, ipc, s)),
                        "–")
             cells = [why, f"{r['peak_mem_mb']:.1f}", "–", above, f"{r['buffer_mb']:.1f}", "–", f"{r['median_ms']:.0f}",
-                     "–", "–", floor]
+                     "–", "–", floor, "–", floor_b]
         out.append(f"| {w} | {ipc} | {s} | " + " | ".join(cells) + " |")
     return "\n".join(out)
 
@@ -157,6 +181,8 @@ def main(argv=None) -> None:
     ap.add_argument("--iterations", type=int, default=3,
                     help="timed outer iterations per mode (on CPU 1 where syn_steps x IPC > 100)")
     ap.add_argument("--max-gb", type=float, default=9.0, help="skip autograd runs predicted to need more")
+    ap.add_argument("--no-backward-product", action="store_true",
+                    help="skip the reverse pass with the double-backward product (reverse-backward)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     args = ap.parse_args(argv)
@@ -178,13 +204,15 @@ def main(argv=None) -> None:
             experts = make_experts(root, width, device)
             for ipc in args.ipc:
                 d1 = make(ds, experts, width, ipc, 1, "reverse", device)
-                for provider, ms in zip(("graph-free step", "step with graph and HVP"), step_floor(d1, device)):
+                for provider, ms in zip(STEPS, step_floor(d1, device)):
                     rows.append(dict(op="unroll", case=f"MTT FMNIST w{width} IPC {ipc} one student step", provider=provider,
                                      mode="step-cpu", median_ms=ms, width=width, ipc=ipc, steps=1))
                     print(f"w{width} IPC {ipc} {provider}: {ms:.1f} ms CPU", flush=True)
                 del d1
                 for steps in [1, *sorted(args.steps)]:
-                    modes = ["autograd", "reverse"] if steps > 1 else ["reverse"]
+                    modes = ["autograd", "reverse", "reverse-backward"] if steps > 1 else ["reverse"]
+                    if args.no_backward_product:
+                        modes = [m for m in modes if m != "reverse-backward"]
                     gb = (_predict_mb(rows, width, ipc, steps) or 0) / 1024
                     if "autograd" in modes and gb > args.max_gb:
                         skipped.append((width, ipc, steps, gb))
@@ -211,14 +239,16 @@ def main(argv=None) -> None:
              f"preset on Fashion-MNIST (all IPC·10 images per student step, per-sample DSA), one throwaway expert "
              f"per width. Peak = memory allocated during one outer iteration above what was live before (CPU: "
              f"the profiler's allocation records); time = median wall time of {args.iterations} outer iterations "
-             f"({'1 where syn_steps × IPC > 100' if device.type == 'cpu' else 'all'}) after one warm-up, the two "
-             f"modes alternating. memory ÷ = autograd ÷ reverse; reverse − 1-step = reverse's peak above "
+             f"({'1 where syn_steps × IPC > 100' if device.type == 'cpu' else 'all'}) after one warm-up, the "
+             f"modes alternating. reverse: hp unroll_product forward (the default); reverse-backward: "
+             f"unroll_product backward (the double backward). memory ÷ = autograd ÷ reverse; reverse − 1-step = reverse's peak above "
              f"its own 1-step unroll's; weight buffer = syn_steps × P × 4 bytes; time × = reverse ÷ autograd "
              f"(wall); CPU time × = the same iterations' CPU time ratio (steadier on a shared machine); floor × = "
-             f"1 + (CPU time of one step's graph-free gradient) ÷ (of one step with its graph and its "
-             f"second-derivative product): what the recompute costs when a step costs autograd as much inside "
-             f"the unroll as alone (with many steps autograd's large graph makes its steps dearer and CPU time × "
-             f"falls below it). "
+             f"(CPU time of one step's graph-free gradient + of one step's forward-mode product) ÷ (of one step "
+             f"with its graph and its double-backward product, autograd's step): what the reverse costs when a "
+             f"step costs autograd as much inside the unroll as alone (with many steps autograd's large graph "
+             f"makes its steps dearer and CPU time × falls below it); the double-backward product's floor × = "
+             f"1 + graph-free ÷ autograd's step. "
              f"Whole grid: {time.perf_counter() - t_start:.0f} s.\n\n" + markdown(rows, skipped))
     complete = all(getattr(args, k) == ap.get_default(k) for k in ("steps", "widths", "ipc", "device"))
     path = harness.write_table(args.out, f"latest-unroll-{device.type}", table, complete)

@@ -120,9 +120,28 @@ class _HalfForwardFloatBackward(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, stride, padding, dilation, groups, dtype):
         ctx.save_for_backward(x, weight)
+        ctx.save_for_forward(x, weight)
         ctx.conf = (stride, padding, dilation, groups, None if bias is None else bias.dtype)
+        ctx.dtype = dtype
         return torch.nn.functional.conv2d(x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype),
                                           stride, padding, dilation, groups)
+
+    @staticmethod
+    def jvp(ctx, tx, tw, tb, *_):
+        """Forward mode: ``conv(tx, W) + conv(x, tW) + tb``, each conv this Function again (the forward in
+        the autocast dtype, the backward in float32), so reverse mode runs through the tangent too."""
+        x, weight = ctx.saved_tensors
+        stride, padding, dilation, groups, _ = ctx.conf
+        terms = [_HalfForwardFloatBackward.apply(a, w, None, stride, padding, dilation, groups, ctx.dtype)
+                 for a, w in ((tx, weight), (x, tw)) if a is not None and w is not None]
+        if tb is not None:
+            terms.append(tb.to(ctx.dtype).view(1, -1, *[1] * (x.dim() - 2)))
+        if not terms:
+            return None
+        out = terms[0]
+        for t in terms[1:]:
+            out = out + t
+        return out
 
     @staticmethod
     def backward(ctx, gy):

@@ -145,3 +145,31 @@ def test_half_forward_float_backward_is_twice_differentiable():
 
     assert torch.autograd.gradcheck(f, (x, w, b))
     assert torch.autograd.gradgradcheck(f, (x, w, b))
+
+
+def test_half_forward_float_backward_has_a_forward_mode():
+    # The unroll's reverse pass runs the student in forward mode (reverse over forward): the tangent is
+    # conv(tx, W) + conv(x, tW) + tb, each conv again half forward / float backward.
+    import torch.autograd.forward_ad as fwAD
+
+    ins = [torch.randn(s, dtype=torch.float64, requires_grad=True) for s in ((2, 1, 6, 6), (3, 1, 3, 3), (3,))]
+    tangents = [torch.randn_like(t).requires_grad_() for t in ins]
+
+    def tangent(x, w, b, tx, tw, tb, dtype=torch.float64):
+        with fwAD.dual_level():
+            duals = [fwAD.make_dual(p, t) for p, t in zip((x, w, b), (tx, tw, tb))]
+            y = _autocast._HalfForwardFloatBackward.apply(*duals, (1, 1), (3, 3), (1, 1), 1, dtype)
+            return fwAD.unpack_dual(y).tangent
+
+    want = torch.nn.functional.conv2d(tangents[0], ins[1], tangents[2], padding=3) + torch.nn.functional.conv2d(
+        ins[0], tangents[1], padding=3)
+    assert_close(tangent(*ins, *tangents), want)
+    assert torch.autograd.gradcheck(tangent, (*ins, *tangents))
+    # bfloat16: the tangent in bfloat16 (as the forward), its gradients float32 (as the backward)
+    ins32 = [t.detach().float().requires_grad_() for t in (*ins, *tangents)]
+    t16 = tangent(*ins32, dtype=torch.bfloat16)
+    assert t16.dtype == torch.bfloat16
+    bf = [t.detach().bfloat16() for t in (*ins, *tangents)]  # PyTorch's own bfloat16 convs of the same terms
+    own = torch.nn.functional.conv2d(bf[3], bf[1], bf[5], padding=3) + torch.nn.functional.conv2d(bf[0], bf[4], padding=3)
+    assert _err(t16, want) <= 2 * _err(own, want) + 1e-3 * want.abs().max().item()
+    assert all(g.dtype == torch.float32 for g in torch.autograd.grad(t16.float().sum(), ins32[:2] + ins32[3:5]))

@@ -1,7 +1,9 @@
 """norm_relu_pool: every kernel backend against the reference (GroupNorm(C, C) → ReLU → AvgPool2d(2)),
-forward, all gradients, the double backward gradient matching needs, and the input checks."""
+forward, all gradients, the double backward gradient matching needs, forward mode (and reverse through
+it), and the input checks."""
 import pytest
 import torch
+import torch.autograd.forward_ad as fwAD
 
 import ddkernels
 from ddkernels import BackendUnavailable, _ext
@@ -110,6 +112,55 @@ def test_third_order_matches_reference(backend, pool):
     for a, e, name in zip(third(backend), third("reference"), ("x", "weight", "bias")):
         scale = e.abs().max().item()
         assert_close(a, e, atol=1e-9 * scale, rtol=1e-8, name=f"third-order gradient w.r.t. {name}")
+
+
+def _tangent(backend, x, w, b, tx, tw, tb, pool):
+    with fwAD.dual_level():
+        y = ddkernels.norm_relu_pool(fwAD.make_dual(x, tx), fwAD.make_dual(w, tw), fwAD.make_dual(b, tb), pool=pool,
+                                     backend=backend)
+        return fwAD.unpack_dual(y)
+
+
+@pytest.mark.parametrize("backend, shape", FEW)
+@pytest.mark.parametrize("pool", [True, False], ids=["pool", "nopool"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_forward_mode_matches_reference(backend, shape, pool, dtype):
+    """Forward mode (dual inputs, as the unroll's reverse-over-forward product runs the student): the
+    output, its tangent J·(tx, tγ, tβ), and the gradients of ⟨ḡ, tangent⟩ w.r.t. every primal and tangent."""
+    x, w, b = _inputs(shape, torch.float64)
+    tx, tw, tb = torch.randn_like(x), torch.randn_like(w), torch.randn_like(b)
+    gbar = torch.randn(reference.norm_relu_pool(x, w, b, 1e-5, pool).shape, dtype=torch.float64)
+
+    def run(be, dt):
+        ins = [t.to(dt).requires_grad_() for t in (x, w, b, tx, tw, tb)]
+        out, tan = _tangent(be, *ins, pool)
+        grads = torch.autograd.grad((tan * gbar.to(dt)).sum(), ins, allow_unused=True)
+        # β reaches the tangent through the ReLU mask only: no gradient (the reference's is zeros)
+        return [out, tan] + [torch.zeros_like(t) if g is None else g for g, t in zip(grads, ins)]
+
+    names = ["output", "tangent", "d/dx", "d/dweight", "d/dbias", "d/dtx", "d/dtweight", "d/dtbias"]
+    got, exact = run(backend, dtype), run("reference", torch.float64)
+    ref = run("reference", dtype) if dtype == torch.float32 else exact
+    for name, a, e, e64 in zip(names, got, ref, exact):
+        if dtype == torch.float64:
+            assert_close(a, e64, name=f"{backend} {name}")
+        else:  # the 2x rule against the float32 reference's own error
+            ref_err = (e.double() - e64).abs().max().item()
+            assert_close(a, e64, atol=2 * ref_err + 1e-5, rtol=1e-5, name=f"{backend} {name} vs float64")
+
+
+@pytest.mark.parametrize("backend", [p for p in BACKENDS if p.id == "cpu"])
+@pytest.mark.parametrize("pool", [True, False], ids=["pool", "nopool"])
+def test_forward_mode_gradcheck_and_once_differentiable(backend, pool):
+    """The fused tangent's backward (two kernels) against finite differences; a derivative beyond it (third
+    order through forward mode) is refused, not silently wrong."""
+    ins = [t.requires_grad_() for t in _inputs((2, 3, 5, 4), torch.float64)]
+    ins += [torch.randn_like(t).requires_grad_() for t in ins]
+    assert torch.autograd.gradcheck(lambda *a: _tangent(backend, *a, pool)[1], ins)
+    tan = _tangent(backend, *ins, pool)[1]
+    (gx,) = torch.autograd.grad(tan.square().sum(), ins[0], create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        gx.sum().backward()
 
 
 @pytest.mark.parametrize("backend", [b for b in BACKENDS] + ["reference"])

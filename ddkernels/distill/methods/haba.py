@@ -434,10 +434,14 @@ class HaBa(Distiller):
     OBJECTIVE = OBJECTIVES
     OBJECTIVE_KEY = "base"
     PRESETS = {"paper": paper, "quick": quick}
-    # reverse came later (issue 16), base kinds later still (issue 20)
-    HP_SINCE = {**Distiller.HP_SINCE, "unroll": "autograd", "unroll_pinned": False, "base_kind": "images", "factor": 2,
-                "latent_hidden": 8}
+    # reverse came later (issue 16), base kinds later still (issue 20), then the reverse's forward-mode product
+    HP_SINCE = {**Distiller.HP_SINCE, "unroll": "autograd", "unroll_pinned": False, "unroll_product": "backward",
+                "base_kind": "images", "factor": 2, "latent_hidden": 8}
     EXTRA_STATE_DEFAULTS = {"chunks": []}  # HaBa checkpoints have always carried MTT's chunk list
+
+    @classmethod
+    def check_hp(cls, hp: dict) -> None:
+        mtt.check_unroll_hp(hp)
 
 
 __all__ = ["BASES", "BASE_KINDS", "BUDGETS", "BasesHallucinators", "HaBa", "OBJECTIVES", "bases_per_class", "supcon_loss"]

@@ -11,7 +11,9 @@ through the ``syn_steps``: ``"reverse"`` (default; :mod:`.unroll`: one ``(syn_st
 each step recomputed in reverse from its recorded chunk, hallucinator and DSA parameters, memory of
 one step's graph) or ``"autograd"`` (MTT's own ``create_graph=True`` graph, memory ∝ ``syn_steps``);
 both give the same gradient. hp ``unroll_pinned`` (default off) keeps the weight buffer in pinned host
-memory.
+memory; hp ``unroll_product`` is how the reverse takes each step's second-derivative product:
+``"forward"`` (default; reverse over forward mode, cheaper) or ``"backward"`` (the double backward, as
+before it; runs written before it resume with it).
 
 Experts come from ``ddkernels experts`` (:mod:`ddkernels.distill.experts`); set hp ``expert_dir``.
 """
@@ -29,7 +31,7 @@ from .base import Distiller
 from .parts import Objective, PlainImages
 from .presets import DSA_STRATEGY, default_expert_dir
 from .registry import register
-from .unroll import MODES, autograd_unroll, unrolled_sgd
+from .unroll import MODES, PRODUCTS, autograd_unroll, unrolled_sgd
 
 
 def trajectory_matching_loss(student: torch.Tensor, start: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -57,8 +59,7 @@ class TrajectoryMatching(Objective):
         for key in ("syn_steps", "expert_epochs", "max_start_epoch"):
             if isinstance(hp[key], bool) or not isinstance(hp[key], int) or hp[key] < 1:
                 raise ValueError(f"{key} must be a positive int, got {hp[key]!r}")
-        if hp.get("unroll", "reverse") not in MODES:
-            raise ValueError(f"unroll must be one of {MODES}, got {hp['unroll']!r}")
+        check_unroll_hp(hp)
         ds = self.t.ds
         self.experts = ExpertBuffer(hp["expert_dir"], dataset=ds.name, width=hp["width"],
                                     min_epochs=hp["max_start_epoch"] + hp["expert_epochs"],
@@ -121,7 +122,8 @@ class TrajectoryMatching(Objective):
         args = (self.student_logits, start, hp["syn_steps"], self.student_draw, self.student_build, self.syn_lr)
         if hp.get("unroll", "reverse") == "autograd":
             return autograd_unroll(*args)
-        return unrolled_sgd(*args, 0.0, list(self.t.param.params().values()), pinned=hp.get("unroll_pinned", False))
+        return unrolled_sgd(*args, 0.0, list(self.t.param.params().values()), pinned=hp.get("unroll_pinned", False),
+                            product=hp.get("unroll_product", "forward"))
 
     def trajectory_loss(self) -> torch.Tensor:
         """Unroll the student from a random expert epoch and return the normalized distance."""
@@ -154,12 +156,20 @@ class TrajectoryMatching(Objective):
         return {"lr": float(self.syn_lr.detach())}
 
 
+def check_unroll_hp(hp: dict) -> None:
+    """hp ``unroll`` and ``unroll_product`` (MTT's and HaBa's; checked before any data is loaded)."""
+    if hp.get("unroll", "reverse") not in MODES:
+        raise ValueError(f"unroll must be one of {MODES}, got {hp['unroll']!r}")
+    if hp.get("unroll_product", "forward") not in PRODUCTS:
+        raise ValueError(f"unroll_product must be one of {PRODUCTS}, got {hp['unroll_product']!r}")
+
+
 def paper(dataset: str, ipc: int, name: str = "paper") -> dict:
     """MTT distill.py defaults (docs/spec.md §3); max_start_epoch 20 as in its README commands;
     experts where ``ddkernels experts`` writes preset ``name``'s."""
     return dict(iterations=5000, lr_img=1000.0, momentum_img=0.5, lr_lr=1e-5, momentum_lr=0.5, lr_teacher=0.01,
                 syn_steps=20, expert_epochs=3, max_start_epoch=20, batch_syn=None, init="real", aug=DSA_STRATEGY,
-                unroll="reverse", unroll_pinned=False,
+                unroll="reverse", unroll_pinned=False, unroll_product="forward",
                 zca=False, expert_dir=default_expert_dir(dataset, name), width=128, batch_real=256,
                 eval="dsa", eval_epochs=1000, eval_aug=None, eval_width=None, precision="fp32")
 
@@ -179,7 +189,12 @@ class MTT(Distiller):
     PARAMETERIZATION = PlainImages
     OBJECTIVE = TrajectoryMatching
     PRESETS = {"paper": paper, "quick": quick}
-    HP_SINCE = {**Distiller.HP_SINCE, "unroll": "autograd", "unroll_pinned": False}  # reverse came later (issue 16)
+    # reverse came later (issue 16), then its forward-mode product
+    HP_SINCE = {**Distiller.HP_SINCE, "unroll": "autograd", "unroll_pinned": False, "unroll_product": "backward"}
+
+    @classmethod
+    def check_hp(cls, hp: dict) -> None:
+        check_unroll_hp(hp)
 
 
-__all__ = ["MTT", "TrajectoryMatching", "trajectory_matching_loss"]
+__all__ = ["MTT", "TrajectoryMatching", "check_unroll_hp", "trajectory_matching_loss"]

@@ -39,7 +39,7 @@ from ...nn.memory import (AddressableMemory, addressable_decode, check_label_mod
 from .base import Distiller
 from .parts import Objective, Parameterization
 from .registry import register
-from .unroll import FlatParams, unroll_forward, unroll_reverse
+from .unroll import PRODUCTS, FlatParams, unroll_forward, unroll_reverse
 
 
 def unroll_momentum_sgd(f: Callable, theta0: torch.Tensor, batches: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
@@ -57,7 +57,8 @@ def unroll_momentum_sgd(f: Callable, theta0: torch.Tensor, batches: Callable[[in
 
 def bptt_meta_gradient(f: Callable, theta0: torch.Tensor, memory: AddressableMemory, rows: torch.Tensor,
                        real_x: torch.Tensor, real_y: torch.Tensor, *, lr: float, momentum: float,
-                       upsample_first: bool = True, pinned: bool = False) -> tuple[torch.Tensor, ...]:
+                       upsample_first: bool = True, pinned: bool = False,
+                       product: str = "forward") -> tuple[torch.Tensor, ...]:
     """RTP's meta-gradient of ``L = CE(f(θ_T; real_x), real_y)`` w.r.t. the memory's stored tensors.
 
     ``θ_T`` is ``len(rows)`` steps of momentum SGD (lr ``lr``, momentum ``momentum``) from ``θ_0``,
@@ -76,6 +77,7 @@ def bptt_meta_gradient(f: Callable, theta0: torch.Tensor, memory: AddressableMem
         real_x, real_y: the meta batch.
         upsample_first: decode with the upsampled bases (one GEMM); ``False`` uses the original order.
         pinned: the weight buffer in pinned host memory (:func:`~.unroll.unroll_forward`).
+        product: how the reverse takes each step's second-derivative product (:func:`~.unroll.unroll_reverse`).
 
     Returns:
         ``(L, dL/d bases, dL/d addressing, …)``: one gradient per tensor of :meth:`AddressableMemory.tables`,
@@ -103,7 +105,7 @@ def bptt_meta_gradient(f: Callable, theta0: torch.Tensor, memory: AddressableMem
     th = theta_T.requires_grad_(True)
     loss = F.cross_entropy(f(th, real_x), real_y)
     (w_bar,) = torch.autograd.grad(loss, th)
-    g_operand, *g_rest = unroll_reverse(tape, w_bar, [operand, *leaves.values()]).inputs
+    g_operand, *g_rest = unroll_reverse(tape, w_bar, [operand, *leaves.values()], product=product).inputs
     if upsample_first and ds > 1:
         leaf = bases.clone().requires_grad_(True)
         (g_bases,) = torch.autograd.grad(upsample_bases(leaf, shape, ds), leaf, grad_outputs=g_operand)
@@ -237,7 +239,7 @@ class BPTT(Objective):
         rows = torch.stack([memory.sample_rows(hp["batch_syn"], t.gen) for _ in range(hp["inner_steps"])])
         loss, *grads = bptt_meta_gradient(
             f, f.flat(), memory, rows, real_x, real_y, lr=hp["inner_lr"], momentum=hp["inner_momentum"],
-            upsample_first=t.param.upsample_first)
+            upsample_first=t.param.upsample_first, product=hp.get("unroll_product", "forward"))
         params = list(memory.tables().values())
         for p, g in zip(params, grads):
             p.grad = g
@@ -257,7 +259,7 @@ def paper(dataset: str, ipc: int) -> dict:
     return dict(iterations=500000, num_bases=16, downsample=2, rows_per_class=None, init="xavier", inner_steps=150,
                 inner_lr=0.01, inner_momentum=0.9, batch_syn=32, batch_real=64, lr_syn=0.1, momentum_syn=0.5,
                 clip=2.0, width=128, eval="rtp", eval_epochs=300, eval_aug=None, eval_width=None,
-                precision="fp32", label_mode="onehot", label_dim=None, lr_label=None)
+                precision="fp32", label_mode="onehot", label_dim=None, lr_label=None, unroll_product="forward")
 
 
 def quick(dataset: str, ipc: int) -> dict:
@@ -283,11 +285,15 @@ class RTP(Distiller):
     PARAMETERIZATION = AddressableMemories
     OBJECTIVE = BPTT
     PRESETS = {"paper": paper, "quick": quick}
-    HP_SINCE = {**Distiller.HP_SINCE, "label_mode": "onehot", "label_dim": None, "lr_label": None}  # learned labels came later (issue 20)
+    # learned labels came later (issue 20), then the reverse pass's forward-mode product (issue 16)
+    HP_SINCE = {**Distiller.HP_SINCE, "label_mode": "onehot", "label_dim": None, "lr_label": None,
+                "unroll_product": "backward"}
 
     @classmethod
     def check_hp(cls, hp: dict) -> None:
         check_label_hp(hp)
+        if hp.get("unroll_product", "forward") not in PRODUCTS:
+            raise ValueError(f"unroll_product must be one of {PRODUCTS}, got {hp['unroll_product']!r}")
 
 
 __all__ = ["AddressableMemories", "BPTT", "FlatParams", "RTP", "bptt_meta_gradient", "unroll_momentum_sgd"]

@@ -18,14 +18,24 @@ buffer of the velocities ``v_{t+1}`` only when the gradient of ``η`` or ``μ`` 
 (plain SGD recomputes ``v_{t+1} = g_t`` in the reverse).
 
 **Reverse** (:func:`unroll_reverse`), with ``a = ∂L/∂θ_{t+1}`` and ``c`` the adjoint of ``v_{t+1}``
-(``c ← μc − ηa``): recompute step ``t`` from its weights and record, ``g_t`` with a graph, then one
-mixed second-derivative (vector-Jacobian) product ``∂⟨g_t, c⟩/∂(θ_t, inputs)``;
-``a += ∂⟨g_t, c⟩/∂θ_t``, ``η̄ −= ⟨a, v_{t+1}⟩``, ``μ̄ += ⟨c, v_t⟩``. Memory: the buffers plus one step's double-backward graph,
-whatever ``T`` (autograd through the unroll keeps all ``T``). The gradient is the exact one, the
-same as autograd's through the same unroll (tests/distill/methods/test_unroll.py, float64).
+(``c ← μc − ηa``): recompute step ``t`` from its weights and record, then one mixed second-derivative
+product ``∂⟨g_t, c⟩/∂(θ_t, inputs)``; ``a += ∂⟨g_t, c⟩/∂θ_t``, ``η̄ −= ⟨a, v_{t+1}⟩``, ``μ̄ += ⟨c, v_t⟩``.
+Memory: the buffers plus one step's graph, whatever ``T`` (autograd through the unroll keeps all
+``T``). The gradient is the exact one, the same as autograd's through the same unroll
+(tests/distill/methods/test_unroll.py, float64).
+
+The product (``product``): ``"forward"`` (default) takes it reverse over forward: the scalar
+``⟨g_t, c⟩ = d/dε CE(f(θ_t + εc, x_t), y_t)`` is the logits' forward-mode tangent along ``c``
+contracted with ``∇_z CE``, and one backward of that scalar gives both terms. Per conv layer that is
+8 convolution passes (forward: the primal and the tangent's two; backward: five) where
+``"backward"`` — ``g_t`` with a graph, then the double backward, as autograd through the unroll does
+it — takes 9 (forward, two backward, six double backward), so the recompute costs less than
+autograd's own step. Under plain SGD the tangent is ``a`` (``c = −ηa``), which also gives
+``⟨a, g_t⟩`` for ``η̄`` without ``g_t``. A network with an op that has no forward-mode formula falls
+back to ``"backward"`` with a warning.
 
 Cost: autograd's (one forward and create-graph backward per step, then the double backward) plus
-the forward's graph-free gradient per step. The last step is built with its graph in the forward and
+the forward's graph-free gradient per step, less what the forward-mode product saves. The last step is built with its graph in the forward and
 that graph kept for the reverse (``keep=1``, :func:`unrolled_sgd`'s default: the reverse's first step
 holds it anyway, so the peak is the same); each further kept step would hold one more step's graph.
 With ``θ_0`` not requiring grad, the reverse's last step (``t = 0``) differentiates the inputs only.
@@ -39,7 +49,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+import warnings
+
 import torch
+import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
@@ -48,6 +61,8 @@ Number = float | torch.Tensor
 
 #: hp ``unroll``: how TrajectoryMatching differentiates its student unroll
 MODES = ("reverse", "autograd")
+#: how :func:`unroll_reverse` takes each step's second-derivative product (see the module doc)
+PRODUCTS = ("forward", "backward")
 
 
 class FlatParams:
@@ -75,6 +90,22 @@ def _value(x: Number) -> Number:
 def _step_grad(f: Callable, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor, graph: bool) -> torch.Tensor:
     (g,) = torch.autograd.grad(F.cross_entropy(f(theta, x), y), theta, create_graph=graph)
     return g
+
+
+def _directional(f: Callable, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+                 tangent: torch.Tensor) -> torch.Tensor:
+    """``⟨∇_θ CE(f(θ, x), y), tangent⟩`` as a scalar differentiable in ``θ`` and ``x``: the logits' forward-mode
+    tangent along ``tangent``, contracted with ``∇_z CE`` (which keeps the loss's own forward mode out of it)."""
+    with fwAD.dual_level():
+        z, zt = fwAD.unpack_dual(f(fwAD.make_dual(theta, tangent), x))
+    (gz,) = torch.autograd.grad(F.cross_entropy(z, y), z, create_graph=True)
+    return (gz * zt).sum() if zt is not None else (gz * 0).sum()
+
+
+def _no_forward_mode(err: Exception) -> bool:
+    """Whether ``err`` is PyTorch saying an op (or a custom Function without ``jvp``) has no forward mode."""
+    msg = str(err)
+    return isinstance(err, NotImplementedError) and "jvp" in msg or "forward AD" in msg
 
 
 @dataclass
@@ -188,7 +219,7 @@ class Grads:
 
 
 def unroll_reverse(tape: Tape, theta_bar: torch.Tensor, inputs: Sequence[torch.Tensor], *, lr_grad: bool = False,
-                   momentum_grad: bool = False, theta_grad: bool = True) -> Grads:
+                   momentum_grad: bool = False, theta_grad: bool = True, product: str = "forward") -> Grads:
     """The gradient of ``L`` through the unrolled steps, given ``θ̄_T = ∂L/∂θ_T`` (see the module doc).
 
     Args:
@@ -196,7 +227,11 @@ def unroll_reverse(tape: Tape, theta_bar: torch.Tensor, inputs: Sequence[torch.T
         inputs: tensors requiring grad that ``tape.build`` reads (the stored tensors).
         lr_grad, momentum_grad: also return ``∂L/∂η`` / ``∂L/∂μ`` (as 0-d tensors).
         theta_grad: also return ``∂L/∂θ_0`` (``False`` spares the last step's weight terms).
+        product: ``"forward"`` (reverse over forward mode) or ``"backward"`` (double backward): how each
+            recomputed step's second-derivative product is taken; the same gradient either way.
     """
+    if product not in PRODUCTS:
+        raise ValueError(f"product must be one of {PRODUCTS}, got {product!r}")
     lr, mu = tape.lr, tape.momentum
     plain = not isinstance(mu, torch.Tensor) and mu == 0
     if (lr_grad or momentum_grad) and not plain and tape.velocities is None:
@@ -218,22 +253,42 @@ def unroll_reverse(tape: Tape, theta_bar: torch.Tensor, inputs: Sequence[torch.T
             c = c * mu - a * lr
         else:
             c.mul_(mu).add_(a, alpha=-lr)
+        g = s = None  # g_t with its graph, or s = ⟨g_t, a⟩ (plain SGD) / ⟨g_t, c⟩ in forward mode
         if t in tape.kept:
             th, g = tape.kept.pop(t)
         else:
-            # A view of the buffer row where it lives on the device (nothing writes to it any more).
-            th = tape.weights[t].to(dev, non_blocking=True).detach().requires_grad_(True)
+            # A view of the buffer row where it lives on the device (nothing writes to it any more); a copy
+            # for forward mode, where a view's tangent would be one of the whole (T, P) buffer.
+            th = tape.weights[t].to(dev, non_blocking=True)
+            th = (th.clone() if product == "forward" and th._base is not None else th.detach()).requires_grad_(True)
             with torch.enable_grad():
                 x, y = tape.build(tape.records[t])
-                g = _step_grad(tape.f, th, x, y, True)
+                if product == "forward":
+                    try:
+                        s = _directional(tape.f, th, x, y, a if plain else c)
+                    except (NotImplementedError, RuntimeError) as err:
+                        if not _no_forward_mode(err):
+                            raise
+                        warnings.warn(f"unroll_reverse: the student has no forward mode ({err}); "
+                                      "taking the double backward (product='backward') instead", stacklevel=2)
+                        product = "backward"
+                if s is None:
+                    g = _step_grad(tape.f, th, x, y, True)
         if lr_bar is not None:
-            lr_bar -= torch.dot(a, g.detach() if plain else tape.velocities[t].to(dev))
+            if plain:
+                lr_bar -= s.detach() if s is not None else torch.dot(a, g.detach())
+            else:
+                lr_bar -= torch.dot(a, tape.velocities[t].to(dev))
         if mu_bar is not None and t > 0:  # v_0 = 0
             mu_bar += torch.dot(c, tape.velocities[t - 1].to(dev))
         wrt = [th, *inputs] if t > 0 or theta_grad else inputs
         if not wrt:
             break  # θ_0's own terms are not wanted and nothing else is left
-        h = torch.autograd.grad(g, wrt, grad_outputs=c, allow_unused=True)
+        if s is None:
+            h = torch.autograd.grad(g, wrt, grad_outputs=c, allow_unused=True)
+        else:  # ∂⟨g_t, c⟩ = −η ∂⟨g_t, a⟩ under plain SGD
+            seed = torch.as_tensor(-lr, dtype=s.dtype, device=s.device) if plain else None
+            h = torch.autograd.grad(s, wrt, grad_outputs=seed, allow_unused=True)
         if len(wrt) > len(inputs):
             a += h[0]
         for i, hi in enumerate(h[len(wrt) - len(inputs):]):
@@ -245,34 +300,38 @@ def unroll_reverse(tape: Tape, theta_bar: torch.Tensor, inputs: Sequence[torch.T
 
 class UnrolledSGD(torch.autograd.Function):
     """``θ_T = UnrolledSGD.apply(spec, θ_0, η, μ, *inputs)``: the forward of :func:`unroll_forward`,
-    the backward of :func:`unroll_reverse`. ``spec = (f, steps, draw, build, pinned, keep)``; ``η``/``μ``
+    the backward of :func:`unroll_reverse`. ``spec = (f, steps, draw, build, pinned, keep, product)``; ``η``/``μ``
     are floats or 0-d tensors (a gradient for those that require one); ``inputs`` are the tensors
     ``build`` reads, each requiring grad (a gradient for each)."""
 
     @staticmethod
     def forward(ctx, spec, theta0, lr, momentum, *inputs):
-        f, steps, draw, build, pinned, keep = spec
+        f, steps, draw, build, pinned, keep, product = spec
         grads_of = [isinstance(v, torch.Tensor) and v.requires_grad for v in (lr, momentum)]
         theta, tape = unroll_forward(f, theta0, steps, draw, build, lr, momentum, pinned=pinned,
                                      keep_velocities=any(grads_of), keep=keep)
-        ctx.tape, ctx.grads_of, ctx.inputs = tape, grads_of, inputs
+        ctx.tape, ctx.grads_of, ctx.inputs, ctx.product = tape, grads_of, inputs, product
         return theta
 
     @staticmethod
     def backward(ctx, theta_bar):
         lr_grad, mu_grad = ctx.grads_of
         r = unroll_reverse(ctx.tape, theta_bar, ctx.inputs, lr_grad=lr_grad, momentum_grad=mu_grad,
-                           theta_grad=ctx.needs_input_grad[1])
+                           theta_grad=ctx.needs_input_grad[1], product=ctx.product)
         ctx.tape = None  # frees the buffers once the gradient is out
         return (None, r.theta0, r.lr, r.momentum, *r.inputs)
 
 
 def unrolled_sgd(f: Callable, theta0: torch.Tensor, steps: int, draw: Callable[[int], Any],
                  build: Callable[[Any], tuple[torch.Tensor, torch.Tensor]], lr: Number, momentum: Number = 0.0,
-                 inputs: Sequence[torch.Tensor] = (), *, pinned: bool = False, keep: int = 1) -> torch.Tensor:
+                 inputs: Sequence[torch.Tensor] = (), *, pinned: bool = False, keep: int = 1,
+                 product: str = "forward") -> torch.Tensor:
     """``θ_T`` of the unroll, differentiable by the reverse pass (see :class:`UnrolledSGD`); ``keep``: the
-    last steps whose graph the forward keeps (:func:`unroll_forward`; 1, the last, costs no peak memory)."""
-    return UnrolledSGD.apply((f, steps, draw, build, pinned, keep), theta0, lr, momentum,
+    last steps whose graph the forward keeps (:func:`unroll_forward`; 1, the last, costs no peak memory);
+    ``product``: how the reverse takes each step's second-derivative product (:func:`unroll_reverse`)."""
+    if product not in PRODUCTS:
+        raise ValueError(f"product must be one of {PRODUCTS}, got {product!r}")
+    return UnrolledSGD.apply((f, steps, draw, build, pinned, keep, product), theta0, lr, momentum,
                              *[p for p in inputs if p.requires_grad])
 
 
@@ -295,5 +354,5 @@ def autograd_unroll(f: Callable, theta0: torch.Tensor, steps: int, draw: Callabl
     return theta
 
 
-__all__ = ["FlatParams", "Grads", "MODES", "Tape", "UnrolledSGD", "autograd_unroll", "unroll_forward",
+__all__ = ["FlatParams", "Grads", "MODES", "PRODUCTS", "Tape", "UnrolledSGD", "autograd_unroll", "unroll_forward",
            "unroll_reverse", "unrolled_sgd"]

@@ -83,8 +83,19 @@ class NormReluPoolFunction(torch.autograd.Function):
     def forward(ctx, x, weight, bias, eps: float, pool: bool, backend: str):
         out, mean, rstd = _KERNELS[backend][0](x, weight, bias, eps, pool)
         ctx.save_for_backward(x, weight, bias, mean, rstd)
+        ctx.save_for_forward(x, weight, bias, mean, rstd)
         ctx.eps, ctx.pool, ctx.backend = eps, pool, backend
         return out
+
+    @staticmethod
+    def jvp(ctx, tx, tw, tb, *_):
+        """Forward mode (a dual input): the tangent ``J·(tx, tw, tb)``, itself differentiable, so reverse
+        mode can run through it (reverse over forward, the unroll's reverse pass)."""
+        x, weight, bias, mean, rstd = ctx.saved_tensors
+        if ctx.backend != "cpu":  # the closed form in torch ops (its grad_out term does not read grad_out)
+            zero = x.new_zeros(_out_shape(x, ctx.pool))
+            return reference.double_backward(zero, x, weight, bias, ctx.eps, ctx.pool, tx, tw, tb)[0]
+        return NormReluPoolTangent.apply(x, weight, bias, mean, rstd, tx, tw, tb, ctx.pool)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -125,6 +136,42 @@ class NormReluPoolBackward(torch.autograd.Function):
             # create_graph=True once more (third order), or the GPU: the same closed form in torch ops.
             gg = reference.double_backward(grad_out, x, weight, bias, ctx.eps, ctx.pool, ggx, ggw, ggb)
         return (*gg, None, None, None, None, None, None, None)
+
+
+def _out_shape(x: torch.Tensor, pool: bool) -> tuple[int, ...]:
+    n, c, h, w = x.shape
+    return (n, c, h // 2, w // 2) if pool else (n, c, h, w)
+
+
+class NormReluPoolTangent(torch.autograd.Function):
+    """The block's tangent ``J(x, γ)·(tx, tγ, tβ)`` on the CPU kernels (``NormReluPoolFunction.jvp``):
+    the double-backward kernel's ``grad_out`` term. Its backward — the reverse of forward mode — is two
+    kernels: ``Jᵀ·ḡ`` (the first-order backward) for the tangents and the double backward's mixed terms
+    ``∂⟨ḡ, J·t⟩/∂(x, γ)`` for the primals (``β`` reaches ``J`` through the ReLU mask only: zero)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, mean, rstd, tx, tw, tb, pool: bool):
+        tx, tw, tb = (None if t is None else t.contiguous() for t in (tx, tw, tb))
+        zero = x.new_zeros(_out_shape(x, pool))
+        out = _cpu_double_backward(zero, x, weight, bias, mean, rstd, pool, tx, tw, tb, (True, False, False))[0]
+        ctx.save_for_backward(x, weight, bias, mean, rstd, tx, tw, tb)
+        ctx.pool = pool
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        x, weight, bias, mean, rstd, tx, tw, tb = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        grad = grad.contiguous()
+        gx = gw = gtx = gtw = gtb = None
+        if need[5] or need[6] or need[7]:
+            gtx, gtw, gtb = _cpu_backward(grad, x, weight, bias, mean, rstd, ctx.pool, need[5], need[6] or need[7])
+        if (need[0] or need[1]) and not (tx is None and tw is None):
+            _, gx, gw = _cpu_double_backward(grad, x, weight, bias, mean, rstd, ctx.pool, tx, tw, tb,
+                                             (False, need[0], need[1]))
+        return (gx if need[0] else None, gw if need[1] else None, None, None, None,
+                gtx if need[5] else None, gtw if need[6] else None, gtb if need[7] else None, None)
 
 
 def _check(x, weight, bias, eps, pool) -> None:
@@ -193,4 +240,4 @@ def norm_relu_pool(x: torch.Tensor, weight: torch.Tensor | None = None, bias: to
     return NormReluPoolFunction.apply(x.contiguous(), w, b, float(eps), pool, name)
 
 
-__all__ = ["BACKENDS", "NormReluPoolBackward", "NormReluPoolFunction", "norm_relu_pool"]
+__all__ = ["BACKENDS", "NormReluPoolBackward", "NormReluPoolFunction", "NormReluPoolTangent", "norm_relu_pool"]

@@ -26,6 +26,9 @@ EXPERTS = os.path.join(HERE, "..", "fixtures", "old_runs", "experts")
 # unroll="autograd": the graph the fingerprints were written with (the reverse pass gives the same gradient
 # to float rounding, tests/distill/methods/test_unroll.py, so its float32 results differ in the last bits).
 MTT = dict(width=8, max_start_epoch=1, expert_dir=EXPERTS, syn_steps=2, batch_real=16, unroll="autograd")
+# RTP's reverse pass with the double-backward product it was written with (the forward-mode product gives the
+# same gradient to float rounding, test_unroll.py).
+RTP = dict(unroll_product="backward")
 CASES = {
     "dc": ("dc", 1, dict(width=8, batch_real=8, outer_loop=2, inner_loop=1)),
     "dc-noise": ("dc", 2, dict(width=8, batch_real=8, outer_loop=2, inner_loop=2, init="noise", batch_train=8)),
@@ -40,8 +43,8 @@ CASES = {
     "haba": ("haba", 1, MTT),
     "haba-dm": ("haba", 2, dict(base="dm", width=8, batch_real=8, batch_con=4)),
     "haba-dc": ("haba", 2, dict(base="dc", width=8, batch_real=8, outer_loop=2, inner_loop=1, batch_con=4)),
-    "rtp": ("rtp", 2, dict(num_bases=4, width=4, inner_steps=3, batch_syn=2, batch_real=4)),
-    "rtp-reference": ("rtp", 2, dict(num_bases=4, width=4, inner_steps=3, batch_syn=2, batch_real=4,
+    "rtp": ("rtp", 2, dict(RTP, num_bases=4, width=4, inner_steps=3, batch_syn=2, batch_real=4)),
+    "rtp-reference": ("rtp", 2, dict(RTP, num_bases=4, width=4, inner_steps=3, batch_syn=2, batch_real=4,
                                      downsample=2, init="xavier"), "reference"),
     "kfs": ("kfs", 2, dict(width=8, batch_real=8, num_decoders=2, hidden_channels=4)),
     "kfs-div": ("kfs", 2, dict(width=8, batch_real=8, num_decoders=2, hidden_channels=4, div_weight=0.5)),

@@ -3,15 +3,18 @@ unroll, in float64: the generic momentum-SGD student (inputs, θ_0, lr, momentum
 HaBa on MTT (bases, every hallucinator parameter, lr, with the contrastive term on; also with latent bases
 and their decoder, and with multi-formation bases), both with chunked minibatches and per-sample DSA;
 soft targets built from stored logits (learned labels) and RTP with learned labels; RTP's one-hot
-instance is also tested in test_rtp.py."""
+instance is also tested in test_rtp.py. Each with both second-derivative products (``product``:
+reverse over forward mode, the default, and the double backward)."""
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from ddkernels.distill.methods import make_distiller
 from ddkernels.distill.methods import unroll as unroll_mod
-from ddkernels.distill.methods.unroll import (FlatParams, autograd_unroll, unroll_forward, unroll_reverse,
-                                              unrolled_sgd)
+from ddkernels.distill.methods.unroll import (PRODUCTS, FlatParams, autograd_unroll, unroll_forward,
+                                              unroll_reverse, unrolled_sgd)
 from ddkernels.nn.convnet import ConvNet
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -31,8 +34,9 @@ def assert_same(got, want, names):
         print(f"{n}: max relative error {rel_err(g, w):.1e}")
 
 
+@pytest.mark.parametrize("product", PRODUCTS)
 @pytest.mark.parametrize("momentum", [0.0, 0.7])
-def test_generic_unroll_equals_autograd(momentum):
+def test_generic_unroll_equals_autograd(momentum, product):
     """Every gradient the unroll has: the inputs the batches are built from, θ_0, η and μ (as tensors)."""
     gen = torch.Generator().manual_seed(0)
     f = FlatParams(ConvNet(1, 3, width=4, im_size=(8, 8)).double())
@@ -56,7 +60,7 @@ def test_generic_unroll_equals_autograd(momentum):
     want = grads(autograd_unroll(f, theta0, 4, lambda t: t, build, lr, mu))
     names = ["pool", "scale", "theta0", "lr", "momentum"]
     for pinned in (False, True):  # pinned: host memory (the host is the device here)
-        got = grads(unrolled_sgd(f, theta0, 4, lambda t: t, build, lr, mu, [pool, scale], pinned=pinned))
+        got = grads(unrolled_sgd(f, theta0, 4, lambda t: t, build, lr, mu, [pool, scale], pinned=pinned, product=product))
         assert_same(got if momentum else got[:4], want if momentum else want[:4], names)
 
 
@@ -74,6 +78,10 @@ def test_tape_holds_one_weight_buffer_and_checks_its_arguments():
         unroll_reverse(tape, theta, [x])
     with pytest.raises(ValueError, match="steps must be a positive int"):
         unroll_forward(f, theta0, 0, lambda t: t, lambda t: (x, y), 0.1)
+    with pytest.raises(ValueError, match="product must be one of"):
+        unroll_reverse(tape, theta, [], product="tesla")
+    with pytest.raises(ValueError, match="product must be one of"):
+        unrolled_sgd(f, theta0, 3, lambda t: t, lambda t: (x, y), 0.1, product="jvp")
 
 
 def _double(d, haba: bool):
@@ -95,10 +103,11 @@ def _double(d, haba: bool):
         d.param.syn = d.param.syn.detach().double().requires_grad_(True)
 
 
-def _both_modes(d, monkeypatch):
+def _both_modes(d, monkeypatch, product):
     """The gradient of one outer iteration's loss (plus the parameterization's regularizer, as
-    ``image_step`` adds it) w.r.t. every stored tensor, for unroll="reverse" and "autograd" from the
-    same stream state."""
+    ``image_step`` adds it) w.r.t. every stored tensor, for unroll="reverse" (with hp ``unroll_product``
+    ``product``) and "autograd" from the same stream state."""
+    d.hp["unroll_product"] = product
     state, chunks = d.gen.get_state(), [c.clone() for c in d.objective._chunks]
     calls = []
     real = unroll_mod.unroll_reverse
@@ -118,27 +127,29 @@ def _both_modes(d, monkeypatch):
     return out
 
 
+@pytest.mark.parametrize("product", PRODUCTS)
 @pytest.mark.parametrize("batch_syn", [None, 3])
-def test_mtt_reverse_equals_autograd(digits, expert_dir, batch_syn, monkeypatch):
+def test_mtt_reverse_equals_autograd(digits, expert_dir, batch_syn, product, monkeypatch):
     d = make_distiller("mtt", digits, 2, "quick", seed=0, width=8, max_start_epoch=2, expert_epochs=1,
                        expert_dir=expert_dir, syn_steps=5, batch_syn=batch_syn)
     assert d.objective.aug is not None  # per-sample DSA, replayed from the records
     _double(d, haba=False)
-    out = _both_modes(d, monkeypatch)
+    out = _both_modes(d, monkeypatch, product)
     names, got = out["reverse"]
     assert names == ["syn", "syn_lr"]
     assert_same(got, out["autograd"][1], names)
 
 
+@pytest.mark.parametrize("product", PRODUCTS)
 @pytest.mark.parametrize("batch_syn", [None, 4])
 @pytest.mark.parametrize("kind", ["images", "latent", "multi_formation"])
-def test_haba_reverse_equals_autograd(digits, expert_dir, batch_syn, kind, monkeypatch):
+def test_haba_reverse_equals_autograd(digits, expert_dir, batch_syn, kind, product, monkeypatch):
     d = make_distiller("haba", digits, 2, "quick", seed=0, width=8, max_start_epoch=2, expert_epochs=1,
                        expert_dir=expert_dir, syn_steps=4, batch_syn=batch_syn, batch_real=16, hallucinators=3,
                        mid_channels=2, base_kind=kind)
     assert d.param.contrastive_on() and d.hp["lambda_club"] > 0 and d.objective.aug is not None
     _double(d, haba=True)
-    out = _both_modes(d, monkeypatch)
+    out = _both_modes(d, monkeypatch, product)
     names, got = out["reverse"]
     decoder = 4 if kind == "latent" else 0  # its two layers' weights and biases
     assert names[0] == "bases" and "syn_lr" in names and len(names) == 2 + len(list(d.param.bank.parameters())) + decoder
@@ -157,6 +168,9 @@ def test_mtt_run_reverse_and_autograd_agree(digits, expert_dir):
         assert rel_err(getattr(runs_["reverse"], k).detach(), getattr(runs_["autograd"], k).detach()) < 1e-5, k
     with pytest.raises(ValueError, match="unroll must be one of"):
         make_distiller("mtt", digits, 2, "quick", expert_dir=expert_dir, width=8, max_start_epoch=1, unroll="tesla")
+    with pytest.raises(ValueError, match="unroll_product must be one of"):
+        make_distiller("mtt", digits, 2, "quick", expert_dir=expert_dir, width=8, max_start_epoch=1,
+                       unroll_product="jvp")
 
 
 def test_rtp_is_an_instance_of_the_reverse_pass():
@@ -179,8 +193,9 @@ def test_rtp_is_an_instance_of_the_reverse_pass():
     assert_same([g_bases, g_table], want, ["bases", "addressing"])
 
 
+@pytest.mark.parametrize("product", PRODUCTS)
 @pytest.mark.parametrize("keep", [0, 2, 4, 9])
-def test_kept_graphs_and_theta0_without_grad_give_the_same_gradient(keep):
+def test_kept_graphs_and_theta0_without_grad_give_the_same_gradient(keep, product):
     """Steps whose graph the forward keeps (none, some, all, more than there are) and a θ_0 that needs no
     gradient (the reverse then skips θ_0's terms) change nothing in the inputs', η's and μ's gradients."""
     gen = torch.Generator().manual_seed(1)
@@ -199,18 +214,19 @@ def test_kept_graphs_and_theta0_without_grad_give_the_same_gradient(keep):
         return torch.autograd.grad(((theta_T - target) ** 2).sum(), [pool, lr, mu])
 
     want = grads(autograd_unroll(f, f.flat(), 4, lambda t: t, build, lr, mu))
-    got = grads(unrolled_sgd(f, f.flat(), 4, lambda t: t, build, lr, mu, [pool], keep=keep))
+    got = grads(unrolled_sgd(f, f.flat(), 4, lambda t: t, build, lr, mu, [pool], keep=keep, product=product))
     assert_same(got, want, ["pool", "lr", "momentum"])
     theta, tape = unroll_forward(f, f.flat(), 4, lambda t: t, build, 0.2, keep=keep)
     assert sorted(tape.kept) == list(range(max(0, 4 - keep), 4))
-    r = unroll_reverse(tape, theta - target, [pool], theta_grad=False)
+    r = unroll_reverse(tape, theta - target, [pool], theta_grad=False, product=product)
     assert r.theta0 is None and not tape.kept
     with pytest.raises(ValueError, match="keep must be a non-negative int"):
         unroll_forward(f, f.flat(), 4, lambda t: t, build, 0.2, keep=-1)
 
 
+@pytest.mark.parametrize("product", PRODUCTS)
 @pytest.mark.parametrize("momentum", [0.0, 0.7])
-def test_soft_targets_are_an_input_like_the_images(momentum):
+def test_soft_targets_are_an_input_like_the_images(momentum, product):
     """Learned soft labels (issue 20): steps on the soft-target cross-entropy with targets
     ``softmax(logits)`` built from a stored tensor; the reverse pass gives the logits' gradient too."""
     gen = torch.Generator().manual_seed(1)
@@ -229,7 +245,7 @@ def test_soft_targets_are_an_input_like_the_images(momentum):
         return torch.autograd.grad(((theta_T - target) ** 2).sum(), [pool, logits, theta0])
 
     want = grads(autograd_unroll(f, theta0, 4, lambda t: t, build, 0.2, momentum))
-    got = grads(unrolled_sgd(f, theta0, 4, lambda t: t, build, 0.2, momentum, [pool, logits]))
+    got = grads(unrolled_sgd(f, theta0, 4, lambda t: t, build, 0.2, momentum, [pool, logits], product=product))
     assert_same(got, want, ["pool", "label_logits", "theta0"])
 
 
@@ -257,3 +273,59 @@ def test_rtp_label_modes_are_instances_of_the_reverse_pass(mode):
     theta = unrolled_sgd(f, f.flat(), 3, lambda t: t, build, 0.1, 0.9, list(leaves.values()))
     want = torch.autograd.grad(F.cross_entropy(f(theta, real_x), real_y), list(leaves.values()))
     assert_same(got, want, list(leaves))
+
+
+class _NoForwardMode(torch.autograd.Function):
+    """``tanh`` as a custom Function without ``jvp``: a student op that forward mode cannot run."""
+
+    @staticmethod
+    def forward(ctx, x):
+        y = x.tanh()
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        (y,) = ctx.saved_tensors
+        return g * (1 - y * y)
+
+
+def test_forward_product_falls_back_to_the_double_backward():
+    """A student with an op that has no forward mode: one warning naming it, then the double backward,
+    and the same gradient as autograd."""
+    gen = torch.Generator().manual_seed(3)
+    net = ConvNet(1, 3, width=4, im_size=(8, 8)).double()
+    flat = FlatParams(net)
+
+    def f(theta, x):
+        return _NoForwardMode.apply(flat(theta, x))
+
+    pool = torch.randn(8, 1, 8, 8, dtype=torch.float64, generator=gen).requires_grad_(True)
+    labels = torch.arange(8) % 3
+    target = torch.randn(flat.flat().shape, dtype=torch.float64, generator=gen)
+
+    def grads(theta_T):
+        return torch.autograd.grad(((theta_T - target) ** 2).sum(), [pool])
+
+    build = lambda t: (pool[t:t + 4], labels[t:t + 4])  # noqa: E731
+    want = grads(autograd_unroll(f, flat.flat(), 3, lambda t: t, build, 0.2))
+    with pytest.warns(UserWarning, match="no forward mode.*product='backward'"):
+        got = grads(unrolled_sgd(f, flat.flat(), 3, lambda t: t, build, 0.2, 0.0, [pool], keep=0))
+    assert_same(got, want, ["pool"])
+
+
+def test_forward_product_never_makes_the_weight_buffer_dual(monkeypatch):
+    """Forward mode gives a view's tangent to its base: a dual made from a row of the ``(T, P)`` weight
+    buffer would carry a ``(T, P)`` tangent (memory and time growing with ``T``). The reverse makes its
+    duals from a copy of the row."""
+    made = []
+    real = unroll_mod.fwAD.make_dual
+    monkeypatch.setattr(unroll_mod.fwAD, "make_dual", lambda p, t, **k: made.append(p._base) or real(p, t, **k))
+    f = FlatParams(ConvNet(1, 3, width=4, im_size=(8, 8)).double())
+    pool = torch.randn(8, 1, 8, 8, dtype=torch.float64).requires_grad_(True)
+    labels = torch.arange(8) % 3
+    theta = unrolled_sgd(f, f.flat(), 4, lambda t: t, lambda t: (pool[t:t + 4], labels[t:t + 4]), 0.2, 0.0, [pool])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # and no fallback to the double backward
+        theta.square().sum().backward()
+    assert len(made) == 3 and all(b is None for b in made)  # the last step's graph is kept (no dual)
