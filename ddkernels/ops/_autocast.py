@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from ._autograd import forward_mode
+
 HALF = (torch.bfloat16, torch.float16)
 
 # op -> device type -> policy. norm_relu_pool / multi_formation: CPU autocast runs group_norm and
@@ -120,28 +122,9 @@ class _HalfForwardFloatBackward(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, stride, padding, dilation, groups, dtype):
         ctx.save_for_backward(x, weight)
-        ctx.save_for_forward(x, weight)
         ctx.conf = (stride, padding, dilation, groups, None if bias is None else bias.dtype)
-        ctx.dtype = dtype
         return torch.nn.functional.conv2d(x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype),
                                           stride, padding, dilation, groups)
-
-    @staticmethod
-    def jvp(ctx, tx, tw, tb, *_):
-        """Forward mode: ``conv(tx, W) + conv(x, tW) + tb``, each conv this Function again (the forward in
-        the autocast dtype, the backward in float32), so reverse mode runs through the tangent too."""
-        x, weight = ctx.saved_tensors
-        stride, padding, dilation, groups, _ = ctx.conf
-        terms = [_HalfForwardFloatBackward.apply(a, w, None, stride, padding, dilation, groups, ctx.dtype)
-                 for a, w in ((tx, weight), (x, tw)) if a is not None and w is not None]
-        if tb is not None:
-            terms.append(tb.to(ctx.dtype).view(1, -1, *[1] * (x.dim() - 2)))
-        if not terms:
-            return None
-        out = terms[0]
-        for t in terms[1:]:
-            out = out + t
-        return out
 
     @staticmethod
     def backward(ctx, gy):
@@ -157,9 +140,33 @@ class _HalfForwardFloatBackward(torch.autograd.Function):
                 gb.to(bias_dtype) if need_b else None, None, None, None, None, None)
 
 
+class _HalfForwardFloatBackwardDual(_HalfForwardFloatBackward):
+    """:class:`_HalfForwardFloatBackward` with forward mode, for dual inputs (the unrolled trainers'
+    reverse-over-forward product; Dynamo cannot trace a Function with a ``jvp``, so the plain one has none)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding, dilation, groups, dtype):
+        ctx.save_for_forward(x, weight)
+        ctx.dtype = dtype
+        return _HalfForwardFloatBackward.forward(ctx, x, weight, bias, stride, padding, dilation, groups, dtype)
+
+    @staticmethod
+    def jvp(ctx, tx, tw, tb, *_):
+        """``conv(tx, W) + conv(x, tW) + tb``, each conv half forward / float backward again, so reverse
+        mode runs through the tangent too."""
+        x, weight = ctx.saved_tensors
+        stride, padding, dilation, groups, _ = ctx.conf
+        terms = [_HalfForwardFloatBackward.apply(a, w, None, stride, padding, dilation, groups, ctx.dtype)
+                 for a, w in ((tx, weight), (x, tw)) if a is not None and w is not None]
+        if tb is not None:
+            terms.append(tb.to(ctx.dtype).view(1, -1, *[1] * (x.dim() - 2)))
+        return sum(terms[1:], terms[0]) if terms else None
+
+
 def conv2d_float_backward(conv: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """``conv(x)`` under CPU autocast with the forward in the autocast dtype and the backward in
     float32 (see :func:`conv_float_backward`)."""
     with torch.autocast("cpu", enabled=False):
-        return _HalfForwardFloatBackward.apply(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation,
-                                               conv.groups, torch.get_autocast_dtype("cpu"))
+        fn = _HalfForwardFloatBackwardDual if forward_mode(x, conv.weight, conv.bias) else _HalfForwardFloatBackward
+        return fn.apply(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups,
+                        torch.get_autocast_dtype("cpu"))

@@ -1,10 +1,19 @@
 """Autograd helpers shared by the fused ops: double backward by recomputation, empty results that
-stay in the graph, and the torch.func guard."""
+stay in the graph, the torch.func guard, and the forward-mode test."""
 from __future__ import annotations
 
 from typing import Callable, Sequence
 
 import torch
+import torch.autograd.forward_ad as fwAD
+
+
+def forward_mode(*tensors: torch.Tensor | None) -> bool:
+    """Whether any of ``tensors`` is a dual tensor (carries a forward-mode tangent). A Function with a
+    ``jvp`` is one Dynamo cannot trace, so the ops keep their ``jvp`` on a subclass used only then."""
+    if getattr(fwAD, "_current_level", 0) < 0:  # outside every dual_level: nothing can carry a tangent
+        return False
+    return any(t is not None and fwAD.unpack_dual(t).tangent is not None for t in tensors)
 
 
 def recomputed_vjp(fn: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor | None], need: Sequence[bool],

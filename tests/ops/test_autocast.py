@@ -158,7 +158,7 @@ def test_half_forward_float_backward_has_a_forward_mode():
     def tangent(x, w, b, tx, tw, tb, dtype=torch.float64):
         with fwAD.dual_level():
             duals = [fwAD.make_dual(p, t) for p, t in zip((x, w, b), (tx, tw, tb))]
-            y = _autocast._HalfForwardFloatBackward.apply(*duals, (1, 1), (3, 3), (1, 1), 1, dtype)
+            y = _autocast._HalfForwardFloatBackwardDual.apply(*duals, (1, 1), (3, 3), (1, 1), 1, dtype)
             return fwAD.unpack_dual(y).tangent
 
     want = torch.nn.functional.conv2d(tangents[0], ins[1], tangents[2], padding=3) + torch.nn.functional.conv2d(

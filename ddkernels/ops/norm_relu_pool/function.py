@@ -16,7 +16,7 @@ from ... import _ext, dispatch
 from ..._checks import check_same_device, check_tensor
 from .._autocast import HALF, autocast_inputs
 from .._dtypes import acc_dtype
-from .._autograd import select_backend
+from .._autograd import forward_mode, select_backend
 from . import reference
 
 BACKENDS = dispatch.op_backends("norm_relu_pool", cpu_dtypes=dispatch.FLOATS)
@@ -75,27 +75,22 @@ def _triton_backward(*args):
 _KERNELS = {"cpu": (_cpu_forward, _cpu_backward), "triton": (_triton_forward, _triton_backward)}
 
 
+def _forward(ctx, x, weight, bias, eps: float, pool: bool, backend: str, dual: bool) -> torch.Tensor:
+    out, mean, rstd = _KERNELS[backend][0](x, weight, bias, eps, pool)
+    ctx.save_for_backward(x, weight, bias, mean, rstd)
+    if dual:
+        ctx.save_for_forward(x, weight, bias, mean, rstd)
+    ctx.eps, ctx.pool, ctx.backend = eps, pool, backend
+    return out
+
+
 class NormReluPoolFunction(torch.autograd.Function):
     """The fused block for the kernel backends: x (N, C, H, W) contiguous, weight/bias (C,).
     Saves x, weight, bias and the per-plane mean/rstd."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, eps: float, pool: bool, backend: str):
-        out, mean, rstd = _KERNELS[backend][0](x, weight, bias, eps, pool)
-        ctx.save_for_backward(x, weight, bias, mean, rstd)
-        ctx.save_for_forward(x, weight, bias, mean, rstd)
-        ctx.eps, ctx.pool, ctx.backend = eps, pool, backend
-        return out
-
-    @staticmethod
-    def jvp(ctx, tx, tw, tb, *_):
-        """Forward mode (a dual input): the tangent ``J·(tx, tw, tb)``, itself differentiable, so reverse
-        mode can run through it (reverse over forward, the unroll's reverse pass)."""
-        x, weight, bias, mean, rstd = ctx.saved_tensors
-        if ctx.backend != "cpu":  # the closed form in torch ops (its grad_out term does not read grad_out)
-            zero = x.new_zeros(_out_shape(x, ctx.pool))
-            return reference.double_backward(zero, x, weight, bias, ctx.eps, ctx.pool, tx, tw, tb)[0]
-        return NormReluPoolTangent.apply(x, weight, bias, mean, rstd, tx, tw, tb, ctx.pool)
+        return _forward(ctx, x, weight, bias, eps, pool, backend, dual=False)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -106,6 +101,25 @@ class NormReluPoolFunction(torch.autograd.Function):
                                                 ctx.backend, need_x, need_wb)
         return (gx if need_x else None, gw if ctx.needs_input_grad[1] else None,
                 gb if ctx.needs_input_grad[2] else None, None, None, None)
+
+
+class NormReluPoolDual(NormReluPoolFunction):
+    """:class:`NormReluPoolFunction` with forward mode, used when an input is a dual tensor (Dynamo cannot
+    trace a Function with a ``jvp``, so the plain one has none)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps: float, pool: bool, backend: str):
+        return _forward(ctx, x, weight, bias, eps, pool, backend, dual=True)
+
+    @staticmethod
+    def jvp(ctx, tx, tw, tb, *_):
+        """The tangent ``J·(tx, tw, tb)``, itself differentiable, so reverse mode can run through it
+        (reverse over forward, the unrolled trainers' reverse pass)."""
+        x, weight, bias, mean, rstd = ctx.saved_tensors
+        if ctx.backend != "cpu":  # the closed form in torch ops (its grad_out term does not read grad_out)
+            zero = x.new_zeros(_out_shape(x, ctx.pool))
+            return reference.double_backward(zero, x, weight, bias, ctx.eps, ctx.pool, tx, tw, tb)[0]
+        return NormReluPoolTangent.apply(x, weight, bias, mean, rstd, tx, tw, tb, ctx.pool)
 
 
 class NormReluPoolBackward(torch.autograd.Function):
@@ -237,7 +251,9 @@ def norm_relu_pool(x: torch.Tensor, weight: torch.Tensor | None = None, bias: to
     c = x.shape[1]
     w = weight.contiguous() if weight is not None else x.new_ones(c)
     b = bias.contiguous() if bias is not None else x.new_zeros(c)
-    return NormReluPoolFunction.apply(x.contiguous(), w, b, float(eps), pool, name)
+    fn = NormReluPoolDual if forward_mode(x, w, b) else NormReluPoolFunction
+    return fn.apply(x.contiguous(), w, b, float(eps), pool, name)
 
 
-__all__ = ["BACKENDS", "NormReluPoolBackward", "NormReluPoolFunction", "NormReluPoolTangent", "norm_relu_pool"]
+__all__ = ["BACKENDS", "NormReluPoolBackward", "NormReluPoolDual", "NormReluPoolFunction", "NormReluPoolTangent",
+           "norm_relu_pool"]
