@@ -241,14 +241,15 @@ def main(argv=None) -> None:
              f"the profiler's allocation records); time = median wall time of {args.iterations} outer iterations "
              f"({'1 where syn_steps × IPC > 100' if device.type == 'cpu' else 'all'}) after one warm-up, the "
              f"modes alternating. reverse: hp unroll_product forward (the default); reverse-backward: "
-             f"unroll_product backward (the double backward). memory ÷ = autograd ÷ reverse; reverse − 1-step = reverse's peak above "
-             f"its own 1-step unroll's; weight buffer = syn_steps × P × 4 bytes; time × = reverse ÷ autograd "
+             f"unroll_product backward (the double backward). memory ÷ = autograd ÷ reverse; reverse − 1-step = "
+             f"reverse's peak above its own 1-step unroll's; weight buffer = syn_steps × P × 4 bytes; "
+             f"time × = reverse ÷ autograd "
              f"(wall); CPU time × = the same iterations' CPU time ratio (steadier on a shared machine); floor × = "
              f"(CPU time of one step's graph-free gradient + of one step's forward-mode product) ÷ (of one step "
              f"with its graph and its double-backward product, autograd's step): what the reverse costs when a "
              f"step costs autograd as much inside the unroll as alone (with many steps autograd's large graph "
-             f"makes its steps dearer and CPU time × falls below it); the double-backward product's floor × = "
-             f"1 + graph-free ÷ autograd's step. "
+             f"makes its steps dearer and CPU time × falls below it); double-backward product: reverse-backward's "
+             f"CPU time ÷ autograd's, and its floor × = 1 + graph-free ÷ autograd's step. "
              f"Whole grid: {time.perf_counter() - t_start:.0f} s.\n\n" + markdown(rows, skipped))
     complete = all(getattr(args, k) == ap.get_default(k) for k in ("steps", "widths", "ipc", "device"))
     path = harness.write_table(args.out, f"latest-unroll-{device.type}", table, complete)

@@ -170,6 +170,7 @@ def test_half_forward_float_backward_has_a_forward_mode():
     t16 = tangent(*ins32, dtype=torch.bfloat16)
     assert t16.dtype == torch.bfloat16
     bf = [t.detach().bfloat16() for t in (*ins, *tangents)]  # PyTorch's own bfloat16 convs of the same terms
-    own = torch.nn.functional.conv2d(bf[3], bf[1], bf[5], padding=3) + torch.nn.functional.conv2d(bf[0], bf[4], padding=3)
+    conv = torch.nn.functional.conv2d
+    own = conv(bf[3], bf[1], bf[5], padding=3) + conv(bf[0], bf[4], padding=3)
     assert _err(t16, want) <= 2 * _err(own, want) + 1e-3 * want.abs().max().item()
     assert all(g.dtype == torch.float32 for g in torch.autograd.grad(t16.float().sum(), ins32[:2] + ins32[3:5]))

@@ -19,7 +19,8 @@ buffer of the velocities ``v_{t+1}`` only when the gradient of ``η`` or ``μ`` 
 
 **Reverse** (:func:`unroll_reverse`), with ``a = ∂L/∂θ_{t+1}`` and ``c`` the adjoint of ``v_{t+1}``
 (``c ← μc − ηa``): recompute step ``t`` from its weights and record, then one mixed second-derivative
-product ``∂⟨g_t, c⟩/∂(θ_t, inputs)``; ``a += ∂⟨g_t, c⟩/∂θ_t``, ``η̄ −= ⟨a, v_{t+1}⟩``, ``μ̄ += ⟨c, v_t⟩``.
+product ``∂⟨g_t, c⟩/∂(θ_t, inputs)``; ``a += ∂⟨g_t, c⟩/∂θ_t``, ``η̄ −= ⟨a, v_{t+1}⟩``,
+``μ̄ += ⟨c, v_t⟩``.
 Memory: the buffers plus one step's graph, whatever ``T`` (autograd through the unroll keeps all
 ``T``). The gradient is the exact one, the same as autograd's through the same unroll
 (tests/distill/methods/test_unroll.py, float64).
@@ -35,9 +36,10 @@ autograd's own step. Under plain SGD the tangent is ``a`` (``c = −ηa``), whic
 back to ``"backward"`` with a warning.
 
 Cost: autograd's (one forward and create-graph backward per step, then the double backward) plus
-the forward's graph-free gradient per step, less what the forward-mode product saves. The last step is built with its graph in the forward and
-that graph kept for the reverse (``keep=1``, :func:`unrolled_sgd`'s default: the reverse's first step
-holds it anyway, so the peak is the same); each further kept step would hold one more step's graph.
+the forward's graph-free gradient per step, less what the forward-mode product saves. The last step
+is built with its graph in the forward and that graph kept for the reverse (``keep=1``,
+:func:`unrolled_sgd`'s default: the reverse's first step holds it anyway, so the peak is the same);
+each further kept step would hold one more step's graph.
 With ``θ_0`` not requiring grad, the reverse's last step (``t = 0``) differentiates the inputs only.
 
 :class:`UnrolledSGD` wraps the pair as an ``autograd.Function`` (``θ_T`` differentiable in ``θ_0``,
@@ -46,10 +48,9 @@ With ``θ_0`` not requiring grad, the reverse's last step (``t = 0``) differenti
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
-
-import warnings
 
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -94,8 +95,9 @@ def _step_grad(f: Callable, theta: torch.Tensor, x: torch.Tensor, y: torch.Tenso
 
 def _directional(f: Callable, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
                  tangent: torch.Tensor) -> torch.Tensor:
-    """``⟨∇_θ CE(f(θ, x), y), tangent⟩`` as a scalar differentiable in ``θ`` and ``x``: the logits' forward-mode
-    tangent along ``tangent``, contracted with ``∇_z CE`` (which keeps the loss's own forward mode out of it)."""
+    """``⟨∇_θ CE(f(θ, x), y), tangent⟩`` as a scalar differentiable in ``θ`` and ``x``: the logits'
+    forward-mode tangent along ``tangent``, contracted with ``∇_z CE`` (which keeps the loss's own forward
+    mode out of it)."""
     with fwAD.dual_level():
         z, zt = fwAD.unpack_dual(f(fwAD.make_dual(theta, tangent), x))
     (gz,) = torch.autograd.grad(F.cross_entropy(z, y), z, create_graph=True)
@@ -105,7 +107,7 @@ def _directional(f: Callable, theta: torch.Tensor, x: torch.Tensor, y: torch.Ten
 def _no_forward_mode(err: Exception) -> bool:
     """Whether ``err`` is PyTorch saying an op (or a custom Function without ``jvp``) has no forward mode."""
     msg = str(err)
-    return isinstance(err, NotImplementedError) and "jvp" in msg or "forward AD" in msg
+    return (isinstance(err, NotImplementedError) and "jvp" in msg) or "forward AD" in msg
 
 
 @dataclass

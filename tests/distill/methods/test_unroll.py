@@ -60,7 +60,8 @@ def test_generic_unroll_equals_autograd(momentum, product):
     want = grads(autograd_unroll(f, theta0, 4, lambda t: t, build, lr, mu))
     names = ["pool", "scale", "theta0", "lr", "momentum"]
     for pinned in (False, True):  # pinned: host memory (the host is the device here)
-        got = grads(unrolled_sgd(f, theta0, 4, lambda t: t, build, lr, mu, [pool, scale], pinned=pinned, product=product))
+        got = grads(unrolled_sgd(f, theta0, 4, lambda t: t, build, lr, mu, [pool, scale], pinned=pinned,
+                                 product=product))
         assert_same(got if momentum else got[:4], want if momentum else want[:4], names)
 
 
