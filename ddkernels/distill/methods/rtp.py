@@ -101,11 +101,16 @@ def bptt_meta_gradient(f: Callable, theta0: torch.Tensor, memory: AddressableMem
             return (coeffs @ operand).view(-1, *shape), y
         return addressable_decode(operand, coeffs, shape, ds, upsample_first=False), y
 
-    theta_T, tape = unroll_forward(f, theta0, steps, lambda t: t, build, lr, momentum, pinned=pinned)
+    # θ_0's own terms are skipped (a fresh network's weights need no gradient). The forward keeps the last
+    # step's graph (no recompute, no peak cost) with the forward-mode product only: with the double
+    # backward, runs keep the numbers they were written with, bit for bit (a kept step rounds differently).
+    keep = int(product == "forward")
+    theta_T, tape = unroll_forward(f, theta0, steps, lambda t: t, build, lr, momentum, pinned=pinned, keep=keep)
     th = theta_T.requires_grad_(True)
     loss = F.cross_entropy(f(th, real_x), real_y)
     (w_bar,) = torch.autograd.grad(loss, th)
-    g_operand, *g_rest = unroll_reverse(tape, w_bar, [operand, *leaves.values()], product=product).inputs
+    g_operand, *g_rest = unroll_reverse(tape, w_bar, [operand, *leaves.values()], product=product,
+                                        theta_grad=False).inputs
     if upsample_first and ds > 1:
         leaf = bases.clone().requires_grad_(True)
         (g_bases,) = torch.autograd.grad(upsample_bases(leaf, shape, ds), leaf, grad_outputs=g_operand)

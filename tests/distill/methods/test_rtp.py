@@ -7,6 +7,7 @@ from ddkernels.distill import runs
 from ddkernels.nn.memory import addressable_decode, rows_for_budget
 from ddkernels.distill.methods import make_distiller, preset
 from ddkernels.distill.methods.rtp import FlatParams, bptt_meta_gradient, unroll_momentum_sgd
+from ddkernels.distill.methods.unroll import PRODUCTS
 from ddkernels.nn.convnet import ConvNet
 from ddkernels.nn import AddressableMemory
 
@@ -104,10 +105,12 @@ def test_unroll_is_pytorch_momentum_sgd():
     assert torch.allclose(theta, f.flat(), atol=1e-12)
 
 
+@pytest.mark.parametrize("product", PRODUCTS)
 @pytest.mark.parametrize("upsample_first", [True, False])
-def test_reverse_pass_equals_autograd_through_the_unrolled_loop(upsample_first):
+def test_reverse_pass_equals_autograd_through_the_unrolled_loop(upsample_first, product):
     """The recompute-per-step reverse pass gives the meta-gradient that plain autograd through the
-    whole unrolled momentum-SGD graph gives (float64)."""
+    whole unrolled momentum-SGD graph gives (float64), with either second-derivative product (the
+    forward-mode one keeps the last step's graph from the forward)."""
     torch.manual_seed(0)
     net = ConvNet(1, 3, width=4, im_size=(8, 8)).double()
     f = FlatParams(net)
@@ -118,7 +121,7 @@ def test_reverse_pass_equals_autograd_through_the_unrolled_loop(upsample_first):
     real_x, real_y = torch.randn(6, 1, 8, 8, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1, 2])
     lr, mu = 0.1, 0.9
     loss, g_bases, g_table = bptt_meta_gradient(f, f.flat(), mem, rows, real_x, real_y, lr=lr, momentum=mu,
-                                                upsample_first=upsample_first)
+                                                upsample_first=upsample_first, product=product)
     # Plain autograd: one graph through all four steps.
     theta = f.flat().requires_grad_(True)
     v = torch.zeros_like(theta)
