@@ -6,7 +6,10 @@ statistics are saved. The first-order backward is itself an autograd Function
 (:class:`NormReluPoolBackward`), so gradient matching's ``create_graph=True`` keeps the fused
 kernel on the way down; its own backward (the double backward) is the closed form of
 :func:`reference.double_backward` — a C++ kernel on CPU (two L1-resident passes per plane), torch
-ops elsewhere and whenever autograd must differentiate it once more (third order).
+ops elsewhere and whenever autograd must differentiate it once more (third order). Dual inputs (forward
+mode, the unrolled trainers' reverse-over-forward product) go through :class:`NormReluPoolDual`, whose
+tangent is that double backward's ``grad_out`` term (:class:`NormReluPoolTangent` on CPU), reverse mode
+through it included.
 """
 from __future__ import annotations
 
