@@ -31,7 +31,7 @@ from .base import Distiller
 from .parts import Objective, PlainImages
 from .presets import DSA_STRATEGY, default_expert_dir
 from .registry import register
-from .unroll import MODES, PRODUCTS, autograd_unroll, unrolled_sgd
+from .unroll import MODES, autograd_unroll, check_product, unrolled_sgd
 
 
 def trajectory_matching_loss(student: torch.Tensor, start: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -160,8 +160,7 @@ def check_unroll_hp(hp: dict) -> None:
     """hp ``unroll`` and ``unroll_product`` (MTT's and HaBa's; checked before any data is loaded)."""
     if hp.get("unroll", "reverse") not in MODES:
         raise ValueError(f"unroll must be one of {MODES}, got {hp['unroll']!r}")
-    if hp.get("unroll_product", "forward") not in PRODUCTS:
-        raise ValueError(f"unroll_product must be one of {PRODUCTS}, got {hp['unroll_product']!r}")
+    check_product(hp.get("unroll_product", "forward"), "unroll_product")
 
 
 def paper(dataset: str, ipc: int, name: str = "paper") -> dict:

@@ -39,7 +39,7 @@ from ...nn.memory import (AddressableMemory, addressable_decode, check_label_mod
 from .base import Distiller
 from .parts import Objective, Parameterization
 from .registry import register
-from .unroll import PRODUCTS, FlatParams, unroll_forward, unroll_reverse
+from .unroll import FlatParams, check_product, unroll_forward, unroll_reverse
 
 
 def unroll_momentum_sgd(f: Callable, theta0: torch.Tensor, batches: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
@@ -85,6 +85,7 @@ def bptt_meta_gradient(f: Callable, theta0: torch.Tensor, memory: AddressableMem
     """
     if rows.dim() != 2:
         raise ValueError(f"rows must be 2-D (T, N_b) (one row set per inner step), got shape {tuple(rows.shape)}")
+    check_product(product)  # before the forward sweep
     memory._check_rows(rows)  # once; the steps index unchecked
     steps = rows.shape[0]
     shape, ds = memory.image_shape, memory.downsample
@@ -297,8 +298,7 @@ class RTP(Distiller):
     @classmethod
     def check_hp(cls, hp: dict) -> None:
         check_label_hp(hp)
-        if hp.get("unroll_product", "forward") not in PRODUCTS:
-            raise ValueError(f"unroll_product must be one of {PRODUCTS}, got {hp['unroll_product']!r}")
+        check_product(hp.get("unroll_product", "forward"), "unroll_product")
 
 
 __all__ = ["AddressableMemories", "BPTT", "FlatParams", "RTP", "bptt_meta_gradient", "unroll_momentum_sgd"]

@@ -104,6 +104,12 @@ def _directional(f: Callable, theta: torch.Tensor, x: torch.Tensor, y: torch.Ten
     return (gz * zt).sum() if zt is not None else (gz * 0).sum()
 
 
+def check_product(product: str, name: str = "product") -> None:
+    """``product`` is one of :data:`PRODUCTS` (``name``: what the caller calls it, e.g. an hp)."""
+    if product not in PRODUCTS:
+        raise ValueError(f"{name} must be one of {PRODUCTS}, got {product!r}")
+
+
 def _no_forward_mode(err: Exception) -> bool:
     """Whether ``err`` is PyTorch saying an op (or a custom Function without ``jvp``) has no forward mode."""
     msg = str(err)
@@ -232,8 +238,7 @@ def unroll_reverse(tape: Tape, theta_bar: torch.Tensor, inputs: Sequence[torch.T
         product: ``"forward"`` (reverse over forward mode) or ``"backward"`` (double backward): how each
             recomputed step's second-derivative product is taken; the same gradient either way.
     """
-    if product not in PRODUCTS:
-        raise ValueError(f"product must be one of {PRODUCTS}, got {product!r}")
+    check_product(product)
     lr, mu = tape.lr, tape.momentum
     plain = not isinstance(mu, torch.Tensor) and mu == 0
     if (lr_grad or momentum_grad) and not plain and tape.velocities is None:
@@ -331,8 +336,7 @@ def unrolled_sgd(f: Callable, theta0: torch.Tensor, steps: int, draw: Callable[[
     """``θ_T`` of the unroll, differentiable by the reverse pass (see :class:`UnrolledSGD`); ``keep``: the
     last steps whose graph the forward keeps (:func:`unroll_forward`; 1, the last, costs no peak memory);
     ``product``: how the reverse takes each step's second-derivative product (:func:`unroll_reverse`)."""
-    if product not in PRODUCTS:
-        raise ValueError(f"product must be one of {PRODUCTS}, got {product!r}")
+    check_product(product)
     return UnrolledSGD.apply((f, steps, draw, build, pinned, keep, product), theta0, lr, momentum,
                              *[p for p in inputs if p.requires_grad])
 
@@ -356,5 +360,5 @@ def autograd_unroll(f: Callable, theta0: torch.Tensor, steps: int, draw: Callabl
     return theta
 
 
-__all__ = ["FlatParams", "Grads", "MODES", "PRODUCTS", "Tape", "UnrolledSGD", "autograd_unroll", "unroll_forward",
-           "unroll_reverse", "unrolled_sgd"]
+__all__ = ["FlatParams", "Grads", "MODES", "PRODUCTS", "Tape", "UnrolledSGD", "autograd_unroll", "check_product",
+           "unroll_forward", "unroll_reverse", "unrolled_sgd"]
